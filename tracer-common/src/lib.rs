@@ -1,0 +1,219 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer-user`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding: the same bytes are written by the
+//! kernel side and read by userspace, so there is exactly one definition of each layout.
+#![no_std]
+
+/// `TASK_DEAD` in `task_struct::__state` (`state` before 5.14): the task's final switch.
+pub const TASK_DEAD: u32 = 0x80;
+/// `EXIT_ZOMBIE` in `task_struct::exit_state`.
+pub const EXIT_ZOMBIE: i32 = 0x20;
+
+/// Byte offsets of the kernel struct members the programs read.
+///
+/// Rust eBPF has no CO-RE relocations, so userspace reads these from the running kernel's BTF
+/// and hands them to the programs as a read-only global before load. `ready == 0` (the zeroed
+/// default compiled into the object) makes every program a no-op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub ready: u32,
+    /// `task_struct::__state`, or `state` on kernels before 5.14.
+    pub task_state: u32,
+    pub task_exit_state: u32,
+    pub task_exit_code: u32,
+    pub task_exit_signal: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_signal: u32,
+    pub task_comm: u32,
+    pub task_start_boottime: u32,
+    pub task_cgroups: u32,
+    /// `signal_struct::live` (an `atomic_t`: its counter is at this offset).
+    pub signal_live: u32,
+    pub signal_nr_threads: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
+    pub nsec_per_tick: u32,
+}
+
+/// Identity of a process that survives pid reuse: the tgid plus its start time in clock ticks
+/// since boot (field 22 of `/proc/<pid>/stat`), so userspace can build the same key from `/proc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcessKey {
+    pub const fn new(tgid: u32, start_ticks: u64) -> Self {
+        Self {
+            tgid,
+            _pad: 0,
+            start_ticks,
+        }
+    }
+}
+
+/// `Zombie::flags`: the exit time is unknown; `exit_ns` is when the zombie was first seen
+/// (found in `/proc` rather than by the kernel programs), so its age is a lower bound.
+pub const ZOMBIE_SEEN_LATE: u32 = 1;
+
+/// One process that exited and has not been reaped (value of the `ZOMBIES` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Zombie {
+    pub parent: ProcessKey,
+    /// `CLOCK_MONOTONIC` nanoseconds of the exit (see `ZOMBIE_SEEN_LATE`).
+    pub exit_ns: u64,
+    /// cgroup v2 id of the zombie itself.
+    pub cgroup_id: u64,
+    /// cgroup v2 id of the parent when the zombie was created: its counters are charged there.
+    pub parent_cgroup_id: u64,
+    /// Raw wait status: `(code << 8) | signal`, as `waitpid` would return it.
+    pub exit_status: i32,
+    /// Signal the parent is sent; anything but SIGCHLD is a leak shape (`wait()` skips it).
+    pub exit_signal: i32,
+    pub flags: u32,
+    pub comm: [u8; 16],
+    pub _pad: u32,
+}
+
+/// Per cgroup event counters (value of the per-CPU `CGROUP_COUNTERS` map, keyed by cgroup id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCounters {
+    /// New processes (not threads) forked by tasks of this cgroup.
+    pub forks: u64,
+    /// Processes whose last thread exited in this cgroup.
+    pub exits: u64,
+    /// Zombies whose parent was in this cgroup when they were created.
+    pub zombies_created: u64,
+    /// Those zombies, reaped.
+    pub zombies_reaped: u64,
+}
+
+/// Buckets of the exit -> reap lifetime histogram: bucket `i > 0` counts lifetimes in
+/// `[2^(i-1), 2^i)` microseconds, bucket 0 those under 1 us, the last one everything longer.
+pub const LIFETIME_BUCKETS: usize = 40;
+
+/// Node-wide histogram of zombie lifetimes (the single value of the per-CPU `LIFETIMES` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifetimeHistogram {
+    pub buckets: [u64; LIFETIME_BUCKETS],
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+impl Default for LifetimeHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: [0; LIFETIME_BUCKETS],
+            count: 0,
+            sum_ns: 0,
+        }
+    }
+}
+
+/// Bucket index of a lifetime, see [`LIFETIME_BUCKETS`]. Branchy on purpose: the eBPF target
+/// has no count-leading-zeros instruction.
+#[inline(always)]
+pub fn lifetime_bucket(lifetime_ns: u64) -> usize {
+    let mut us = lifetime_ns / 1000;
+    let mut bucket = 0usize;
+    if us >= 1 << 32 {
+        us >>= 32;
+        bucket += 32;
+    }
+    if us >= 1 << 16 {
+        us >>= 16;
+        bucket += 16;
+    }
+    if us >= 1 << 8 {
+        us >>= 8;
+        bucket += 8;
+    }
+    if us >= 1 << 4 {
+        us >>= 4;
+        bucket += 4;
+    }
+    if us >= 1 << 2 {
+        us >>= 2;
+        bucket += 2;
+    }
+    if us >= 1 << 1 {
+        us >>= 1;
+        bucket += 1;
+    }
+    bucket += us as usize;
+    if bucket >= LIFETIME_BUCKETS {
+        LIFETIME_BUCKETS - 1
+    } else {
+        bucket
+    }
+}
+
+/// Last `wait()`-family call of a process (value of the `WAITS` map, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitRecord {
+    pub start_ticks: u64,
+    pub last_wait_ns: u64,
+}
+
+/// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    ZombiesMapFull = 0,
+    CgroupsMapFull = 1,
+    WaitsMapFull = 2,
+    /// A `bpf_probe_read_kernel` of a task field failed.
+    KernelRead = 3,
+}
+
+pub const LOSS_KINDS: u32 = 4;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]` plain integers with explicit padding fields.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProcessKey {}
+    unsafe impl aya::Pod for super::Zombie {}
+    unsafe impl aya::Pod for super::CgroupCounters {}
+    unsafe impl aya::Pod for super::LifetimeHistogram {}
+    unsafe impl aya::Pod for super::WaitRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetime_buckets_are_log2_microseconds() {
+        assert_eq!(lifetime_bucket(0), 0);
+        assert_eq!(lifetime_bucket(999), 0);
+        assert_eq!(lifetime_bucket(1_000), 1);
+        assert_eq!(lifetime_bucket(1_999), 1);
+        assert_eq!(lifetime_bucket(2_000), 2);
+        assert_eq!(lifetime_bucket(3_999), 2);
+        assert_eq!(lifetime_bucket(4_000), 3);
+        // 1 s = 1e6 us lies in [2^19, 2^20)
+        assert_eq!(lifetime_bucket(1_000_000_000), 20);
+        assert_eq!(lifetime_bucket(u64::MAX), LIFETIME_BUCKETS - 1);
+    }
+
+    #[test]
+    fn shared_layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
+        assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 19 * 4);
+    }
+}

@@ -1,0 +1,21 @@
+//! `sched_process_exit(task[, group_dead])`: counts processes whose last thread exits.
+//!
+//! It fires in `do_exit()` before `exit_notify()`, so whether a zombie is left is decided
+//! later (see `dead_switch`). `group_dead` is an argument only from 6.16 on; the live-thread
+//! count it is computed from works on every kernel.
+
+use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{maps::update_cgroup, task::{configured, Task}};
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    if !configured() {
+        return 0;
+    }
+    let task = Task::from_ptr(ctx.arg(0));
+    if task.live_threads() == Some(0) {
+        update_cgroup(unsafe { bpf_get_current_cgroup_id() }, |c| c.exits += 1);
+    }
+    0
+}

@@ -1,0 +1,37 @@
+//! `sched_process_free(task)`: the task was released (reaped, autoreaped, or replaced by an
+//! exec from another thread) one RCU grace period ago. Fires exactly once per task, in softirq
+//! context, so only the argument identifies the task, never `current`.
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::{ProcessKey, ZOMBIE_SEEN_LATE};
+
+use crate::{
+    maps::{forget_wait, record_lifetime, take_zombie, update_cgroup},
+    task::{configured, now_ns, Task},
+};
+
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    if !configured() {
+        return 0;
+    }
+    let task = Task::from_ptr(ctx.arg(0));
+    let (Some(pid), Some(tgid)) = (task.pid(), task.tgid()) else {
+        return 0;
+    };
+    // Zombies are group leaders; a thread's release says nothing about one.
+    if pid != tgid {
+        return 0;
+    }
+    let Some(start_ticks) = task.start_ticks() else {
+        return 0;
+    };
+    forget_wait(tgid, start_ticks);
+    if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
+        update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
+        if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
+            record_lifetime(now_ns().saturating_sub(zombie.exit_ns));
+        }
+    }
+    0
+}

@@ -1,0 +1,111 @@
+//! The maps the hooks share. Sizes here are defaults; userspace sets them from flags.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+};
+use tracer_common::{
+    lifetime_bucket, CgroupCounters, LifetimeHistogram, Loss, ProcessKey, WaitRecord, Zombie,
+    LOSS_KINDS,
+};
+
+const EEXIST: i32 = 17;
+
+/// Unreaped zombies by process identity. A plain hash, not LRU: an LRU would evict zombies
+/// silently when full, and a full map must be counted instead.
+#[map]
+static ZOMBIES: HashMap<ProcessKey, Zombie> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static CGROUP_COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Last wait per tgid; entries are removed when the process is freed.
+#[map]
+static WAITS: HashMap<u32, WaitRecord> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+static LIFETIMES: PerCpuArray<LifetimeHistogram> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
+
+pub fn count_loss(loss: Loss) {
+    if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {
+        // Per-CPU slot and programs do not nest on a CPU: a plain increment is race free.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Applies `update` to this CPU's counters of `cgroup_id`, creating them on first use.
+pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
+    let counters = match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
+        Some(counters) => counters,
+        None => {
+            // Another CPU may create it first; its copy for this CPU is still zero.
+            let _ = CGROUP_COUNTERS.insert(
+                cgroup_id,
+                CgroupCounters::default(),
+                BPF_NOEXIST as u64,
+            );
+            match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
+                Some(counters) => counters,
+                None => {
+                    count_loss(Loss::CgroupsMapFull);
+                    return;
+                }
+            }
+        }
+    };
+    update(unsafe { &mut *counters });
+}
+
+/// Records a new zombie unless the kernel already told us about it (several threads of a
+/// group may each observe the moment it became reapable). Returns whether it was new.
+pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
+    match ZOMBIES.insert(key, zombie, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) if err == -EEXIST => false,
+        Err(_) => {
+            count_loss(Loss::ZombiesMapFull);
+            false
+        }
+    }
+}
+
+/// Forgets a reaped process; returns its zombie record if it was one.
+pub fn take_zombie(key: &ProcessKey) -> Option<Zombie> {
+    let zombie = unsafe { *ZOMBIES.get(key)? };
+    // Only the remover accounts for it: `sched_process_free` fires once per task, but a
+    // userspace heal may race to delete the same entry.
+    ZOMBIES.remove(key).ok()?;
+    Some(zombie)
+}
+
+pub fn record_lifetime(lifetime_ns: u64) {
+    if let Some(histogram) = LIFETIMES.get_ptr_mut(0) {
+        let histogram = unsafe { &mut *histogram };
+        let bucket = lifetime_bucket(lifetime_ns);
+        if let Some(slot) = histogram.buckets.get_mut(bucket) {
+            *slot += 1;
+        }
+        histogram.count += 1;
+        histogram.sum_ns += lifetime_ns;
+    }
+}
+
+pub fn record_wait(tgid: u32, record: &WaitRecord) {
+    if WAITS.insert(tgid, record, 0).is_err() {
+        count_loss(Loss::WaitsMapFull);
+    }
+}
+
+pub fn forget_wait(tgid: u32, start_ticks: u64) {
+    // Only if the entry is this process's: a reused tgid may already have its own.
+    if let Some(record) = unsafe { WAITS.get(tgid) } {
+        if record.start_ticks == start_ticks {
+            let _ = WAITS.remove(tgid);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Reads of kernel struct members at offsets that userspace resolved from BTF.
+
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
+use tracer_common::{KernelOffsets, Loss};
+
+use crate::maps::count_loss;
+
+/// Patched by userspace before load (`EbpfLoader::override_global`); all zero means "not
+/// configured", and every hook then returns at once.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    ready: 0,
+    task_state: 0,
+    task_exit_state: 0,
+    task_exit_code: 0,
+    task_exit_signal: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_real_parent: 0,
+    task_group_leader: 0,
+    task_signal: 0,
+    task_comm: 0,
+    task_start_boottime: 0,
+    task_cgroups: 0,
+    signal_live: 0,
+    signal_nr_threads: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    nsec_per_tick: 0,
+};
+
+/// One member offset. The volatile read keeps the compiler from folding the zeroed default.
+macro_rules! offset {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) as usize }
+    };
+}
+
+pub fn configured() -> bool {
+    offset!(ready) != 0
+}
+
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads a `T` at `base + offset`; a failed read is counted, never silent.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: usize) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    match unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) } {
+        Ok(value) => Some(value),
+        Err(_) => {
+            count_loss(Loss::KernelRead);
+            None
+        }
+    }
+}
+
+/// A `struct task_struct *`.
+#[derive(Clone, Copy)]
+pub struct Task(*const u8);
+
+impl Task {
+    pub fn from_ptr(ptr: *const u8) -> Self {
+        Self(ptr)
+    }
+
+    /// The task's thread id.
+    pub fn pid(self) -> Option<u32> {
+        read(self.0, offset!(task_pid))
+    }
+
+    pub fn tgid(self) -> Option<u32> {
+        read(self.0, offset!(task_tgid))
+    }
+
+    /// `__state` (low 32 bits of `state` on older kernels; little and big endian agree on the
+    /// bits we test only on little endian, the only eBPF target reapwatch builds).
+    pub fn state(self) -> Option<u32> {
+        read(self.0, offset!(task_state))
+    }
+
+    pub fn exit_state(self) -> Option<i32> {
+        read(self.0, offset!(task_exit_state))
+    }
+
+    pub fn exit_code(self) -> Option<i32> {
+        read(self.0, offset!(task_exit_code))
+    }
+
+    pub fn exit_signal(self) -> Option<i32> {
+        read(self.0, offset!(task_exit_signal))
+    }
+
+    pub fn comm(self) -> Option<[u8; 16]> {
+        read(self.0, offset!(task_comm))
+    }
+
+    pub fn group_leader(self) -> Option<Task> {
+        read::<*const u8>(self.0, offset!(task_group_leader)).map(Task)
+    }
+
+    pub fn real_parent(self) -> Option<Task> {
+        read::<*const u8>(self.0, offset!(task_real_parent)).map(Task)
+    }
+
+    /// Start time in `USER_HZ` ticks since boot, as `/proc/<pid>/stat` field 22 shows it.
+    pub fn start_ticks(self) -> Option<u64> {
+        let boottime_ns: u64 = read(self.0, offset!(task_start_boottime))?;
+        let per_tick = offset!(nsec_per_tick) as u64;
+        if per_tick == 0 {
+            return None;
+        }
+        Some(boottime_ns / per_tick)
+    }
+
+    fn signal(self) -> Option<*const u8> {
+        read(self.0, offset!(task_signal))
+    }
+
+    /// Threads of the group that have not yet started `do_exit()`.
+    pub fn live_threads(self) -> Option<i32> {
+        read(self.signal()?, offset!(signal_live))
+    }
+
+    /// Threads of the group not yet released (a zombie leader counts itself).
+    pub fn unreleased_threads(self) -> Option<i32> {
+        read(self.signal()?, offset!(signal_nr_threads))
+    }
+
+    /// cgroup v2 id (kernfs inode number) of the task's default-hierarchy cgroup.
+    pub fn cgroup_id(self) -> Option<u64> {
+        let css_set: *const u8 = read(self.0, offset!(task_cgroups))?;
+        let cgroup: *const u8 = read(css_set, offset!(css_set_dfl_cgrp))?;
+        let kernfs_node: *const u8 = read(cgroup, offset!(cgroup_kn))?;
+        read(kernfs_node, offset!(kernfs_node_id))
+    }
+
+    /// `(tgid, start ticks)` of this task's thread group.
+    pub fn process_key(self) -> Option<tracer_common::ProcessKey> {
+        let leader = self.group_leader()?;
+        Some(tracer_common::ProcessKey::new(
+            leader.tgid()?,
+            leader.start_ticks()?,
+        ))
+    }
+}

@@ -1,0 +1,321 @@
+//! `reapwatch snapshot`: one look at every parent with unreaped children.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+use tracer_common::{Loss, LIFETIME_BUCKETS};
+
+use crate::{
+    cli::SnapshotArgs,
+    escape,
+    kernel::{preflight, Tracer},
+    state::{CgroupState, ChildState, ParentState, ReconcileTotals, StateEngine},
+};
+
+pub fn run(args: &SnapshotArgs) -> Result<()> {
+    let tracer = Tracer::load(args.maps.sizes())?;
+    let mut engine = StateEngine::new(tracer, Path::new("/proc"), Path::new("/sys/fs/cgroup"));
+    engine.reconcile()?;
+    let report = Report::collect(&mut engine)?;
+    if args.json {
+        let mut text = serde_json::to_string_pretty(&report)?;
+        text.push('\n');
+        super::emit(&text)
+    } else {
+        super::emit(&report.table())
+    }
+}
+
+/// The `snapshot --json` document. Field names are a public contract: add, never rename.
+#[derive(Serialize)]
+pub struct Report {
+    pub parents: Vec<ParentReport>,
+    pub cgroups: Vec<CgroupReport>,
+    pub zombie_lifetime: LifetimeReport,
+    pub tracer: TracerReport,
+}
+
+#[derive(Serialize)]
+pub struct ParentReport {
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+    pub unreaped: usize,
+    pub oldest_age_seconds: f64,
+    pub oldest_age_is_lower_bound: bool,
+    pub last_wait_age_seconds: Option<f64>,
+    pub children: Vec<ChildReport>,
+}
+
+#[derive(Serialize)]
+pub struct ChildReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub exit_signal: i32,
+    pub age_seconds: f64,
+    pub age_is_lower_bound: bool,
+}
+
+#[derive(Serialize)]
+pub struct CgroupReport {
+    pub id: u64,
+    pub path: Option<String>,
+    pub forks: u64,
+    pub exits: u64,
+    pub zombies_created: u64,
+    pub zombies_reaped: u64,
+}
+
+#[derive(Serialize)]
+pub struct LifetimeReport {
+    pub count: u64,
+    pub sum_seconds: f64,
+    /// Cumulative counts, as a Prometheus histogram: lifetimes of at most `le_seconds`.
+    pub buckets: Vec<BucketReport>,
+}
+
+#[derive(Serialize)]
+pub struct BucketReport {
+    pub le_seconds: f64,
+    pub count: u64,
+}
+
+#[derive(Serialize)]
+pub struct TracerReport {
+    pub kernel: String,
+    pub hooks: Vec<HookReport>,
+    pub losses: LossReport,
+    pub reconcile: ReconcileTotals,
+}
+
+#[derive(Serialize)]
+pub struct HookReport {
+    pub program: String,
+    pub attach: String,
+    pub recursion_misses: u64,
+}
+
+#[derive(Serialize)]
+pub struct LossReport {
+    pub zombies_map_full: u64,
+    pub cgroups_map_full: u64,
+    pub waits_map_full: u64,
+    pub kernel_read_errors: u64,
+}
+
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+impl ChildReport {
+    fn from_state(child: &ChildState) -> Self {
+        Self {
+            pid: child.pid(),
+            comm: escape::lossy(child.comm()),
+            exit_code: child.exit_code(),
+            signal: child.killed_by(),
+            exit_signal: child.zombie.exit_signal,
+            age_seconds: seconds(child.age_ns),
+            age_is_lower_bound: child.age_is_lower_bound(),
+        }
+    }
+}
+
+impl ParentReport {
+    fn from_state(parent: &ParentState) -> Self {
+        let oldest = parent.oldest();
+        Self {
+            pid: parent.pid(),
+            comm: escape::lossy(&parent.comm),
+            cgroup: parent.cgroup.clone(),
+            unreaped: parent.children.len(),
+            oldest_age_seconds: oldest.map_or(0.0, |c| seconds(c.age_ns)),
+            oldest_age_is_lower_bound: oldest.is_some_and(ChildState::age_is_lower_bound),
+            last_wait_age_seconds: parent.last_wait_age_ns.map(seconds),
+            children: parent.children.iter().map(ChildReport::from_state).collect(),
+        }
+    }
+}
+
+impl CgroupReport {
+    fn from_state(cgroup: &CgroupState) -> Self {
+        let c = cgroup.counters;
+        Self {
+            id: cgroup.id,
+            path: cgroup.path.clone(),
+            forks: c.forks,
+            exits: c.exits,
+            zombies_created: c.zombies_created,
+            zombies_reaped: c.zombies_reaped,
+        }
+    }
+}
+
+impl Report {
+    pub fn collect(engine: &mut StateEngine) -> Result<Self> {
+        let parents = engine.parents()?;
+        let cgroups = engine.cgroups()?;
+        let tracer = engine.tracer();
+        let histogram = tracer.lifetimes()?;
+        let mut cumulative = 0;
+        let buckets = (0..LIFETIME_BUCKETS)
+            .map(|i| {
+                cumulative += histogram.buckets[i];
+                let le_seconds = if i + 1 == LIFETIME_BUCKETS {
+                    f64::INFINITY
+                } else {
+                    (1u64 << i) as f64 / 1e6
+                };
+                BucketReport {
+                    le_seconds,
+                    count: cumulative,
+                }
+            })
+            .filter(|b| b.le_seconds.is_finite())
+            .collect();
+        let losses = tracer.losses()?;
+        Ok(Self {
+            parents: parents.iter().map(ParentReport::from_state).collect(),
+            cgroups: cgroups.iter().map(CgroupReport::from_state).collect(),
+            zombie_lifetime: LifetimeReport {
+                count: histogram.count,
+                sum_seconds: seconds(histogram.sum_ns),
+                buckets,
+            },
+            tracer: TracerReport {
+                kernel: preflight::kernel_release()?,
+                hooks: tracer
+                    .hook_stats()?
+                    .into_iter()
+                    .map(|s| HookReport {
+                        program: s.hook.program.to_owned(),
+                        attach: format!("tp_btf/{}", s.hook.tracepoint),
+                        recursion_misses: s.recursion_misses,
+                    })
+                    .collect(),
+                losses: LossReport {
+                    zombies_map_full: losses[Loss::ZombiesMapFull as usize],
+                    cgroups_map_full: losses[Loss::CgroupsMapFull as usize],
+                    waits_map_full: losses[Loss::WaitsMapFull as usize],
+                    kernel_read_errors: losses[Loss::KernelRead as usize],
+                },
+                reconcile: engine.totals(),
+            },
+        })
+    }
+
+    /// The human-readable form: one row per parent, then a line on the tracer's health.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        if self.parents.is_empty() {
+            out.push_str("no unreaped children\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  CHILDREN",
+                "PID", "COMM", "UNREAPED", "OLDEST", "LAST WAIT", "CGROUP"
+            );
+            for p in &self.parents {
+                let oldest = format!(
+                    "{}{}",
+                    if p.oldest_age_is_lower_bound { ">=" } else { "" },
+                    human_duration(p.oldest_age_seconds)
+                );
+                let last_wait = p.last_wait_age_seconds.map_or("never".into(), |s| human_duration(s) + " ago");
+                let cgroup = p.cgroup.as_deref().map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
+                let _ = writeln!(
+                    out,
+                    "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  {}",
+                    p.pid,
+                    truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
+                    p.unreaped,
+                    oldest,
+                    last_wait,
+                    truncate_left(&cgroup, 32),
+                    child_list(&p.children, 8),
+                );
+            }
+        }
+        let misses: u64 = self.tracer.hooks.iter().map(|h| h.recursion_misses).sum();
+        let l = &self.tracer.losses;
+        let lost = l.zombies_map_full + l.cgroups_map_full + l.waits_map_full + l.kernel_read_errors;
+        let _ = writeln!(
+            out,
+            "tracer: {} hooks, {} recursion misses, {} records lost, {} zombies found only in /proc",
+            self.tracer.hooks.len(),
+            misses,
+            lost,
+            self.tracer.reconcile.added
+        );
+        out
+    }
+}
+
+fn child_list(children: &[ChildReport], shown: usize) -> String {
+    let mut list: Vec<String> = children.iter().take(shown).map(|c| c.pid.to_string()).collect();
+    if children.len() > shown {
+        list.push(format!("(+{} more)", children.len() - shown));
+    }
+    list.join(" ")
+}
+
+/// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let whole = s as u64;
+    let (d, h, m, sec) = (whole / 86400, whole / 3600 % 24, whole / 60 % 60, whole % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else {
+        format!("{m}m{sec}s")
+    }
+}
+
+/// Keeps the head: a command name's start says most.
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(width - 1).collect();
+    format!("{head}…")
+}
+
+/// Keeps the tail: a cgroup path's last component names the container or unit.
+fn truncate_left(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_owned();
+    }
+    let tail: String = text.chars().skip(count - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0.04), "0.0s");
+        assert_eq!(human_duration(12.34), "12.3s");
+        assert_eq!(human_duration(250.0), "4m10s");
+        assert_eq!(human_duration(7500.0), "2h5m");
+        assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0 + 5.0), "3d4h");
+    }
+
+    #[test]
+    fn truncation_keeps_width() {
+        assert_eq!(truncate("short", 16), "short");
+        assert_eq!(truncate("a-very-long-command-name", 10), "a-very-lo…");
+        assert_eq!(truncate_left("/kubepods/burstable/pod1/abcdef", 10), "…1/abcdef");
+        assert_eq!(truncate_left("/x", 10), "/x");
+    }
+}

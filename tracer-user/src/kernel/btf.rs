@@ -1,0 +1,198 @@
+//! Struct member offsets and tracepoint layouts from the running kernel's BTF, so that nothing
+//! about one kernel's layout is baked into the programs.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, Type};
+use tracer_common::KernelOffsets;
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).map_err(|err| anyhow!("cannot parse BTF in {}: {err}", path.display()))?;
+        Ok(Self { btf })
+    }
+
+    /// Byte offset of `member` in `struct strukt`, looking through anonymous struct and union
+    /// members (kernels nest fields in them, e.g. with randomized layouts).
+    pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32> {
+        let Some(Type::Struct(st)) = self
+            .btf
+            .resolve_types_by_name(strukt)
+            .map_err(|err| anyhow!("struct {strukt} not in BTF: {err}"))?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))
+        else {
+            bail!("struct {strukt} not in BTF");
+        };
+        let bits = self
+            .find_member(&st, member)?
+            .with_context(|| format!("struct {strukt} has no member {member}"))?;
+        if bits % 8 != 0 {
+            bail!("{strukt}.{member} is a bitfield");
+        }
+        Ok(bits / 8)
+    }
+
+    /// First of `members` that `strukt` has (fields renamed across kernel versions).
+    pub fn first_member_offset(&self, strukt: &str, members: &[&str]) -> Result<u32> {
+        members
+            .iter()
+            .find_map(|m| self.member_offset(strukt, m).ok())
+            .with_context(|| format!("struct {strukt} has none of {}", members.join(", ")))
+    }
+
+    fn find_member(&self, st: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
+        for m in &st.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            if name == member {
+                return Ok(Some(m.bit_offset()));
+            }
+            if name.is_empty() {
+                let inner = self.strip_modifiers(self.btf.resolve_chained_type(m).map_err(|e| anyhow!("{e}"))?)?;
+                if let Type::Struct(inner) | Type::Union(inner) = inner {
+                    if let Some(bits) = self.find_member(&inner, member)? {
+                        return Ok(Some(m.bit_offset() + bits));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn strip_modifiers(&self, mut t: Type) -> Result<Type> {
+        loop {
+            t = match &t {
+                Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                    let bt = t.as_btf_type().context("modifier without a type")?;
+                    self.btf.resolve_chained_type(bt).map_err(|e| anyhow!("{e}"))?
+                }
+                _ => return Ok(t),
+            };
+        }
+    }
+
+    /// Number of arguments a raw tracepoint passes (`btf_trace_<name>` is a typedef of a
+    /// pointer to a prototype whose first parameter is the BPF context).
+    pub fn tracepoint_args(&self, name: &str) -> Result<usize> {
+        let typedef = format!("btf_trace_{name}");
+        let Some(t) = self
+            .btf
+            .resolve_types_by_name(&typedef)
+            .map_err(|e| anyhow!("tracepoint {name} not in BTF: {e}"))?
+            .into_iter()
+            .next()
+        else {
+            bail!("tracepoint {name} not in BTF");
+        };
+        let mut t = t;
+        for _ in 0..4 {
+            t = match &t {
+                Type::FuncProto(proto) => return Ok(proto.parameters.len().saturating_sub(1)),
+                other => {
+                    let bt = other.as_btf_type().context("unexpected BTF kind")?;
+                    self.btf.resolve_chained_type(bt).map_err(|e| anyhow!("{e}"))?
+                }
+            };
+        }
+        bail!("{typedef} is not a function prototype")
+    }
+
+    /// Every offset the programs need.
+    pub fn kernel_offsets(&self, nsec_per_tick: u32) -> Result<KernelOffsets> {
+        let task = |m: &str| self.member_offset("task_struct", m);
+        Ok(KernelOffsets {
+            ready: 1,
+            task_state: self.first_member_offset("task_struct", &["__state", "state"])?,
+            task_exit_state: task("exit_state")?,
+            task_exit_code: task("exit_code")?,
+            task_exit_signal: task("exit_signal")?,
+            task_pid: task("pid")?,
+            task_tgid: task("tgid")?,
+            task_real_parent: task("real_parent")?,
+            task_group_leader: task("group_leader")?,
+            task_signal: task("signal")?,
+            task_comm: task("comm")?,
+            task_start_boottime: task("start_boottime")
+                .context("kernel too old: task_struct has no start_boottime (needs 5.5+)")?,
+            task_cgroups: task("cgroups")?,
+            signal_live: self.member_offset("signal_struct", "live")?,
+            signal_nr_threads: self.member_offset("signal_struct", "nr_threads")?,
+            css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
+            nsec_per_tick,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+    /// The offsets must agree with the running kernel's own view of its structs, which
+    /// `/proc/kallsyms`-free means BTF; here we check self-consistency and known facts.
+    #[test]
+    fn offsets_of_the_running_kernel() {
+        let btf = KernelBtf::from_file(Path::new(VMLINUX)).expect("this machine has BTF");
+        let offsets = btf.kernel_offsets(10_000_000).unwrap();
+        assert_eq!(offsets.ready, 1);
+        // `thread_info` (or the `__state` that follows it) opens task_struct on x86_64 with
+        // THREAD_INFO_IN_TASK; every member we read lies inside the struct.
+        let fields = [
+            offsets.task_state,
+            offsets.task_exit_state,
+            offsets.task_exit_code,
+            offsets.task_exit_signal,
+            offsets.task_pid,
+            offsets.task_tgid,
+            offsets.task_real_parent,
+            offsets.task_group_leader,
+            offsets.task_signal,
+            offsets.task_comm,
+            offsets.task_start_boottime,
+            offsets.task_cgroups,
+        ];
+        assert!(fields.iter().all(|&f| f > 0 && f < 16384), "{offsets:?}");
+        // tgid immediately follows pid (both pid_t) in every kernel since 2.6.
+        assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
+        // exit_state, exit_code, exit_signal are consecutive ints.
+        assert_eq!(offsets.task_exit_code, offsets.task_exit_state + 4);
+        assert_eq!(offsets.task_exit_signal, offsets.task_exit_code + 4);
+        // live is the second atomic of signal_struct after sigcnt.
+        assert_eq!(offsets.signal_live, 4);
+    }
+
+    #[test]
+    fn missing_struct_or_member_is_an_error() {
+        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
+        assert!(btf.member_offset("task_struct", "no_such_member").is_err());
+        assert!(btf.member_offset("no_such_struct_xyz", "pid").is_err());
+        assert!(btf.first_member_offset("task_struct", &["__nope", "pid"]).is_ok());
+    }
+
+    #[test]
+    fn tracepoint_argument_counts() {
+        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
+        assert_eq!(btf.tracepoint_args("sched_process_fork").unwrap(), 2);
+        assert_eq!(btf.tracepoint_args("sched_process_free").unwrap(), 1);
+        // 5.18+ passes prev_state as the 4th argument.
+        assert_eq!(btf.tracepoint_args("sched_switch").unwrap(), 4);
+        assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
+    }
+
+    #[test]
+    fn unparsable_btf_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("reapwatch-btf-{}", std::process::id()));
+        std::fs::write(&dir, b"not btf").unwrap();
+        let err = KernelBtf::from_file(&dir).err().unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(err.to_string().contains("cannot parse BTF"), "{err}");
+    }
+}

@@ -1,0 +1,286 @@
+//! Loading the kernel programs and reading their maps.
+
+pub mod btf;
+pub mod preflight;
+mod programs;
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::BtfTracePoint,
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{
+    CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS,
+    LOSS_KINDS,
+};
+
+use self::btf::KernelBtf;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch"));
+
+/// Capacity of the kernel maps. A full map loses records, and the loss is counted.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Unreaped zombies tracked at once (node-wide).
+    pub zombies: u32,
+    /// cgroups with counters.
+    pub cgroups: u32,
+    /// Processes whose last `wait()` is remembered.
+    pub waits: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            zombies: 65536,
+            cgroups: 16384,
+            waits: 65536,
+        }
+    }
+}
+
+/// One attached program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub program: &'static str,
+    pub tracepoint: &'static str,
+}
+
+/// A program and how often the kernel skipped it.
+#[derive(Clone, Debug)]
+pub struct HookStats {
+    pub hook: Hook,
+    pub recursion_misses: u64,
+}
+
+/// What the kernel side could not record, by cause (index: `tracer_common::Loss`).
+pub type Losses = [u64; LOSS_KINDS as usize];
+
+/// The loaded, attached programs and their maps. Dropping it detaches everything: nothing is
+/// pinned, so no link or map outlives the process.
+pub struct Tracer {
+    ebpf: Ebpf,
+    hooks: Vec<Hook>,
+}
+
+impl Tracer {
+    pub fn load(sizes: MapSizes) -> Result<Self> {
+        preflight::check_all()?;
+        let kernel_btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
+        let offsets = kernel_btf.kernel_offsets(nsec_per_tick()?)?;
+        let switch = if kernel_btf.tracepoint_args("sched_switch")? >= 4 {
+            "sched_switch"
+        } else {
+            "sched_switch_before_5_18"
+        };
+        let hooks = [
+            ("sched_process_fork", "sched_process_fork"),
+            ("sched_process_exit", "sched_process_exit"),
+            ("sched_process_wait", "sched_process_wait"),
+            ("sched_process_free", "sched_process_free"),
+            (switch, "sched_switch"),
+        ]
+        .map(|(program, tracepoint)| Hook {
+            program,
+            tracepoint,
+        });
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("ZOMBIES", sizes.zombies)
+            .map_max_entries("CGROUP_COUNTERS", sizes.cgroups)
+            .map_max_entries("WAITS", sizes.waits)
+            .load(OBJECT)
+            .map_err(|err| anyhow!("cannot load the eBPF object: {}", first_line(&err)))?;
+        let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
+        for hook in &hooks {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(hook.program)
+                .with_context(|| format!("program {} missing from the object", hook.program))?
+                .try_into()?;
+            program.load(hook.tracepoint, &btf).map_err(|err| {
+                anyhow!("cannot load program {}: {}", hook.program, first_line(&err))
+            })?;
+            program.attach().map_err(|err| {
+                anyhow!("cannot attach to tp_btf/{}: {}", hook.tracepoint, first_line(&err))
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            hooks: hooks.to_vec(),
+        })
+    }
+
+    pub fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+
+    pub fn hook_stats(&self) -> Result<Vec<HookStats>> {
+        self.hooks
+            .iter()
+            .map(|hook| {
+                let program = self.ebpf.program(hook.program).context("program vanished")?;
+                Ok(HookStats {
+                    hook: hook.clone(),
+                    recursion_misses: programs::recursion_misses(program.fd()?)?,
+                })
+            })
+            .collect()
+    }
+
+    fn zombie_map(&self) -> Result<HashMap<&MapData, ProcessKey, Zombie>> {
+        Ok(HashMap::try_from(self.ebpf.map("ZOMBIES").context("ZOMBIES map missing")?)?)
+    }
+
+    fn zombie_map_mut(&mut self) -> Result<HashMap<&mut MapData, ProcessKey, Zombie>> {
+        Ok(HashMap::try_from(
+            self.ebpf.map_mut("ZOMBIES").context("ZOMBIES map missing")?,
+        )?)
+    }
+
+    /// Every unreaped zombie the kernel side knows of. Entries reaped during the walk may be
+    /// missing or (rarely) listed although gone; the next read corrects it.
+    pub fn zombies(&self) -> Result<Vec<(ProcessKey, Zombie)>> {
+        let map = self.zombie_map()?;
+        let mut zombies = Vec::new();
+        for entry in map.iter() {
+            match entry {
+                Ok(entry) => zombies.push(entry),
+                // The key was deleted between get_next_key and lookup.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("cannot read the ZOMBIES map"),
+            }
+        }
+        Ok(zombies)
+    }
+
+    /// Adds a zombie the programs did not see (it predates them, or a map was full). Returns
+    /// false if the kernel recorded it meanwhile.
+    pub fn add_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<bool> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.zombie_map_mut()?.insert(key, zombie, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err).context("cannot add to the ZOMBIES map"),
+        }
+    }
+
+    /// Rewrites a known zombie (its parent changed). No-op if it was reaped meanwhile.
+    pub fn update_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<()> {
+        const BPF_EXIST: u64 = 2;
+        match self.zombie_map_mut()?.insert(key, zombie, BPF_EXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err).context("cannot update the ZOMBIES map"),
+        }
+    }
+
+    /// Drops a record that `/proc` proves wrong. Returns whether it was still there.
+    pub fn remove_zombie(&mut self, key: &ProcessKey) -> Result<bool> {
+        match self.zombie_map_mut()?.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err).context("cannot remove from the ZOMBIES map"),
+        }
+    }
+
+    /// Counters per cgroup id, summed over CPUs.
+    pub fn cgroup_counters(&self) -> Result<BTreeMap<u64, CgroupCounters>> {
+        let map: PerCpuHashMap<_, u64, CgroupCounters> = PerCpuHashMap::try_from(
+            self.ebpf.map("CGROUP_COUNTERS").context("CGROUP_COUNTERS map missing")?,
+        )?;
+        let mut totals = BTreeMap::new();
+        for entry in map.iter() {
+            let (id, per_cpu) = match entry {
+                Ok(entry) => entry,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(err) => return Err(err).context("cannot read the CGROUP_COUNTERS map"),
+            };
+            let total: &mut CgroupCounters = totals.entry(id).or_default();
+            for cpu in per_cpu.iter() {
+                total.forks += cpu.forks;
+                total.exits += cpu.exits;
+                total.zombies_created += cpu.zombies_created;
+                total.zombies_reaped += cpu.zombies_reaped;
+            }
+        }
+        Ok(totals)
+    }
+
+    /// The exit -> reap lifetime histogram, summed over CPUs.
+    pub fn lifetimes(&self) -> Result<LifetimeHistogram> {
+        let array: PerCpuArray<_, LifetimeHistogram> =
+            PerCpuArray::try_from(self.ebpf.map("LIFETIMES").context("LIFETIMES map missing")?)?;
+        let mut total = LifetimeHistogram::default();
+        for cpu in array.get(&0, 0)?.iter() {
+            for bucket in 0..LIFETIME_BUCKETS {
+                total.buckets[bucket] += cpu.buckets[bucket];
+            }
+            total.count += cpu.count;
+            total.sum_ns += cpu.sum_ns;
+        }
+        Ok(total)
+    }
+
+    pub fn losses(&self) -> Result<Losses> {
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("LOSSES").context("LOSSES map missing")?)?;
+        let mut losses = [0; LOSS_KINDS as usize];
+        for (kind, slot) in losses.iter_mut().enumerate() {
+            *slot = array.get(&(kind as u32), 0)?.iter().sum();
+        }
+        Ok(losses)
+    }
+
+    /// When the process `key` last entered `wait()`, if the kernel saw it.
+    pub fn last_wait(&self, key: &ProcessKey) -> Result<Option<u64>> {
+        let map: HashMap<_, u32, WaitRecord> =
+            HashMap::try_from(self.ebpf.map("WAITS").context("WAITS map missing")?)?;
+        match map.get(&key.tgid, 0) {
+            Ok(record) if record.start_ticks == key.start_ticks => Ok(Some(record.last_wait_ns)),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("cannot read the WAITS map"),
+        }
+    }
+}
+
+/// Verifier logs and loader errors span many lines; a user gets the first.
+fn first_line(err: &dyn std::fmt::Display) -> String {
+    err.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
+/// `/proc` states start times in `USER_HZ` ticks.
+pub fn nsec_per_tick() -> Result<u32> {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return Err(anyhow!("sysconf(_SC_CLK_TCK) failed"));
+    }
+    Ok((1_000_000_000 / hz) as u32)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,21 @@
+//! reapwatch: finds processes that exited and were never reaped, with eBPF.
+//!
+//! The kernel programs (`tracer-ebpf`) keep the zombies and counters; [`kernel`] loads them,
+//! [`state`] reconciles them with `/proc` and groups them per parent, [`cgroup`] attributes
+//! processes to containers, and [`commands`] renders what a person or a script asks for.
+
+pub mod cgroup;
+pub mod cli;
+pub mod commands;
+pub mod escape;
+pub mod kernel;
+pub mod procfs;
+pub mod state;
+
+use anyhow::Result;
+
+pub fn run(cli: cli::Cli) -> Result<()> {
+    match cli.command {
+        cli::Command::Snapshot(args) => commands::snapshot::run(&args),
+    }
+}

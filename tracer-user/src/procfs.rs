@@ -1,0 +1,254 @@
+//! Parsers for the `/proc` files reapwatch reads: the ground truth it reconciles against.
+
+use std::{fs, io, path::Path};
+
+use anyhow::{bail, Context, Result};
+
+/// The fields of `/proc/<pid>/stat` reapwatch uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    /// Raw bytes of the command name: the kernel allows any byte but NUL.
+    pub comm: Vec<u8>,
+    pub state: u8,
+    pub ppid: u32,
+    pub num_threads: u32,
+    /// Start time in clock ticks since boot: with the pid, an identity that survives pid reuse.
+    pub start_ticks: u64,
+    /// Signal the parent gets at exit (SIGCHLD normally; anything else escapes plain `wait()`).
+    pub exit_signal: Option<i32>,
+    /// Wait status of an exited process (field 52; zero while it runs, absent before 3.5).
+    pub exit_status: Option<i32>,
+}
+
+impl ProcStat {
+    /// An exited process its parent can reap: `Z` and no thread left but the leader (a leader
+    /// that exits while other threads live is shown as `Z` too, but is not reapable).
+    pub fn is_unreaped_zombie(&self) -> bool {
+        self.state == b'Z' && self.num_threads == 1
+    }
+
+    pub fn is_exited(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
+}
+
+/// Parses `/proc/<pid>/stat`. The comm sits between the first `(` and the *last* `)`,
+/// because a comm may itself contain spaces and parentheses.
+pub fn parse_stat(text: &[u8]) -> Result<ProcStat> {
+    let open = text.iter().position(|&b| b == b'(').context("no '(' before comm")?;
+    let close = text.iter().rposition(|&b| b == b')').context("no ')' after comm")?;
+    if close < open {
+        bail!("')' before '('");
+    }
+    let pid = std::str::from_utf8(&text[..open])?
+        .trim()
+        .parse()
+        .context("bad pid")?;
+    let comm = text[open + 1..close].to_vec();
+    let rest = std::str::from_utf8(&text[close + 1..]).context("stat fields are not text")?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // Numbering from proc(5): field 3 (state) is fields[0].
+    let field = |n: usize| -> Result<&str> {
+        fields
+            .get(n - 3)
+            .copied()
+            .with_context(|| format!("stat has no field {n}"))
+    };
+    let state = field(3)?.bytes().next().context("empty state")?;
+    Ok(ProcStat {
+        pid,
+        comm,
+        state,
+        ppid: field(4)?.parse().context("bad ppid")?,
+        num_threads: field(20)?.parse().context("bad num_threads")?,
+        start_ticks: field(22)?.parse().context("bad starttime")?,
+        exit_signal: field(38).ok().and_then(|f| f.parse().ok()),
+        exit_status: field(52).ok().and_then(|f| f.parse().ok()),
+    })
+}
+
+/// Reads and parses `/proc/<pid>/stat`; `Ok(None)` when the process is gone.
+pub fn read_stat(proc_root: &Path, pid: u32) -> Result<Option<ProcStat>> {
+    let path = proc_root.join(pid.to_string()).join("stat");
+    match fs::read(&path) {
+        Ok(text) => parse_stat(&text)
+            .map(Some)
+            .with_context(|| format!("cannot parse {}", path.display())),
+        Err(err) if is_gone(&err) => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// A process that vanished between listing and reading (ENOENT), or was being torn down
+/// (ESRCH), is simply not there.
+pub fn is_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// The pids listed in `proc_root`.
+pub fn list_pids(proc_root: &Path) -> Result<Vec<u32>> {
+    let entries =
+        fs::read_dir(proc_root).with_context(|| format!("cannot list {}", proc_root.display()))?;
+    let mut pids = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", proc_root.display()))?;
+        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// Every process in `proc_root`, skipping those that exit while being read.
+pub fn scan(proc_root: &Path) -> Result<Vec<ProcStat>> {
+    let mut stats = Vec::new();
+    for pid in list_pids(proc_root)? {
+        if let Some(stat) = read_stat(proc_root, pid)? {
+            stats.push(stat);
+        }
+    }
+    Ok(stats)
+}
+
+/// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controller-list:path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupLine {
+    pub hierarchy_id: u32,
+    /// Empty for the unified (v2) hierarchy; `name=systemd` for named v1 hierarchies.
+    pub controllers: Vec<String>,
+    pub path: String,
+}
+
+impl CgroupLine {
+    pub fn is_unified(&self) -> bool {
+        self.hierarchy_id == 0 && self.controllers.is_empty()
+    }
+
+    pub fn has_controller(&self, name: &str) -> bool {
+        self.controllers.iter().any(|c| c == name)
+    }
+}
+
+pub fn parse_cgroup_file(text: &str) -> Result<Vec<CgroupLine>> {
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("malformed cgroup line {line:?}");
+            };
+            Ok(CgroupLine {
+                hierarchy_id: id.parse().with_context(|| format!("bad hierarchy id in {line:?}"))?,
+                controllers: controllers
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                path: path.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Reads `/proc/<pid>/cgroup`; `Ok(None)` when the process is gone.
+pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>>> {
+    let path = proc_root.join(pid.to_string()).join("cgroup");
+    match fs::read_to_string(&path) {
+        Ok(text) => parse_cgroup_file(&text)
+            .map(Some)
+            .with_context(|| format!("cannot parse {}", path.display())),
+        Err(err) if is_gone(&err) => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT_TAIL: &str = "Z 4242 4242 4242 0 -1 4227084 80 0 0 0 0 0 0 0 20 0 1 0 987654 0 0 \
+                             18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 \
+                             0 0 0 0 0 0 0 0";
+
+    #[test]
+    fn stat_plain() {
+        let stat = parse_stat(format!("4243 (sleep) {STAT_TAIL}").as_bytes()).unwrap();
+        assert_eq!(stat.pid, 4243);
+        assert_eq!(stat.comm, b"sleep");
+        assert_eq!(stat.state, b'Z');
+        assert_eq!(stat.ppid, 4242);
+        assert_eq!(stat.num_threads, 1);
+        assert_eq!(stat.start_ticks, 987654);
+        assert_eq!(stat.exit_signal, Some(17));
+        assert_eq!(stat.exit_status, Some(0));
+        assert!(stat.is_unreaped_zombie());
+    }
+
+    #[test]
+    fn stat_of_old_kernels_lacks_the_exit_status() {
+        let tail: Vec<&str> = STAT_TAIL.split(' ').take(30).collect();
+        let stat = parse_stat(format!("5 (old) {}", tail.join(" ")).as_bytes()).unwrap();
+        assert_eq!(stat.exit_status, None);
+        assert_eq!(stat.exit_signal, None);
+    }
+
+    #[test]
+    fn stat_comm_with_spaces_and_parentheses() {
+        let stat = parse_stat(format!("7 (a) b (c)) {STAT_TAIL}").as_bytes()).unwrap();
+        assert_eq!(stat.comm, b"a) b (c)");
+        assert_eq!(stat.ppid, 4242);
+        assert_eq!(stat.start_ticks, 987654);
+    }
+
+    #[test]
+    fn stat_comm_with_newline_and_non_utf8() {
+        let mut text = b"8 (x\n\xff) ".to_vec();
+        text.extend_from_slice(STAT_TAIL.as_bytes());
+        let stat = parse_stat(&text).unwrap();
+        assert_eq!(stat.comm, b"x\n\xff");
+    }
+
+    #[test]
+    fn leader_with_live_threads_is_not_unreaped() {
+        let tail = STAT_TAIL.replacen(" 20 0 1 0 ", " 20 0 2 0 ", 1);
+        let stat = parse_stat(format!("9 (worker) {tail}").as_bytes()).unwrap();
+        assert_eq!(stat.num_threads, 2);
+        assert!(!stat.is_unreaped_zombie());
+    }
+
+    #[test]
+    fn stat_truncated_is_an_error() {
+        assert!(parse_stat(b"1 (init) S 0 1").is_err());
+        assert!(parse_stat(b"1 init S").is_err());
+        assert!(parse_stat(b"").is_err());
+    }
+
+    #[test]
+    fn cgroup_file_hybrid() {
+        let text = "12:pids:/system.slice/containerd.service\n\
+                    1:name=systemd:/system.slice/containerd.service\n\
+                    3:cpu,cpuacct:/\n\
+                    0::/system.slice/containerd.service\n";
+        let lines = parse_cgroup_file(text).unwrap();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].has_controller("pids"));
+        assert!(lines[1].has_controller("name=systemd"));
+        assert_eq!(lines[2].controllers, ["cpu", "cpuacct"]);
+        assert!(lines[3].is_unified());
+        assert_eq!(lines[3].path, "/system.slice/containerd.service");
+    }
+
+    #[test]
+    fn cgroup_path_may_contain_colons() {
+        let lines = parse_cgroup_file("0::/a:b:c\n").unwrap();
+        assert_eq!(lines[0].path, "/a:b:c");
+    }
+
+    #[test]
+    fn cgroup_file_malformed() {
+        assert!(parse_cgroup_file("garbage\n").is_err());
+        assert!(parse_cgroup_file("x::/\n").is_err());
+    }
+}
