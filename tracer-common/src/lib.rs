@@ -8,6 +8,14 @@
 pub const TASK_DEAD: u32 = 0x80;
 /// `EXIT_ZOMBIE` in `task_struct::exit_state`.
 pub const EXIT_ZOMBIE: i32 = 0x20;
+/// `EXIT_DEAD` in `task_struct::exit_state`: released (autoreaped, or already reaped).
+pub const EXIT_DEAD: i32 = 0x10;
+/// `SIGCHLD` on every architecture reapwatch builds for (x86_64, aarch64).
+pub const SIGCHLD: i32 = 17;
+/// `SIG_IGN` as a handler value.
+pub const SIG_IGN: u64 = 1;
+/// `SA_NOCLDWAIT` in `sa_flags`.
+pub const SA_NOCLDWAIT: u64 = 2;
 
 /// Byte offsets of the kernel struct members the programs read.
 ///
@@ -31,6 +39,12 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     pub task_start_boottime: u32,
     pub task_cgroups: u32,
+    pub task_ptrace: u32,
+    pub task_sighand: u32,
+    /// `sighand_struct::action[SIGCHLD - 1].sa.sa_handler`.
+    pub sighand_sigchld_handler: u32,
+    /// `sighand_struct::action[SIGCHLD - 1].sa.sa_flags`.
+    pub sighand_sigchld_flags: u32,
     /// `signal_struct::live` (an `atomic_t`: its counter is at this offset).
     pub signal_live: u32,
     pub signal_nr_threads: u32,
@@ -214,6 +228,6 @@ mod tests {
     fn shared_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 19 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 23 * 4);
     }
 }

@@ -77,8 +77,7 @@ pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
 /// Forgets a reaped process; returns its zombie record if it was one.
 pub fn take_zombie(key: &ProcessKey) -> Option<Zombie> {
     let zombie = unsafe { *ZOMBIES.get(key)? };
-    // Only the remover accounts for it: `sched_process_free` fires once per task, but a
-    // userspace heal may race to delete the same entry.
+    // Only the remover accounts for it: userspace may close the same record concurrently.
     ZOMBIES.remove(key).ok()?;
     Some(zombie)
 }

@@ -1,7 +1,7 @@
 //! Reads of kernel struct members at offsets that userspace resolved from BTF.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
-use tracer_common::{KernelOffsets, Loss};
+use tracer_common::{KernelOffsets, Loss, SA_NOCLDWAIT, SIG_IGN};
 
 use crate::maps::count_loss;
 
@@ -22,6 +22,10 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_comm: 0,
     task_start_boottime: 0,
     task_cgroups: 0,
+    task_ptrace: 0,
+    task_sighand: 0,
+    sighand_sigchld_handler: 0,
+    sighand_sigchld_flags: 0,
     signal_live: 0,
     signal_nr_threads: 0,
     css_set_dfl_cgrp: 0,
@@ -116,6 +120,25 @@ impl Task {
             return None;
         }
         Some(boottime_ns / per_tick)
+    }
+
+    /// Whether the task is the leader of its thread group (after `de_thread()` swapped the
+    /// leader, the old one's pid no longer equals the tgid).
+    pub fn is_leader(self) -> Option<bool> {
+        Some(self.pid()? == self.tgid()?)
+    }
+
+    pub fn is_ptraced(self) -> Option<bool> {
+        Some(read::<u32>(self.0, offset!(task_ptrace))? != 0)
+    }
+
+    /// Whether an exit notification to this process reaps the child at once: the rule of
+    /// `do_notify_parent()` (SIGCHLD ignored, or `SA_NOCLDWAIT`).
+    pub fn autoreaps_children(self) -> Option<bool> {
+        let sighand: *const u8 = read(self.0, offset!(task_sighand))?;
+        let handler: u64 = read(sighand, offset!(sighand_sigchld_handler))?;
+        let flags: u64 = read(sighand, offset!(sighand_sigchld_flags))?;
+        Some(handler == SIG_IGN || flags & SA_NOCLDWAIT != 0)
     }
 
     fn signal(self) -> Option<*const u8> {

@@ -53,6 +53,11 @@ impl UnifiedHierarchy {
         }
     }
 
+    /// Where the unified hierarchy is mounted, if anywhere.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
     /// The cgroup id (kernfs inode) of a unified path such as `/system.slice/x.service`.
     pub fn id_of(&self, path: &str) -> Option<u64> {
         let root = self.root.as_ref()?;

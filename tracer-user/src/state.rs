@@ -1,10 +1,14 @@
 //! The state engine: what the kernel maps say, checked against `/proc`.
 //!
-//! The kernel programs keep the set of unreaped zombies and the counters; this module turns
-//! them into per-parent views, follows zombies whose parent died (the kernel moves them to a
-//! new reaper and no tracepoint says so), and heals the map from `/proc`: zombies that
-//! predate the programs or were lost to a full map are added, records `/proc` contradicts
-//! twice in a row are dropped.
+//! The kernel programs keep the set of unreaped zombies and the per-cgroup counters. This
+//! module turns them into per-parent views and keeps them true:
+//! - [`StateEngine::refresh`] looks up each recorded zombie in `/proc` (cost grows with the
+//!   number of zombies, not of processes): one whose `/proc` entry is gone was released, so
+//!   its record is closed and counted reaped here if the kernel's `sched_process_free` did not
+//!   do it first (it sometimes never fires); one whose parent changed was reparented (the
+//!   kernel moves zombies to a new reaper when a parent dies, and no tracepoint says so).
+//! - [`StateEngine::reconcile`] scans all of `/proc` for zombies the programs never saw (they
+//!   predate the programs, or a map was full) and adds them, with ages as lower bounds.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -21,13 +25,16 @@ use crate::{
     procfs::{self, ProcStat},
 };
 
-/// What reconciliations changed, since start.
+/// What userspace changed in the kernel's records, since start.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct ReconcileTotals {
-    pub runs: u64,
+pub struct RepairTotals {
+    /// Full `/proc` scans.
+    pub reconciles: u64,
     /// Zombies found in `/proc` that the kernel side had no record of.
     pub added: u64,
-    /// Records dropped because `/proc` showed no such zombie, twice.
+    /// Reaps noticed in `/proc` because the kernel's free event never came.
+    pub reaped_late: u64,
+    /// Records `/proc` contradicted (the process is alive, or not reapable) and were dropped.
     pub healed: u64,
     /// Zombies whose parent changed (it died; they moved to a new reaper).
     pub reparented: u64,
@@ -104,9 +111,9 @@ pub struct StateEngine {
     tracer: Tracer,
     proc_root: PathBuf,
     cgroups: UnifiedHierarchy,
-    /// Records `/proc` contradicted at the previous reconciliation.
-    suspects: HashSet<ProcessKey>,
-    totals: ReconcileTotals,
+    /// Reaps closed by userspace, per parent cgroup id: added to the kernel's counters.
+    late_reaps: HashMap<u64, u64>,
+    totals: RepairTotals,
 }
 
 impl StateEngine {
@@ -115,8 +122,8 @@ impl StateEngine {
             tracer,
             proc_root: proc_root.to_path_buf(),
             cgroups: UnifiedHierarchy::discover(sys_fs_cgroup),
-            suspects: HashSet::new(),
-            totals: ReconcileTotals::default(),
+            late_reaps: HashMap::new(),
+            totals: RepairTotals::default(),
         }
     }
 
@@ -124,68 +131,86 @@ impl StateEngine {
         &self.tracer
     }
 
-    pub fn totals(&self) -> ReconcileTotals {
+    pub fn totals(&self) -> RepairTotals {
         self.totals
     }
 
-    /// Makes the kernel's zombie set agree with `/proc`. A record `/proc` contradicts is only
-    /// dropped the second time in a row: a zombie reaped moments ago leaves `/proc` one RCU
-    /// grace period before `sched_process_free` removes it, and removing it here would lose
-    /// that reap from the counters.
-    pub fn reconcile(&mut self) -> Result<ReconcileTotals> {
-        let before = self.totals;
-        let now = monotonic_ns();
-        let processes = procfs::scan(&self.proc_root)?;
-        let by_pid: HashMap<u32, &ProcStat> = processes.iter().map(|p| (p.pid, p)).collect();
-        let truth: HashMap<ProcessKey, &ProcStat> = processes
-            .iter()
-            .filter(|p| p.is_unreaped_zombie())
-            .map(|p| (ProcessKey::new(p.pid, p.start_ticks), p))
-            .collect();
-        let known = self.tracer.zombies()?;
-
-        let mut suspects = HashSet::new();
-        for (key, zombie) in &known {
-            let Some(stat) = truth.get(key) else {
-                if self.suspects.contains(key) {
-                    if self.tracer.remove_zombie(key)? {
-                        self.totals.healed += 1;
-                    }
-                } else {
-                    suspects.insert(*key);
+    /// Checks every recorded zombie against `/proc` and returns those still unreaped, with
+    /// their current parent.
+    pub fn refresh(&mut self) -> Result<Vec<(ProcessKey, Zombie)>> {
+        let mut live = Vec::new();
+        let mut parent_starts: HashMap<u32, u64> = HashMap::new();
+        for (key, mut zombie) in self.tracer.zombies()? {
+            let stat = procfs::read_stat(&self.proc_root, key.tgid)?
+                .filter(|s| s.start_ticks == key.start_ticks);
+            let Some(stat) = stat else {
+                // Released: reaped while nobody closed the record.
+                if self.tracer.remove_zombie(&key)? && zombie.flags & ZOMBIE_SEEN_LATE == 0 {
+                    *self.late_reaps.entry(zombie.parent_cgroup_id).or_default() += 1;
+                    self.totals.reaped_late += 1;
                 }
                 continue;
             };
-            let parent = parent_key(stat.ppid, &by_pid);
-            if parent != zombie.parent {
-                self.tracer.update_zombie(*key, Zombie { parent, ..*zombie })?;
-                self.totals.reparented += 1;
-            }
-        }
-        self.suspects = suspects;
-
-        let known: HashSet<ProcessKey> = known.iter().map(|(key, _)| *key).collect();
-        for (key, stat) in &truth {
-            if known.contains(key) {
+            if !stat.is_unreaped_zombie() {
+                if self.tracer.remove_zombie(&key)? {
+                    self.totals.healed += 1;
+                }
                 continue;
             }
-            // Narrow the window in which a zombie reaped since the scan would be re-added.
+            if stat.ppid != zombie.parent.tgid || !self.started_at(&mut parent_starts, &zombie.parent)? {
+                zombie.parent = ProcessKey::new(stat.ppid, self.start_of(&mut parent_starts, stat.ppid)?);
+                self.tracer.update_zombie(key, zombie)?;
+                self.totals.reparented += 1;
+            }
+            live.push((key, zombie));
+        }
+        Ok(live)
+    }
+
+    fn start_of(&self, cache: &mut HashMap<u32, u64>, pid: u32) -> Result<u64> {
+        if let Some(&start) = cache.get(&pid) {
+            return Ok(start);
+        }
+        let start = procfs::read_stat(&self.proc_root, pid)?.map_or(0, |s| s.start_ticks);
+        cache.insert(pid, start);
+        Ok(start)
+    }
+
+    /// Whether the recorded parent is the process now holding its pid.
+    fn started_at(&self, cache: &mut HashMap<u32, u64>, parent: &ProcessKey) -> Result<bool> {
+        Ok(self.start_of(cache, parent.tgid)? == parent.start_ticks)
+    }
+
+    /// Scans all of `/proc` and records the unreaped zombies the kernel side does not know.
+    /// Returns how many it added.
+    pub fn reconcile(&mut self) -> Result<u64> {
+        let now = monotonic_ns();
+        let processes = procfs::scan(&self.proc_root)?;
+        let by_pid: HashMap<u32, &ProcStat> = processes.iter().map(|p| (p.pid, p)).collect();
+        let known: HashSet<ProcessKey> = self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
+        let mut added = 0;
+        for stat in processes.iter().filter(|p| p.is_unreaped_zombie()) {
+            let key = ProcessKey::new(stat.pid, stat.start_ticks);
+            if known.contains(&key) {
+                continue;
+            }
+            // Narrow the window in which a zombie reaped since the scan would be re-added
+            // (refresh drops such a record anyway).
             let still = procfs::read_stat(&self.proc_root, stat.pid)?;
             if !still.is_some_and(|s| s.start_ticks == stat.start_ticks && s.is_unreaped_zombie()) {
                 continue;
             }
-            let zombie = self.late_zombie(stat, parent_key(stat.ppid, &by_pid), now)?;
-            if self.tracer.add_zombie(*key, zombie)? {
-                self.totals.added += 1;
+            let parent = ProcessKey::new(stat.ppid, by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks));
+            if self.tracer.add_zombie(key, self.late_zombie(stat, parent, now)?)? {
+                added += 1;
             }
         }
-        self.totals.runs += 1;
-        Ok(ReconcileTotals {
-            runs: 1,
-            added: self.totals.added - before.added,
-            healed: self.totals.healed - before.healed,
-            reparented: self.totals.reparented - before.reparented,
-        })
+        let alive: HashSet<ProcessKey> =
+            processes.iter().map(|p| ProcessKey::new(p.pid, p.start_ticks)).collect();
+        self.tracer.forget_waits_except(&alive)?;
+        self.totals.added += added;
+        self.totals.reconciles += 1;
+        Ok(added)
     }
 
     /// A record for a zombie the programs did not see exit: its age counts from now.
@@ -216,40 +241,27 @@ impl StateEngine {
             .and_then(|l| self.cgroups.id_of(&l.path)))
     }
 
-    /// Every parent with unreaped children, most children first. Reads `/proc` only for
-    /// those parents (and for the children of parents that died), never a full scan.
+    /// Every parent with unreaped children, most children first.
     pub fn parents(&mut self) -> Result<Vec<ParentState>> {
         let now = monotonic_ns();
-        let mut parent_stats: HashMap<u32, Option<ProcStat>> = HashMap::new();
         let mut groups: BTreeMap<ProcessKey, Vec<ChildState>> = BTreeMap::new();
-        for (key, mut zombie) in self.tracer.zombies()? {
-            if !self.is_alive(zombie.parent, &mut parent_stats)? {
-                if let Some(parent) = self.current_parent(&key)? {
-                    if parent != zombie.parent {
-                        zombie.parent = parent;
-                        self.tracer.update_zombie(key, zombie)?;
-                        self.totals.reparented += 1;
-                    }
-                }
-            }
+        for (key, zombie) in self.refresh()? {
             groups.entry(zombie.parent).or_default().push(ChildState {
                 key,
                 age_ns: now.saturating_sub(zombie.exit_ns),
                 zombie,
             });
         }
-
         let mut parents = Vec::with_capacity(groups.len());
         for (key, mut children) in groups {
             children.sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
-            let stat = self.stat_cached(key.tgid, &mut parent_stats)?;
-            let comm = stat.map(|s| s.comm).unwrap_or_default();
+            let comm = procfs::read_stat(&self.proc_root, key.tgid)?
+                .filter(|s| s.start_ticks == key.start_ticks)
+                .map(|s| s.comm)
+                .unwrap_or_default();
             let cgroup = procfs::read_cgroups(&self.proc_root, key.tgid)?
                 .and_then(|lines| cgroup::select_path(&lines).map(str::to_owned));
-            let last_wait_age_ns = self
-                .tracer
-                .last_wait(&key)?
-                .map(|at| now.saturating_sub(at));
+            let last_wait_age_ns = self.tracer.last_wait(&key)?.map(|at| now.saturating_sub(at));
             parents.push(ParentState {
                 key,
                 comm,
@@ -268,46 +280,13 @@ impl StateEngine {
         Ok(parents)
     }
 
-    fn stat_cached(
-        &self,
-        pid: u32,
-        cache: &mut HashMap<u32, Option<ProcStat>>,
-    ) -> Result<Option<ProcStat>> {
-        if let Some(stat) = cache.get(&pid) {
-            return Ok(stat.clone());
-        }
-        let stat = procfs::read_stat(&self.proc_root, pid)?;
-        cache.insert(pid, stat.clone());
-        Ok(stat)
-    }
-
-    fn is_alive(
-        &self,
-        process: ProcessKey,
-        cache: &mut HashMap<u32, Option<ProcStat>>,
-    ) -> Result<bool> {
-        Ok(self
-            .stat_cached(process.tgid, cache)?
-            .is_some_and(|s| s.start_ticks == process.start_ticks && !s.is_exited()))
-    }
-
-    /// The parent `/proc` shows now for a zombie, if it is still there.
-    fn current_parent(&self, child: &ProcessKey) -> Result<Option<ProcessKey>> {
-        let Some(stat) = procfs::read_stat(&self.proc_root, child.tgid)? else {
-            return Ok(None);
-        };
-        if stat.start_ticks != child.start_ticks {
-            return Ok(None);
-        }
-        let parent_start = procfs::read_stat(&self.proc_root, stat.ppid)?
-            .map(|p| p.start_ticks)
-            .unwrap_or(0);
-        Ok(Some(ProcessKey::new(stat.ppid, parent_start)))
-    }
-
-    /// Counters of every cgroup the programs charged, with the path when it still exists.
+    /// Counters of every cgroup the programs charged (plus reaps closed in userspace), with
+    /// the path while the cgroup exists.
     pub fn cgroups(&mut self) -> Result<Vec<CgroupState>> {
-        let counters = self.tracer.cgroup_counters()?;
+        let mut counters = self.tracer.cgroup_counters()?;
+        for (&id, &reaped) in &self.late_reaps {
+            counters.entry(id).or_default().zombies_reaped += reaped;
+        }
         Ok(counters
             .into_iter()
             .map(|(id, counters)| CgroupState {
@@ -317,8 +296,4 @@ impl StateEngine {
             })
             .collect())
     }
-}
-
-fn parent_key(ppid: u32, by_pid: &HashMap<u32, &ProcStat>) -> ProcessKey {
-    ProcessKey::new(ppid, by_pid.get(&ppid).map_or(0, |p| p.start_ticks))
 }

@@ -1,19 +1,25 @@
-//! `sched_switch` of a dead task: the one moment a zombie is known to exist.
+//! `sched_switch` of a dead task: where zombies are recognised.
 //!
-//! A dying task's last switch comes after `exit_notify()` has decided its fate. Its group
-//! leader is then a reapable zombie exactly when the leader's `exit_state` is `EXIT_ZOMBIE`
-//! and no other thread of the group is left unreleased. That excludes autoreaped exits (already
-//! `EXIT_DEAD` and released), thread exits, and a leader that exited while its threads live on
-//! (a zombie in `/proc`, but its parent is not told until the last thread goes: that thread's
-//! own dead switch then records it). Several threads can see the same moment; the first insert
-//! wins.
+//! A dying task's last switch comes after `exit_notify()` has decided its fate, and always
+//! before its `sched_process_free` (the final switch drops one of the two `rcu_users`
+//! references that free waits for). At that switch the group leader is:
+//! - `EXIT_ZOMBIE` with no other thread unreleased: a reapable zombie. Several threads may
+//!   see it; the first insert wins. A leader that exited while threads live on is a zombie in
+//!   `/proc` but its parent is not told until the last thread goes, so it does not count yet.
+//! - `EXIT_DEAD`, seen by the leader itself: released already, either autoreaped by the
+//!   kernel or reaped by a parent quick enough to win the race against this switch (it
+//!   happens: a parent blocked in `waitpid()` on the other CPU). The rule of
+//!   `do_notify_parent()` tells them apart; a reaped one is still a zombie that existed, and
+//!   its free right after closes the record.
+//! Thread exits (never zombies) and a leader released by `de_thread()` (exec from another
+//! thread: its exit signal is -1) are neither.
 //!
-//! This runs on every context switch, so the first check must be cheap: from 5.18 the
-//! tracepoint passes `prev_state` (4th argument); before, the loader attaches the variant that
-//! reads `prev->__state` instead.
+//! This runs on every context switch, so the first check is a compare: from 5.18 the
+//! tracepoint passes `prev_state`; before, the loader attaches the variant reading
+//! `prev->__state`.
 
 use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{ProcessKey, Zombie, EXIT_ZOMBIE, TASK_DEAD};
+use tracer_common::{ProcessKey, Zombie, EXIT_DEAD, EXIT_ZOMBIE, SIGCHLD, TASK_DEAD};
 
 use crate::{
     maps::{insert_zombie, update_cgroup},
@@ -46,9 +52,36 @@ fn on_task_dead(prev: Task) {
     let Some(leader) = prev.group_leader() else {
         return;
     };
-    if leader.exit_state() != Some(EXIT_ZOMBIE) || leader.unreleased_threads() != Some(1) {
-        return;
+    let left_a_zombie = match leader.exit_state() {
+        // 0: the parent released it between the two reads.
+        Some(EXIT_ZOMBIE) => leader.unreleased_threads().is_some_and(|n| n <= 1),
+        Some(EXIT_DEAD) => was_reaped_before_switch(prev, leader).unwrap_or(false),
+        _ => false,
+    };
+    if left_a_zombie {
+        record_zombie(leader);
     }
+}
+
+/// `EXIT_DEAD` at the leader's own final switch: a zombie its parent already reaped, unless
+/// the exit was never going to leave one.
+#[inline(always)]
+fn was_reaped_before_switch(prev: Task, leader: Task) -> Option<bool> {
+    if !leader.is_leader()? || prev.pid()? != leader.pid()? {
+        return Some(false);
+    }
+    let exit_signal = leader.exit_signal()?;
+    if exit_signal == -1 {
+        return Some(false);
+    }
+    if leader.is_ptraced()? || exit_signal != SIGCHLD {
+        return Some(true);
+    }
+    Some(!leader.real_parent()?.autoreaps_children()?)
+}
+
+#[inline(always)]
+fn record_zombie(leader: Task) {
     let (Some(tgid), Some(start_ticks)) = (leader.tgid(), leader.start_ticks()) else {
         return;
     };

@@ -10,7 +10,7 @@ use crate::{
     cli::SnapshotArgs,
     escape,
     kernel::{preflight, Tracer},
-    state::{CgroupState, ChildState, ParentState, ReconcileTotals, StateEngine},
+    state::{CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -88,7 +88,7 @@ pub struct TracerReport {
     pub kernel: String,
     pub hooks: Vec<HookReport>,
     pub losses: LossReport,
-    pub reconcile: ReconcileTotals,
+    pub repairs: RepairTotals,
 }
 
 #[derive(Serialize)]
@@ -202,7 +202,7 @@ impl Report {
                     waits_map_full: losses[Loss::WaitsMapFull as usize],
                     kernel_read_errors: losses[Loss::KernelRead as usize],
                 },
-                reconcile: engine.totals(),
+                repairs: engine.totals(),
             },
         })
     }
@@ -248,7 +248,7 @@ impl Report {
             self.tracer.hooks.len(),
             misses,
             lost,
-            self.tracer.reconcile.added
+            self.tracer.repairs.added
         );
         out
     }

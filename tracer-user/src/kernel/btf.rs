@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use tracer_common::KernelOffsets;
+use tracer_common::{KernelOffsets, SIGCHLD};
 
 pub struct KernelBtf {
     btf: Btf,
@@ -36,6 +36,20 @@ impl KernelBtf {
             bail!("{strukt}.{member} is a bitfield");
         }
         Ok(bits / 8)
+    }
+
+    /// Size in bytes of `struct strukt`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32> {
+        match self
+            .btf
+            .resolve_types_by_name(strukt)
+            .map_err(|err| anyhow!("struct {strukt} not in BTF: {err}"))?
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(_)))
+        {
+            Some(Type::Struct(st)) => Ok(st.size() as u32),
+            _ => bail!("struct {strukt} not in BTF"),
+        }
     }
 
     /// First of `members` that `strukt` has (fields renamed across kernel versions).
@@ -105,6 +119,9 @@ impl KernelBtf {
     /// Every offset the programs need.
     pub fn kernel_offsets(&self, nsec_per_tick: u32) -> Result<KernelOffsets> {
         let task = |m: &str| self.member_offset("task_struct", m);
+        let sigchld_action = self.member_offset("sighand_struct", "action")?
+            + (SIGCHLD as u32 - 1) * self.struct_size("k_sigaction")?
+            + self.member_offset("k_sigaction", "sa")?;
         Ok(KernelOffsets {
             ready: 1,
             task_state: self.first_member_offset("task_struct", &["__state", "state"])?,
@@ -120,6 +137,10 @@ impl KernelBtf {
             task_start_boottime: task("start_boottime")
                 .context("kernel too old: task_struct has no start_boottime (needs 5.5+)")?,
             task_cgroups: task("cgroups")?,
+            task_ptrace: task("ptrace")?,
+            task_sighand: task("sighand")?,
+            sighand_sigchld_handler: sigchld_action + self.member_offset("sigaction", "sa_handler")?,
+            sighand_sigchld_flags: sigchld_action + self.member_offset("sigaction", "sa_flags")?,
             signal_live: self.member_offset("signal_struct", "live")?,
             signal_nr_threads: self.member_offset("signal_struct", "nr_threads")?,
             css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,

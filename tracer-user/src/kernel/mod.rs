@@ -19,7 +19,7 @@ use tracer_common::{
 
 use self::btf::KernelBtf;
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
 
 /// Capacity of the kernel maps. A full map loses records, and the loss is counted.
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +96,9 @@ impl Tracer {
             .load(OBJECT)
             .map_err(|err| anyhow!("cannot load the eBPF object: {}", first_line(&err)))?;
         let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
+        let only = std::env::var("DEBUG_HOOKS").ok();
         for hook in &hooks {
+            if let Some(only) = &only { if !only.split(',').any(|h| h == hook.tracepoint) { continue; } }
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
                 .with_context(|| format!("program {} missing from the object", hook.program))?
@@ -121,6 +123,7 @@ impl Tracer {
     pub fn hook_stats(&self) -> Result<Vec<HookStats>> {
         self.hooks
             .iter()
+            .filter(|hook| std::env::var("DEBUG_HOOKS").map_or(true, |o| o.contains(hook.tracepoint)))
             .map(|hook| {
                 let program = self.ebpf.program(hook.program).context("program vanished")?;
                 Ok(HookStats {
@@ -238,6 +241,11 @@ impl Tracer {
         Ok(total)
     }
 
+    pub fn debug(&self) -> Vec<u64> {
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("DEBUG").unwrap()).unwrap();
+        (0..8u32).map(|i| array.get(&i, 0).unwrap().iter().sum()).collect()
+    }
+
     pub fn losses(&self) -> Result<Losses> {
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("LOSSES").context("LOSSES map missing")?)?;
@@ -246,6 +254,27 @@ impl Tracer {
             *slot = array.get(&(kind as u32), 0)?.iter().sum();
         }
         Ok(losses)
+    }
+
+    /// Drops remembered waits of processes not in `alive` (their free event may never come).
+    pub fn forget_waits_except(&mut self, alive: &std::collections::HashSet<ProcessKey>) -> Result<()> {
+        let mut map: HashMap<_, u32, WaitRecord> =
+            HashMap::try_from(self.ebpf.map_mut("WAITS").context("WAITS map missing")?)?;
+        let gone: Vec<u32> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(tgid, record)| !alive.contains(&ProcessKey::new(*tgid, record.start_ticks)))
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in gone {
+            match map.remove(&tgid) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(aya::maps::MapError::SyscallError(err))
+                    if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(err) => return Err(err).context("cannot clean the WAITS map"),
+            }
+        }
+        Ok(())
     }
 
     /// When the process `key` last entered `wait()`, if the kernel saw it.

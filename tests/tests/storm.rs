@@ -1,0 +1,45 @@
+//! Thousands of fork/exit/wait round trips: every zombie created is reaped, exactly once.
+
+use std::{path::Path, time::Duration};
+
+use reapwatch::{
+    kernel::{MapSizes, Tracer},
+    state::StateEngine,
+};
+use reapwatch_tests::{eventually, Helper, TestCgroup};
+use tracer_common::CgroupCounters;
+
+const ROUND_TRIPS: u64 = 5000;
+
+#[test]
+fn fork_storm_counts_exactly() {
+    let tracer = Tracer::load(MapSizes::default()).expect("load the tracer (run as root)");
+    let mut engine = StateEngine::new(tracer, Path::new("/proc"), Path::new("/sys/fs/cgroup"));
+    let cgroup = TestCgroup::new("storm");
+    let helper = Helper::start("storm", ROUND_TRIPS as u32, &cgroup);
+
+    let counters = |engine: &mut StateEngine| -> CgroupCounters {
+        engine.refresh().expect("refresh");
+        let cgroups = engine.cgroups().expect("counters");
+        cgroups.iter().find(|c| c.id == cgroup.id()).map(|c| c.counters).unwrap_or_default()
+    };
+    let settled = eventually(Duration::from_secs(10), || {
+        counters(&mut engine).zombies_reaped >= ROUND_TRIPS
+    });
+    let c = counters(&mut engine);
+    assert!(settled, "{c:?}");
+    assert_eq!(c.forks, ROUND_TRIPS, "{c:?}");
+    assert_eq!(c.exits, ROUND_TRIPS, "{c:?}");
+    assert_eq!(c.zombies_created, ROUND_TRIPS, "{c:?}");
+    assert_eq!(c.zombies_reaped, ROUND_TRIPS, "{c:?}");
+
+    let live = engine.parents().unwrap().into_iter().filter(|p| p.pid() == helper.parent).count();
+    assert_eq!(live, 0, "no zombie of the storm is left");
+    // Reaps the kernel reported carry a lifetime; those closed from /proc do not.
+    let histogram = engine.tracer().lifetimes().unwrap();
+    assert_eq!(histogram.buckets.iter().sum::<u64>(), histogram.count);
+    assert!(histogram.count + engine.totals().reaped_late >= ROUND_TRIPS);
+    let misses: u64 = engine.tracer().hook_stats().unwrap().iter().map(|h| h.recursion_misses).sum();
+    assert_eq!(misses, 0);
+    assert_eq!(engine.tracer().losses().unwrap(), [0; 4]);
+}
