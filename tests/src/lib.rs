@@ -37,6 +37,19 @@ impl TestCgroup {
         Self { path }
     }
 
+    /// The path as `/proc/<pid>/cgroup` shows it on the unified hierarchy.
+    pub fn unified_path(&self) -> String {
+        let hierarchy = UnifiedHierarchy::discover(Path::new("/sys/fs/cgroup"));
+        let root = hierarchy.root().expect("unified hierarchy");
+        format!(
+            "/{}",
+            self.path
+                .strip_prefix(root)
+                .expect("under the root")
+                .display()
+        )
+    }
+
     /// The cgroup id the kernel programs key counters by.
     pub fn id(&self) -> u64 {
         fs::metadata(&self.path).expect("cgroup exists").ino()
@@ -68,7 +81,7 @@ pub struct Helper {
 
 impl Helper {
     pub fn start(shape: &str, n: u32, cgroup: &TestCgroup) -> Self {
-        let mut child = Command::new(helper_binary())
+        let mut child = Command::new(workspace_binary("zombie-helper"))
             .arg("--cgroup")
             .arg(&cgroup.path)
             .arg(shape)
@@ -94,8 +107,15 @@ impl Helper {
     fn until_ready(&mut self) {
         loop {
             let mut line = String::new();
-            let read = self.stdout.read_line(&mut line).expect("read helper output");
-            assert!(read > 0, "zombie-helper ended early: {:?}", self.child.try_wait());
+            let read = self
+                .stdout
+                .read_line(&mut line)
+                .expect("read helper output");
+            assert!(
+                read > 0,
+                "zombie-helper ended early: {:?}",
+                self.child.try_wait()
+            );
             let mut words = line.split_whitespace();
             match (words.next(), words.next().and_then(|w| w.parse().ok())) {
                 (Some("ready"), _) => return,
@@ -129,14 +149,21 @@ impl Drop for Helper {
     }
 }
 
-/// Cargo puts test executables in `target/<profile>/deps` and this package's binaries one
-/// level up.
-fn helper_binary() -> PathBuf {
+/// A binary of the workspace (`reapwatch`, `zombie-helper`): cargo puts test executables in
+/// `target/<profile>/deps` and the workspace's binaries one level up.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
-    let helper = dir.join("zombie-helper");
-    assert!(helper.exists(), "{} missing: build the workspace's binaries", helper.display());
-    helper
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let binary = dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} missing: build the workspace's binaries",
+        binary.display()
+    );
+    binary
 }
 
 /// Ground truth: the unreaped children of `ppid` according to `/proc` (pid -> stat).

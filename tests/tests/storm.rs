@@ -21,7 +21,11 @@ fn fork_storm_counts_exactly() {
     let counters = |engine: &mut StateEngine| -> CgroupCounters {
         engine.refresh().expect("refresh");
         let cgroups = engine.cgroups().expect("counters");
-        cgroups.iter().find(|c| c.id == cgroup.id()).map(|c| c.counters).unwrap_or_default()
+        cgroups
+            .iter()
+            .find(|c| c.id == cgroup.id())
+            .map(|c| c.counters)
+            .unwrap_or_default()
     };
     let settled = eventually(Duration::from_secs(10), || {
         counters(&mut engine).zombies_reaped >= ROUND_TRIPS
@@ -33,13 +37,24 @@ fn fork_storm_counts_exactly() {
     assert_eq!(c.zombies_created, ROUND_TRIPS, "{c:?}");
     assert_eq!(c.zombies_reaped, ROUND_TRIPS, "{c:?}");
 
-    let live = engine.parents().unwrap().into_iter().filter(|p| p.pid() == helper.parent).count();
+    let live = engine
+        .parents()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.pid() == helper.parent)
+        .count();
     assert_eq!(live, 0, "no zombie of the storm is left");
     // Reaps the kernel reported carry a lifetime; those closed from /proc do not.
     let histogram = engine.tracer().lifetimes().unwrap();
     assert_eq!(histogram.buckets.iter().sum::<u64>(), histogram.count);
     assert!(histogram.count + engine.totals().reaped_late >= ROUND_TRIPS);
-    let misses: u64 = engine.tracer().hook_stats().unwrap().iter().map(|h| h.recursion_misses).sum();
+    let misses: u64 = engine
+        .tracer()
+        .hook_stats()
+        .unwrap()
+        .iter()
+        .map(|h| h.recursion_misses)
+        .sum();
     assert_eq!(misses, 0);
     assert_eq!(engine.tracer().losses().unwrap(), [0; 4]);
 }

@@ -44,8 +44,7 @@ fn counters(engine: &StateEngine, cgroup: &TestCgroup) -> CgroupCounters {
 fn assert_matches_proc(engine: &mut StateEngine, parent: u32, expected: usize) {
     let agreed = eventually(Duration::from_secs(10), || {
         let truth = proc_unreaped_children(parent);
-        truth.len() == expected
-            && traced_children(engine, parent).keys().eq(truth.keys())
+        truth.len() == expected && traced_children(engine, parent).keys().eq(truth.keys())
     });
     let truth = proc_unreaped_children(parent);
     let traced = traced_children(engine, parent);
@@ -58,12 +57,18 @@ fn assert_matches_proc(engine: &mut StateEngine, parent: u32, expected: usize) {
     for (pid, stat) in &truth {
         let child = &traced[pid];
         assert_eq!(child.comm(), stat.comm.as_slice(), "comm of {pid}");
-        assert!(!child.age_is_lower_bound(), "{pid} was not seen by the kernel programs");
+        assert!(
+            !child.age_is_lower_bound(),
+            "{pid} was not seen by the kernel programs"
+        );
         if let Some(status) = stat.exit_status {
             assert_eq!(child.zombie.exit_status, status, "wait status of {pid}");
         }
         if let Some(exit_signal) = stat.exit_signal {
-            assert_eq!(child.zombie.exit_signal, exit_signal, "exit signal of {pid}");
+            assert_eq!(
+                child.zombie.exit_signal, exit_signal,
+                "exit signal of {pid}"
+            );
         }
     }
 }
@@ -100,7 +105,11 @@ fn sigchld_ignored_autoreaps() {
     assert_matches_proc(&mut engine, helper.parent, 0);
     let c = counters(&engine, &cgroup);
     assert_eq!((c.forks, c.zombies_created), (20, 0), "{c:?}");
-    assert!(eventually(Duration::from_secs(5), || counters(&engine, &cgroup).exits == 20));
+    assert!(eventually(Duration::from_secs(5), || counters(
+        &engine, &cgroup
+    )
+    .exits
+        == 20));
 }
 
 #[test]
@@ -149,7 +158,9 @@ fn exec_from_a_thread_is_not_a_zombie() {
     assert_matches_proc(&mut engine, helper.parent, 1);
     assert_created(&engine, &cgroup, 1);
     let traced = traced_children(&mut engine, helper.parent);
-    assert!(traced.values().all(|c| c.killed_by() == Some(libc::SIGKILL)));
+    assert!(traced
+        .values()
+        .all(|c| c.killed_by() == Some(libc::SIGKILL)));
 }
 
 #[test]
@@ -160,7 +171,9 @@ fn exit_signal_other_than_sigchld_leaks() {
     assert_matches_proc(&mut engine, helper.parent, 4);
     assert_created(&engine, &cgroup, 4);
     let traced = traced_children(&mut engine, helper.parent);
-    assert!(traced.values().all(|c| c.zombie.exit_signal == 0 && c.exit_code() == Some(3)));
+    assert!(traced
+        .values()
+        .all(|c| c.zombie.exit_signal == 0 && c.exit_code() == Some(3)));
 }
 
 #[test]
@@ -195,7 +208,10 @@ fn reused_pid_is_a_different_process() {
     let mut helper = Helper::start("reuse", 1, &cgroup);
     let pid = helper.children[0];
     assert_matches_proc(&mut engine, helper.parent, 1);
-    assert_eq!(traced_children(&mut engine, helper.parent)[&pid].exit_code(), Some(11));
+    assert_eq!(
+        traced_children(&mut engine, helper.parent)[&pid].exit_code(),
+        Some(11)
+    );
     let first_key = traced_children(&mut engine, helper.parent)[&pid].key;
 
     // Reap the first, start a second process with the same pid that also becomes a zombie.

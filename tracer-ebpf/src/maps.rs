@@ -44,11 +44,8 @@ pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
         Some(counters) => counters,
         None => {
             // Another CPU may create it first; its copy for this CPU is still zero.
-            let _ = CGROUP_COUNTERS.insert(
-                cgroup_id,
-                CgroupCounters::default(),
-                BPF_NOEXIST as u64,
-            );
+            let _ =
+                CGROUP_COUNTERS.insert(cgroup_id, CgroupCounters::default(), BPF_NOEXIST as u64);
             match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
                 Some(counters) => counters,
                 None => {

@@ -76,11 +76,15 @@ impl UnifiedHierarchy {
         self.paths_by_id.clear();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else { continue };
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
             let relative = dir.strip_prefix(&root).unwrap_or(Path::new(""));
             let path = format!("/{}", relative.to_string_lossy());
             self.paths_by_id.insert(meta.ino(), path);
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             stack.extend(
                 entries
                     .flatten()

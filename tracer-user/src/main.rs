@@ -6,7 +6,12 @@ use reapwatch::cli::Cli;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
@@ -17,7 +22,10 @@ fn main() -> ExitCode {
                 }
                 _ => err.to_string(),
             };
-            eprintln!("reapwatch: {}", one_line(message.trim_start_matches("error: ")));
+            eprintln!(
+                "reapwatch: {}",
+                one_line(message.trim_start_matches("error: "))
+            );
             return ExitCode::from(2);
         }
     };

@@ -36,8 +36,14 @@ impl ProcStat {
 /// Parses `/proc/<pid>/stat`. The comm sits between the first `(` and the *last* `)`,
 /// because a comm may itself contain spaces and parentheses.
 pub fn parse_stat(text: &[u8]) -> Result<ProcStat> {
-    let open = text.iter().position(|&b| b == b'(').context("no '(' before comm")?;
-    let close = text.iter().rposition(|&b| b == b')').context("no ')' after comm")?;
+    let open = text
+        .iter()
+        .position(|&b| b == b'(')
+        .context("no '(' before comm")?;
+    let close = text
+        .iter()
+        .rposition(|&b| b == b')')
+        .context("no ')' after comm")?;
     if close < open {
         bail!("')' before '('");
     }
@@ -135,12 +141,15 @@ pub fn parse_cgroup_file(text: &str) -> Result<Vec<CgroupLine>> {
         .filter(|line| !line.is_empty())
         .map(|line| {
             let mut parts = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+            let (Some(id), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
             else {
                 bail!("malformed cgroup line {line:?}");
             };
             Ok(CgroupLine {
-                hierarchy_id: id.parse().with_context(|| format!("bad hierarchy id in {line:?}"))?,
+                hierarchy_id: id
+                    .parse()
+                    .with_context(|| format!("bad hierarchy id in {line:?}"))?,
                 controllers: controllers
                     .split(',')
                     .filter(|c| !c.is_empty())

@@ -157,8 +157,11 @@ impl StateEngine {
                 }
                 continue;
             }
-            if stat.ppid != zombie.parent.tgid || !self.started_at(&mut parent_starts, &zombie.parent)? {
-                zombie.parent = ProcessKey::new(stat.ppid, self.start_of(&mut parent_starts, stat.ppid)?);
+            if stat.ppid != zombie.parent.tgid
+                || !self.started_at(&mut parent_starts, &zombie.parent)?
+            {
+                zombie.parent =
+                    ProcessKey::new(stat.ppid, self.start_of(&mut parent_starts, stat.ppid)?);
                 self.tracer.update_zombie(key, zombie)?;
                 self.totals.reparented += 1;
             }
@@ -187,7 +190,8 @@ impl StateEngine {
         let now = monotonic_ns();
         let processes = procfs::scan(&self.proc_root)?;
         let by_pid: HashMap<u32, &ProcStat> = processes.iter().map(|p| (p.pid, p)).collect();
-        let known: HashSet<ProcessKey> = self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
+        let known: HashSet<ProcessKey> =
+            self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
         let mut added = 0;
         for stat in processes.iter().filter(|p| p.is_unreaped_zombie()) {
             let key = ProcessKey::new(stat.pid, stat.start_ticks);
@@ -200,13 +204,21 @@ impl StateEngine {
             if !still.is_some_and(|s| s.start_ticks == stat.start_ticks && s.is_unreaped_zombie()) {
                 continue;
             }
-            let parent = ProcessKey::new(stat.ppid, by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks));
-            if self.tracer.add_zombie(key, self.late_zombie(stat, parent, now)?)? {
+            let parent = ProcessKey::new(
+                stat.ppid,
+                by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks),
+            );
+            if self
+                .tracer
+                .add_zombie(key, self.late_zombie(stat, parent, now)?)?
+            {
                 added += 1;
             }
         }
-        let alive: HashSet<ProcessKey> =
-            processes.iter().map(|p| ProcessKey::new(p.pid, p.start_ticks)).collect();
+        let alive: HashSet<ProcessKey> = processes
+            .iter()
+            .map(|p| ProcessKey::new(p.pid, p.start_ticks))
+            .collect();
         self.tracer.forget_waits_except(&alive)?;
         self.totals.added += added;
         self.totals.reconciles += 1;
@@ -261,7 +273,10 @@ impl StateEngine {
                 .unwrap_or_default();
             let cgroup = procfs::read_cgroups(&self.proc_root, key.tgid)?
                 .and_then(|lines| cgroup::select_path(&lines).map(str::to_owned));
-            let last_wait_age_ns = self.tracer.last_wait(&key)?.map(|at| now.saturating_sub(at));
+            let last_wait_age_ns = self
+                .tracer
+                .last_wait(&key)?
+                .map(|at| now.saturating_sub(at));
             parents.push(ParentState {
                 key,
                 comm,
@@ -274,7 +289,11 @@ impl StateEngine {
             b.children
                 .len()
                 .cmp(&a.children.len())
-                .then_with(|| b.oldest().map(|c| c.age_ns).cmp(&a.oldest().map(|c| c.age_ns)))
+                .then_with(|| {
+                    b.oldest()
+                        .map(|c| c.age_ns)
+                        .cmp(&a.oldest().map(|c| c.age_ns))
+                })
                 .then(a.key.cmp(&b.key))
         });
         Ok(parents)

@@ -1,1 +1,129 @@
-fn main() {}
+//! Developer workflows: `cargo xtask setup | build | run | test`.
+
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "reapwatch developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when all is present).
+    Setup,
+    /// Set up, then build the release binary (eBPF object embedded).
+    Build,
+    /// Set up, build, and run reapwatch with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests.
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::all(),
+        Task::Build => {
+            setup::all()?;
+            build_release()
+        }
+        Task::Run { args } => {
+            setup::all()?;
+            build_release()?;
+            let binary = workspace_root().join("target/release/reapwatch");
+            Err(Command::new(&binary).args(args).exec()).context("cannot start reapwatch")
+        }
+        Task::Test => {
+            setup::all()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn cargo(toolchain: Option<&str>, args: &[&str]) -> Result<()> {
+    let mut cmd = match toolchain {
+        Some(toolchain) => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", toolchain, "cargo"]);
+            cmd
+        }
+        None => Command::new(env!("CARGO")),
+    };
+    cmd.args(args).current_dir(workspace_root());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build_release() -> Result<()> {
+    cargo(None, &["build", "--release", "--package", "reapwatch"])
+}
+
+fn test() -> Result<()> {
+    cargo(None, &["fmt", "--all", "--check"])?;
+    cargo(
+        None,
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "tracer-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The kernel programs only compile for the bpf target.
+    cargo(
+        Some("nightly"),
+        &[
+            "clippy",
+            "--package",
+            "tracer-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])
+}

@@ -52,7 +52,10 @@ fn reap(pid: i32) {
 
 fn pipe() -> [i32; 2] {
     let mut fds = [0; 2];
-    check(unsafe { libc::pipe(fds.as_mut_ptr()) } as libc::c_long, "pipe");
+    check(
+        unsafe { libc::pipe(fds.as_mut_ptr()) } as libc::c_long,
+        "pipe",
+    );
     fds
 }
 
@@ -143,11 +146,17 @@ fn main() {
         }
     }
     if args.first().map(String::as_str) == Some("--cgroup") {
-        let dir = args.get(1).cloned().unwrap_or_else(|| die("--cgroup needs a directory"));
+        let dir = args
+            .get(1)
+            .cloned()
+            .unwrap_or_else(|| die("--cgroup needs a directory"));
         std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap_or_else(|_| die("join cgroup"));
         args.drain(..2);
     }
-    let shape = args.first().cloned().unwrap_or_else(|| die("no shape given"));
+    let shape = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| die("no shape given"));
     let n: i32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
     let mut stages = Stages {
         lines: io::stdin().lines(),
@@ -160,6 +169,13 @@ fn main() {
         "leak" => {
             let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(7)).collect();
             pids.into_iter().for_each(wait_exited);
+        }
+        // Parent and child name themselves with quotes, a newline, braces and a terminal
+        // escape; the child exits unreaped: every output must escape the name.
+        "hostile-comm" => {
+            let name = b"a\"b\nc{}\x1b[2J\0";
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+            wait_exited(spawn_exiting(0));
         }
         // SIGCHLD ignored: the kernel reaps at exit.
         "ignore" => {
@@ -187,7 +203,9 @@ fn main() {
         // Threads that exit are released at once.
         "threads" => {
             let threads: Vec<_> = (0..n).map(|_| std::thread::spawn(|| ())).collect();
-            threads.into_iter().for_each(|t| t.join().unwrap_or_else(|_| die("join")));
+            threads
+                .into_iter()
+                .for_each(|t| t.join().unwrap_or_else(|_| die("join")));
         }
         // Exit signal 0 (not SIGCHLD): never autoreaped, and plain wait() does not see it.
         "exit-signal" => {

@@ -11,6 +11,7 @@
 //!   happens: a parent blocked in `waitpid()` on the other CPU). The rule of
 //!   `do_notify_parent()` tells them apart; a reaped one is still a zombie that existed, and
 //!   its free right after closes the record.
+//!
 //! Thread exits (never zombies) and a leader released by `de_thread()` (exec from another
 //! thread: its exit signal is -1) are neither.
 //!
@@ -18,7 +19,9 @@
 //! tracepoint passes `prev_state`; before, the loader attaches the variant reading
 //! `prev->__state`.
 
-use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use tracer_common::{ProcessKey, Zombie, EXIT_DEAD, EXIT_ZOMBIE, SIGCHLD, TASK_DEAD};
 
 use crate::{

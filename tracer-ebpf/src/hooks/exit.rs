@@ -4,9 +4,14 @@
 //! later (see `dead_switch`). `group_dead` is an argument only from 6.16 on; the live-thread
 //! count it is computed from works on every kernel.
 
-use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 
-use crate::{maps::update_cgroup, task::{configured, Task}};
+use crate::{
+    maps::update_cgroup,
+    task::{configured, Task},
+};
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {

@@ -1,8 +1,13 @@
 //! `sched_process_fork(parent, child)`: counts new processes per cgroup.
 
-use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 
-use crate::{maps::update_cgroup, task::{configured, Task}};
+use crate::{
+    maps::update_cgroup,
+    task::{configured, Task},
+};
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {

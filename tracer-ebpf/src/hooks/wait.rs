@@ -1,10 +1,15 @@
 //! `sched_process_wait(pid)`: remembers when each process last entered `do_wait()`, which
 //! tells a parent that never waits from one that waits for the wrong children.
 
-use aya_ebpf::{helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use tracer_common::WaitRecord;
 
-use crate::{maps::record_wait, task::{configured, now_ns, Task}};
+use crate::{
+    maps::record_wait,
+    task::{configured, now_ns, Task},
+};
 
 #[btf_tracepoint(function = "sched_process_wait")]
 pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {

@@ -135,7 +135,11 @@ impl ParentReport {
             oldest_age_seconds: oldest.map_or(0.0, |c| seconds(c.age_ns)),
             oldest_age_is_lower_bound: oldest.is_some_and(ChildState::age_is_lower_bound),
             last_wait_age_seconds: parent.last_wait_age_ns.map(seconds),
-            children: parent.children.iter().map(ChildReport::from_state).collect(),
+            children: parent
+                .children
+                .iter()
+                .map(ChildReport::from_state)
+                .collect(),
         }
     }
 }
@@ -221,11 +225,20 @@ impl Report {
             for p in &self.parents {
                 let oldest = format!(
                     "{}{}",
-                    if p.oldest_age_is_lower_bound { ">=" } else { "" },
+                    if p.oldest_age_is_lower_bound {
+                        ">="
+                    } else {
+                        ""
+                    },
                     human_duration(p.oldest_age_seconds)
                 );
-                let last_wait = p.last_wait_age_seconds.map_or("never".into(), |s| human_duration(s) + " ago");
-                let cgroup = p.cgroup.as_deref().map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
+                let last_wait = p
+                    .last_wait_age_seconds
+                    .map_or("never".into(), |s| human_duration(s) + " ago");
+                let cgroup = p
+                    .cgroup
+                    .as_deref()
+                    .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
                 let _ = writeln!(
                     out,
                     "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  {}",
@@ -241,7 +254,8 @@ impl Report {
         }
         let misses: u64 = self.tracer.hooks.iter().map(|h| h.recursion_misses).sum();
         let l = &self.tracer.losses;
-        let lost = l.zombies_map_full + l.cgroups_map_full + l.waits_map_full + l.kernel_read_errors;
+        let lost =
+            l.zombies_map_full + l.cgroups_map_full + l.waits_map_full + l.kernel_read_errors;
         let _ = writeln!(
             out,
             "tracer: {} hooks, {} recursion misses, {} records lost, {} zombies found only in /proc",
@@ -255,7 +269,11 @@ impl Report {
 }
 
 fn child_list(children: &[ChildReport], shown: usize) -> String {
-    let mut list: Vec<String> = children.iter().take(shown).map(|c| c.pid.to_string()).collect();
+    let mut list: Vec<String> = children
+        .iter()
+        .take(shown)
+        .map(|c| c.pid.to_string())
+        .collect();
     if children.len() > shown {
         list.push(format!("(+{} more)", children.len() - shown));
     }
@@ -269,7 +287,12 @@ pub fn human_duration(seconds: f64) -> String {
         return format!("{s:.1}s");
     }
     let whole = s as u64;
-    let (d, h, m, sec) = (whole / 86400, whole / 3600 % 24, whole / 60 % 60, whole % 60);
+    let (d, h, m, sec) = (
+        whole / 86400,
+        whole / 3600 % 24,
+        whole / 60 % 60,
+        whole % 60,
+    );
     if d > 0 {
         format!("{d}d{h}h")
     } else if h > 0 {
@@ -315,7 +338,10 @@ mod tests {
     fn truncation_keeps_width() {
         assert_eq!(truncate("short", 16), "short");
         assert_eq!(truncate("a-very-long-command-name", 10), "a-very-lo…");
-        assert_eq!(truncate_left("/kubepods/burstable/pod1/abcdef", 10), "…1/abcdef");
+        assert_eq!(
+            truncate_left("/kubepods/burstable/pod1/abcdef", 10),
+            "…d1/abcdef"
+        );
         assert_eq!(truncate_left("/x", 10), "/x");
     }
 }

@@ -13,7 +13,8 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).map_err(|err| anyhow!("cannot parse BTF in {}: {err}", path.display()))?;
+        let btf = Btf::from_file(path)
+            .map_err(|err| anyhow!("cannot parse BTF in {}: {err}", path.display()))?;
         Ok(Self { btf })
     }
 
@@ -67,7 +68,11 @@ impl KernelBtf {
                 return Ok(Some(m.bit_offset()));
             }
             if name.is_empty() {
-                let inner = self.strip_modifiers(self.btf.resolve_chained_type(m).map_err(|e| anyhow!("{e}"))?)?;
+                let inner = self.strip_modifiers(
+                    self.btf
+                        .resolve_chained_type(m)
+                        .map_err(|e| anyhow!("{e}"))?,
+                )?;
                 if let Type::Struct(inner) | Type::Union(inner) = inner {
                     if let Some(bits) = self.find_member(&inner, member)? {
                         return Ok(Some(m.bit_offset() + bits));
@@ -81,9 +86,15 @@ impl KernelBtf {
     fn strip_modifiers(&self, mut t: Type) -> Result<Type> {
         loop {
             t = match &t {
-                Type::Const(_) | Type::Volatile(_) | Type::Typedef(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                Type::Const(_)
+                | Type::Volatile(_)
+                | Type::Typedef(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
                     let bt = t.as_btf_type().context("modifier without a type")?;
-                    self.btf.resolve_chained_type(bt).map_err(|e| anyhow!("{e}"))?
+                    self.btf
+                        .resolve_chained_type(bt)
+                        .map_err(|e| anyhow!("{e}"))?
                 }
                 _ => return Ok(t),
             };
@@ -109,7 +120,9 @@ impl KernelBtf {
                 Type::FuncProto(proto) => return Ok(proto.parameters.len().saturating_sub(1)),
                 other => {
                     let bt = other.as_btf_type().context("unexpected BTF kind")?;
-                    self.btf.resolve_chained_type(bt).map_err(|e| anyhow!("{e}"))?
+                    self.btf
+                        .resolve_chained_type(bt)
+                        .map_err(|e| anyhow!("{e}"))?
                 }
             };
         }
@@ -139,7 +152,8 @@ impl KernelBtf {
             task_cgroups: task("cgroups")?,
             task_ptrace: task("ptrace")?,
             task_sighand: task("sighand")?,
-            sighand_sigchld_handler: sigchld_action + self.member_offset("sigaction", "sa_handler")?,
+            sighand_sigchld_handler: sigchld_action
+                + self.member_offset("sigaction", "sa_handler")?,
             sighand_sigchld_flags: sigchld_action + self.member_offset("sigaction", "sa_flags")?,
             signal_live: self.member_offset("signal_struct", "live")?,
             signal_nr_threads: self.member_offset("signal_struct", "nr_threads")?,
@@ -195,7 +209,9 @@ mod tests {
         let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
         assert!(btf.member_offset("task_struct", "no_such_member").is_err());
         assert!(btf.member_offset("no_such_struct_xyz", "pid").is_err());
-        assert!(btf.first_member_offset("task_struct", &["__nope", "pid"]).is_ok());
+        assert!(btf
+            .first_member_offset("task_struct", &["__nope", "pid"])
+            .is_ok());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS,
-    LOSS_KINDS,
+    CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS, LOSS_KINDS,
 };
 
 use self::btf::KernelBtf;
@@ -98,7 +97,11 @@ impl Tracer {
         let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
         let only = std::env::var("DEBUG_HOOKS").ok();
         for hook in &hooks {
-            if let Some(only) = &only { if !only.split(',').any(|h| h == hook.tracepoint) { continue; } }
+            if let Some(only) = &only {
+                if !only.split(',').any(|h| h == hook.tracepoint) {
+                    continue;
+                }
+            }
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
                 .with_context(|| format!("program {} missing from the object", hook.program))?
@@ -107,7 +110,11 @@ impl Tracer {
                 anyhow!("cannot load program {}: {}", hook.program, first_line(&err))
             })?;
             program.attach().map_err(|err| {
-                anyhow!("cannot attach to tp_btf/{}: {}", hook.tracepoint, first_line(&err))
+                anyhow!(
+                    "cannot attach to tp_btf/{}: {}",
+                    hook.tracepoint,
+                    first_line(&err)
+                )
             })?;
         }
         Ok(Self {
@@ -123,9 +130,14 @@ impl Tracer {
     pub fn hook_stats(&self) -> Result<Vec<HookStats>> {
         self.hooks
             .iter()
-            .filter(|hook| std::env::var("DEBUG_HOOKS").map_or(true, |o| o.contains(hook.tracepoint)))
+            .filter(|hook| {
+                std::env::var("DEBUG_HOOKS").map_or(true, |o| o.contains(hook.tracepoint))
+            })
             .map(|hook| {
-                let program = self.ebpf.program(hook.program).context("program vanished")?;
+                let program = self
+                    .ebpf
+                    .program(hook.program)
+                    .context("program vanished")?;
                 Ok(HookStats {
                     hook: hook.clone(),
                     recursion_misses: programs::recursion_misses(program.fd()?)?,
@@ -135,12 +147,16 @@ impl Tracer {
     }
 
     fn zombie_map(&self) -> Result<HashMap<&MapData, ProcessKey, Zombie>> {
-        Ok(HashMap::try_from(self.ebpf.map("ZOMBIES").context("ZOMBIES map missing")?)?)
+        Ok(HashMap::try_from(
+            self.ebpf.map("ZOMBIES").context("ZOMBIES map missing")?,
+        )?)
     }
 
     fn zombie_map_mut(&mut self) -> Result<HashMap<&mut MapData, ProcessKey, Zombie>> {
         Ok(HashMap::try_from(
-            self.ebpf.map_mut("ZOMBIES").context("ZOMBIES map missing")?,
+            self.ebpf
+                .map_mut("ZOMBIES")
+                .context("ZOMBIES map missing")?,
         )?)
     }
 
@@ -206,7 +222,9 @@ impl Tracer {
     /// Counters per cgroup id, summed over CPUs.
     pub fn cgroup_counters(&self) -> Result<BTreeMap<u64, CgroupCounters>> {
         let map: PerCpuHashMap<_, u64, CgroupCounters> = PerCpuHashMap::try_from(
-            self.ebpf.map("CGROUP_COUNTERS").context("CGROUP_COUNTERS map missing")?,
+            self.ebpf
+                .map("CGROUP_COUNTERS")
+                .context("CGROUP_COUNTERS map missing")?,
         )?;
         let mut totals = BTreeMap::new();
         for entry in map.iter() {
@@ -228,8 +246,11 @@ impl Tracer {
 
     /// The exit -> reap lifetime histogram, summed over CPUs.
     pub fn lifetimes(&self) -> Result<LifetimeHistogram> {
-        let array: PerCpuArray<_, LifetimeHistogram> =
-            PerCpuArray::try_from(self.ebpf.map("LIFETIMES").context("LIFETIMES map missing")?)?;
+        let array: PerCpuArray<_, LifetimeHistogram> = PerCpuArray::try_from(
+            self.ebpf
+                .map("LIFETIMES")
+                .context("LIFETIMES map missing")?,
+        )?;
         let mut total = LifetimeHistogram::default();
         for cpu in array.get(&0, 0)?.iter() {
             for bucket in 0..LIFETIME_BUCKETS {
@@ -242,8 +263,11 @@ impl Tracer {
     }
 
     pub fn debug(&self) -> Vec<u64> {
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("DEBUG").unwrap()).unwrap();
-        (0..8u32).map(|i| array.get(&i, 0).unwrap().iter().sum()).collect()
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("DEBUG").unwrap()).unwrap();
+        (0..8u32)
+            .map(|i| array.get(&i, 0).unwrap().iter().sum())
+            .collect()
     }
 
     pub fn losses(&self) -> Result<Losses> {
@@ -257,7 +281,10 @@ impl Tracer {
     }
 
     /// Drops remembered waits of processes not in `alive` (their free event may never come).
-    pub fn forget_waits_except(&mut self, alive: &std::collections::HashSet<ProcessKey>) -> Result<()> {
+    pub fn forget_waits_except(
+        &mut self,
+        alive: &std::collections::HashSet<ProcessKey>,
+    ) -> Result<()> {
         let mut map: HashMap<_, u32, WaitRecord> =
             HashMap::try_from(self.ebpf.map_mut("WAITS").context("WAITS map missing")?)?;
         let gone: Vec<u32> = map
@@ -291,7 +318,11 @@ impl Tracer {
 
 /// Verifier logs and loader errors span many lines; a user gets the first.
 fn first_line(err: &dyn std::fmt::Display) -> String {
-    err.to_string().lines().next().unwrap_or_default().to_owned()
+    err.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// `/proc` states start times in `USER_HZ` ticks.

@@ -16,7 +16,9 @@ const CAP_BPF: u32 = 39;
 
 pub fn check_all() -> Result<()> {
     check_kernel_version(&kernel_release()?)?;
-    check_privileges(&fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?)?;
+    check_privileges(
+        &fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?,
+    )?;
     check_btf(Path::new(VMLINUX_BTF))?;
     raise_memlock_limit();
     Ok(())
@@ -90,7 +92,10 @@ mod tests {
     #[test]
     fn releases() {
         assert_eq!(parse_release("6.18.44-fc-v595"), Some((6, 18)));
-        assert_eq!(parse_release("5.10.228-219.884.amzn2.x86_64"), Some((5, 10)));
+        assert_eq!(
+            parse_release("5.10.228-219.884.amzn2.x86_64"),
+            Some((5, 10))
+        );
         assert_eq!(parse_release("6.1.0-28-cloud-amd64"), Some((6, 1)));
         assert_eq!(parse_release("garbage"), None);
     }
@@ -113,13 +118,17 @@ mod tests {
         assert!(check_privileges(&status("000000c000000000")).is_ok());
         // CAP_BPF alone is not enough for tracing programs.
         assert!(check_privileges(&status("0000008000000000")).is_err());
-        let err = check_privileges(&status("0000000000000000")).unwrap_err().to_string();
+        let err = check_privileges(&status("0000000000000000"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("root or with CAP_BPF"), "{err}");
     }
 
     #[test]
     fn missing_btf() {
-        let err = check_btf(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        let err = check_btf(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("no BTF"), "{err}");
     }
 }

@@ -35,7 +35,10 @@ pub fn recursion_misses(fd: &ProgramFd) -> Result<u64> {
         )
     };
     if ret != 0 {
-        bail!("BPF_OBJ_GET_INFO_BY_FD: {}", std::io::Error::last_os_error());
+        bail!(
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(info.recursion_misses)
 }
