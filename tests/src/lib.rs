@@ -12,9 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reapwatch::{cgroup::UnifiedHierarchy, procfs};
+use reapwatch::{cgroup::CgroupHierarchy, procfs};
 
-/// A cgroup v2 directory of its own, so that per-cgroup counters count only one test's work.
+/// A cgroup of its own, in the hierarchy reapwatch counts by (unified on v2 hosts, v1 `pids`
+/// on hybrid ones), so that per-cgroup counters count only one test's work.
 pub struct TestCgroup {
     pub path: PathBuf,
 }
@@ -22,11 +23,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(name: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let hierarchy = UnifiedHierarchy::discover(Path::new("/sys/fs/cgroup"));
-        let root = hierarchy
-            .root()
-            .expect("tests need the unified cgroup hierarchy")
-            .join("reapwatch-tests");
+        let root = hierarchy().root().join("reapwatch-tests");
         fs::create_dir_all(&root).expect("create the tests' cgroup");
         let path = root.join(format!(
             "{name}-{}-{}",
@@ -37,17 +34,14 @@ impl TestCgroup {
         Self { path }
     }
 
-    /// The path as `/proc/<pid>/cgroup` shows it on the unified hierarchy.
-    pub fn unified_path(&self) -> String {
-        let hierarchy = UnifiedHierarchy::discover(Path::new("/sys/fs/cgroup"));
-        let root = hierarchy.root().expect("unified hierarchy");
-        format!(
-            "/{}",
-            self.path
-                .strip_prefix(root)
-                .expect("under the root")
-                .display()
-        )
+    /// The path as `/proc/<pid>/cgroup` shows it.
+    pub fn host_path(&self) -> String {
+        let hierarchy = hierarchy();
+        let relative = self
+            .path
+            .strip_prefix(hierarchy.root())
+            .expect("under the root");
+        format!("/{}", relative.display())
     }
 
     /// The cgroup id the kernel programs key counters by.
@@ -66,6 +60,10 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn hierarchy() -> CgroupHierarchy {
+    CgroupHierarchy::discover(Path::new("/sys/fs/cgroup")).expect("tests need cgroupfs")
 }
 
 /// A running `zombie-helper`.

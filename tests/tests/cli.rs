@@ -45,7 +45,7 @@ fn snapshot_json_matches_proc() {
         .expect("the helper is listed");
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["comm"], "zombie-helper");
-    assert_eq!(parent["cgroup"], cgroup.unified_path());
+    assert_eq!(parent["cgroup"], cgroup.host_path());
     assert!(parent["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
     // They exited before reapwatch started: their ages are lower bounds.
     assert_eq!(parent["oldest_age_is_lower_bound"], true);

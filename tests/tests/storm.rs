@@ -2,10 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use reapwatch::{
-    kernel::{MapSizes, Tracer},
-    state::StateEngine,
-};
+use reapwatch::{kernel::MapSizes, state::StateEngine};
 use reapwatch_tests::{eventually, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
@@ -13,8 +10,12 @@ const ROUND_TRIPS: u64 = 5000;
 
 #[test]
 fn fork_storm_counts_exactly() {
-    let tracer = Tracer::load(MapSizes::default()).expect("load the tracer (run as root)");
-    let mut engine = StateEngine::new(tracer, Path::new("/proc"), Path::new("/sys/fs/cgroup"));
+    let mut engine = StateEngine::load(
+        MapSizes::default(),
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+    )
+    .expect("load the tracer (run as root)");
     let cgroup = TestCgroup::new("storm");
     let helper = Helper::start("storm", ROUND_TRIPS as u32, &cgroup);
 

@@ -6,15 +6,19 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use reapwatch::{
-    kernel::{MapSizes, Tracer},
+    kernel::MapSizes,
     state::{ChildState, StateEngine},
 };
 use reapwatch_tests::{eventually, proc_unreaped_children, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
 fn engine() -> StateEngine {
-    let tracer = Tracer::load(MapSizes::default()).expect("load the tracer (run as root)");
-    StateEngine::new(tracer, Path::new("/proc"), Path::new("/sys/fs/cgroup"))
+    StateEngine::load(
+        MapSizes::default(),
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+    )
+    .expect("load the tracer (run as root)")
 }
 
 fn traced_children(engine: &mut StateEngine, parent: u32) -> BTreeMap<u32, ChildState> {

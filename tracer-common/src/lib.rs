@@ -49,11 +49,24 @@ pub struct KernelOffsets {
     pub signal_live: u32,
     pub signal_nr_threads: u32,
     pub css_set_dfl_cgrp: u32,
+    /// `css_set::subsys[pids_cgrp_id]`: the task's css in the v1 `pids` hierarchy.
+    pub css_set_pids_css: u32,
+    /// `cgroup_subsys_state::cgroup`.
+    pub css_cgroup: u32,
+    /// Which hierarchy cgroup ids (and so every per-cgroup counter) refer to: see
+    /// [`CGROUP_UNIFIED`], [`CGROUP_V1_PIDS`].
+    pub cgroup_hierarchy: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
     pub nsec_per_tick: u32,
 }
+
+/// Cgroup ids are the task's unified (v2) cgroup: hosts that run containers on cgroup v2.
+pub const CGROUP_UNIFIED: u32 = 0;
+/// Cgroup ids are the task's cgroup in the v1 `pids` hierarchy: cgroup v1 and hybrid hosts,
+/// where every process's unified cgroup is the root and would tell containers apart poorly.
+pub const CGROUP_V1_PIDS: u32 = 1;
 
 /// Identity of a process that survives pid reuse: the tgid plus its start time in clock ticks
 /// since boot (field 22 of `/proc/<pid>/stat`), so userspace can build the same key from `/proc`.
@@ -86,9 +99,9 @@ pub struct Zombie {
     pub parent: ProcessKey,
     /// `CLOCK_MONOTONIC` nanoseconds of the exit (see `ZOMBIE_SEEN_LATE`).
     pub exit_ns: u64,
-    /// cgroup v2 id of the zombie itself.
+    /// Cgroup id (see `KernelOffsets::cgroup_hierarchy`) of the zombie itself.
     pub cgroup_id: u64,
-    /// cgroup v2 id of the parent when the zombie was created: its counters are charged there.
+    /// Cgroup id of its parent: the cgroup the zombie is charged to.
     pub parent_cgroup_id: u64,
     /// Raw wait status: `(code << 8) | signal`, as `waitpid` would return it.
     pub exit_status: i32,
@@ -228,6 +241,6 @@ mod tests {
     fn shared_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 23 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 26 * 4);
     }
 }

@@ -1,7 +1,7 @@
 //! Reads of kernel struct members at offsets that userspace resolved from BTF.
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
-use tracer_common::{KernelOffsets, Loss, SA_NOCLDWAIT, SIG_IGN};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel};
+use tracer_common::{KernelOffsets, Loss, CGROUP_V1_PIDS, SA_NOCLDWAIT, SIG_IGN};
 
 use crate::maps::count_loss;
 
@@ -29,6 +29,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     signal_live: 0,
     signal_nr_threads: 0,
     css_set_dfl_cgrp: 0,
+    css_set_pids_css: 0,
+    css_cgroup: 0,
+    cgroup_hierarchy: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
     nsec_per_tick: 0,
@@ -155,12 +158,21 @@ impl Task {
         read(self.signal()?, offset!(signal_nr_threads))
     }
 
-    /// cgroup v2 id (kernfs inode number) of the task's default-hierarchy cgroup.
+    /// Id (kernfs inode number) of the task's cgroup in the hierarchy userspace chose.
     pub fn cgroup_id(self) -> Option<u64> {
         let css_set: *const u8 = read(self.0, offset!(task_cgroups))?;
-        let cgroup: *const u8 = read(css_set, offset!(css_set_dfl_cgrp))?;
+        let cgroup: *const u8 = if offset!(cgroup_hierarchy) as u32 == CGROUP_V1_PIDS {
+            let css: *const u8 = read(css_set, offset!(css_set_pids_css))?;
+            read(css, offset!(css_cgroup))?
+        } else {
+            read(css_set, offset!(css_set_dfl_cgrp))?
+        };
         let kernfs_node: *const u8 = read(cgroup, offset!(cgroup_kn))?;
         read(kernfs_node, offset!(kernfs_node_id))
+    }
+
+    pub fn current() -> Task {
+        Task(unsafe { bpf_get_current_task() } as *const u8)
     }
 
     /// `(tgid, start ticks)` of this task's thread group.

@@ -34,34 +34,64 @@ pub fn looks_like_container(path: &str) -> bool {
     })
 }
 
-/// The unified (v2) hierarchy of this host, for cgroup id <-> path.
-pub struct UnifiedHierarchy {
-    root: Option<PathBuf>,
+/// Which cgroup hierarchy the kernel programs charge counters to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HierarchyKind {
+    /// The unified (v2) hierarchy: hosts that run their services and containers on cgroup v2.
+    Unified,
+    /// The v1 `pids` hierarchy: cgroup v1 and hybrid hosts, where every process's unified
+    /// cgroup is the root. Container runtimes and kubelet always place tasks there.
+    V1Pids,
+}
+
+/// The hierarchy counters are keyed by, for cgroup id <-> path.
+pub struct CgroupHierarchy {
+    kind: HierarchyKind,
+    root: PathBuf,
     paths_by_id: HashMap<u64, String>,
 }
 
-impl UnifiedHierarchy {
-    /// Finds the v2 mount: `/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
-    /// hybrid ones. None on pure v1 hosts.
-    pub fn discover(sys_fs_cgroup: &Path) -> Self {
-        let root = [sys_fs_cgroup.to_path_buf(), sys_fs_cgroup.join("unified")]
+impl CgroupHierarchy {
+    /// Pure v2 host: `/sys/fs/cgroup`. Otherwise the v1 `pids` hierarchy if mounted, else a
+    /// hybrid host's unified mount. None without any cgroupfs.
+    pub fn discover(sys_fs_cgroup: &Path) -> Option<Self> {
+        let unified = [sys_fs_cgroup.to_path_buf(), sys_fs_cgroup.join("unified")]
             .into_iter()
             .find(|dir| dir.join("cgroup.controllers").exists());
-        Self {
+        let pids = sys_fs_cgroup.join("pids");
+        let (kind, root) = match unified {
+            Some(root) if root == sys_fs_cgroup => (HierarchyKind::Unified, root),
+            _ if pids.join("tasks").exists() => (HierarchyKind::V1Pids, pids),
+            Some(root) => (HierarchyKind::Unified, root),
+            None => return None,
+        };
+        Some(Self {
+            kind,
             root,
             paths_by_id: HashMap::new(),
-        }
+        })
     }
 
-    /// Where the unified hierarchy is mounted, if anywhere.
-    pub fn root(&self) -> Option<&Path> {
-        self.root.as_deref()
+    pub fn kind(&self) -> HierarchyKind {
+        self.kind
     }
 
-    /// The cgroup id (kernfs inode) of a unified path such as `/system.slice/x.service`.
+    /// Where the hierarchy is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The line of `/proc/<pid>/cgroup` that belongs to this hierarchy.
+    pub fn line<'a>(&self, lines: &'a [CgroupLine]) -> Option<&'a CgroupLine> {
+        lines.iter().find(|l| match self.kind {
+            HierarchyKind::Unified => l.is_unified(),
+            HierarchyKind::V1Pids => l.has_controller("pids"),
+        })
+    }
+
+    /// The cgroup id (kernfs inode) of a path such as `/system.slice/x.service`.
     pub fn id_of(&self, path: &str) -> Option<u64> {
-        let root = self.root.as_ref()?;
-        fs::metadata(root.join(path.trim_start_matches('/')))
+        fs::metadata(self.root.join(path.trim_start_matches('/')))
             .ok()
             .map(|m| m.ino())
     }
@@ -72,14 +102,13 @@ impl UnifiedHierarchy {
         if let Some(path) = self.paths_by_id.get(&id) {
             return Some(path.clone());
         }
-        let root = self.root.clone()?;
         self.paths_by_id.clear();
-        let mut stack = vec![root.clone()];
+        let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(meta) = fs::metadata(&dir) else {
                 continue;
             };
-            let relative = dir.strip_prefix(&root).unwrap_or(Path::new(""));
+            let relative = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
             let path = format!("/{}", relative.to_string_lossy());
             self.paths_by_id.insert(meta.ino(), path);
             let Ok(entries) = fs::read_dir(&dir) else {

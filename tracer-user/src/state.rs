@@ -20,8 +20,8 @@ use serde::Serialize;
 use tracer_common::{CgroupCounters, ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
 
 use crate::{
-    cgroup::{self, UnifiedHierarchy},
-    kernel::{monotonic_ns, Tracer},
+    cgroup::{self, CgroupHierarchy, HierarchyKind},
+    kernel::{monotonic_ns, MapSizes, Tracer},
     procfs::{self, ProcStat},
 };
 
@@ -110,21 +110,31 @@ pub struct CgroupState {
 pub struct StateEngine {
     tracer: Tracer,
     proc_root: PathBuf,
-    cgroups: UnifiedHierarchy,
+    /// The hierarchy cgroup ids refer to; None on a host without cgroupfs.
+    cgroups: Option<CgroupHierarchy>,
     /// Reaps closed by userspace, per parent cgroup id: added to the kernel's counters.
     late_reaps: HashMap<u64, u64>,
     totals: RepairTotals,
 }
 
 impl StateEngine {
-    pub fn new(tracer: Tracer, proc_root: &Path, sys_fs_cgroup: &Path) -> Self {
-        Self {
-            tracer,
+    /// Picks the cgroup hierarchy of this host, then loads and attaches the programs.
+    pub fn load(sizes: MapSizes, proc_root: &Path, sys_fs_cgroup: &Path) -> Result<Self> {
+        let cgroups = CgroupHierarchy::discover(sys_fs_cgroup);
+        let kind = cgroups
+            .as_ref()
+            .map_or(HierarchyKind::Unified, CgroupHierarchy::kind);
+        Ok(Self {
+            tracer: Tracer::load(sizes, kind)?,
             proc_root: proc_root.to_path_buf(),
-            cgroups: UnifiedHierarchy::discover(sys_fs_cgroup),
+            cgroups,
             late_reaps: HashMap::new(),
             totals: RepairTotals::default(),
-        }
+        })
+    }
+
+    pub fn hierarchy(&self) -> Option<&CgroupHierarchy> {
+        self.cgroups.as_ref()
     }
 
     pub fn tracer(&self) -> &Tracer {
@@ -233,8 +243,8 @@ impl StateEngine {
         Ok(Zombie {
             parent,
             exit_ns: now,
-            cgroup_id: self.unified_cgroup_id(stat.pid)?.unwrap_or(0),
-            parent_cgroup_id: self.unified_cgroup_id(parent.tgid)?.unwrap_or(0),
+            cgroup_id: self.cgroup_id(stat.pid)?.unwrap_or(0),
+            parent_cgroup_id: self.cgroup_id(parent.tgid)?.unwrap_or(0),
             exit_status: stat.exit_status.unwrap_or(0),
             exit_signal: stat.exit_signal.unwrap_or(0),
             flags: ZOMBIE_SEEN_LATE,
@@ -243,14 +253,17 @@ impl StateEngine {
         })
     }
 
-    fn unified_cgroup_id(&self, pid: u32) -> Result<Option<u64>> {
+    /// The id of a process's cgroup in the counted hierarchy, as the programs would read it.
+    pub fn cgroup_id(&self, pid: u32) -> Result<Option<u64>> {
+        let Some(hierarchy) = &self.cgroups else {
+            return Ok(None);
+        };
         let Some(lines) = procfs::read_cgroups(&self.proc_root, pid)? else {
             return Ok(None);
         };
-        Ok(lines
-            .iter()
-            .find(|l| l.is_unified())
-            .and_then(|l| self.cgroups.id_of(&l.path)))
+        Ok(hierarchy
+            .line(&lines)
+            .and_then(|l| hierarchy.id_of(&l.path)))
     }
 
     /// Every parent with unreaped children, most children first.
@@ -310,7 +323,7 @@ impl StateEngine {
             .into_iter()
             .map(|(id, counters)| CgroupState {
                 id,
-                path: self.cgroups.path_of(id),
+                path: self.cgroups.as_mut().and_then(|h| h.path_of(id)),
                 counters,
             })
             .collect())

@@ -19,9 +19,7 @@
 //! tracepoint passes `prev_state`; before, the loader attaches the variant reading
 //! `prev->__state`.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{ProcessKey, Zombie, EXIT_DEAD, EXIT_ZOMBIE, SIGCHLD, TASK_DEAD};
 
 use crate::{
@@ -98,8 +96,7 @@ fn record_zombie(leader: Task) {
     let zombie = Zombie {
         parent: parent_key,
         exit_ns: now_ns(),
-        // `current` is the dying task, still in its cgroup.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: leader.cgroup_id().unwrap_or(0),
         parent_cgroup_id,
         exit_status: leader.exit_code().unwrap_or(0),
         exit_signal: leader.exit_signal().unwrap_or(0),

@@ -4,9 +4,7 @@
 //! later (see `dead_switch`). `group_dead` is an argument only from 6.16 on; the live-thread
 //! count it is computed from works on every kernel.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     maps::update_cgroup,
@@ -20,7 +18,9 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     }
     let task = Task::from_ptr(ctx.arg(0));
     if task.live_threads() == Some(0) {
-        update_cgroup(unsafe { bpf_get_current_cgroup_id() }, |c| c.exits += 1);
+        if let Some(cgroup_id) = task.cgroup_id() {
+            update_cgroup(cgroup_id, |c| c.exits += 1);
+        }
     }
     0
 }

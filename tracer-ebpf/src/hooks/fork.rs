@@ -1,8 +1,6 @@
 //! `sched_process_fork(parent, child)`: counts new processes per cgroup.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     maps::update_cgroup,
@@ -20,8 +18,10 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if pid == tgid {
-        // `current` is the parent, and the child starts in the parent's cgroup.
-        update_cgroup(unsafe { bpf_get_current_cgroup_id() }, |c| c.forks += 1);
+        // Charged to the parent's cgroup, where the fork happened.
+        if let Some(cgroup_id) = Task::current().cgroup_id() {
+            update_cgroup(cgroup_id, |c| c.forks += 1);
+        }
     }
     0
 }

@@ -1,9 +1,7 @@
 //! `sched_process_wait(pid)`: remembers when each process last entered `do_wait()`, which
 //! tells a parent that never waits from one that waits for the wrong children.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::WaitRecord;
 
 use crate::{
@@ -16,8 +14,7 @@ pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    let current = Task::from_ptr(unsafe { bpf_get_current_task() } as *const u8);
-    if let Some(process) = current.process_key() {
+    if let Some(process) = Task::current().process_key() {
         record_wait(
             process.tgid,
             &WaitRecord {

@@ -9,13 +9,16 @@ use tracer_common::{Loss, LIFETIME_BUCKETS};
 use crate::{
     cli::SnapshotArgs,
     escape,
-    kernel::{preflight, Tracer},
+    kernel::preflight,
     state::{CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
-    let tracer = Tracer::load(args.maps.sizes())?;
-    let mut engine = StateEngine::new(tracer, Path::new("/proc"), Path::new("/sys/fs/cgroup"));
+    let mut engine = StateEngine::load(
+        args.maps.sizes(),
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+    )?;
     engine.reconcile()?;
     let report = Report::collect(&mut engine)?;
     if args.json {

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use tracer_common::{KernelOffsets, SIGCHLD};
+use tracer_common::{KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, SIGCHLD};
+
+use crate::cgroup::HierarchyKind;
 
 pub struct KernelBtf {
     btf: Btf,
@@ -37,6 +39,24 @@ impl KernelBtf {
             bail!("{strukt}.{member} is a bitfield");
         }
         Ok(bits / 8)
+    }
+
+    /// Value of `member` in `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32> {
+        for t in self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|err| anyhow!("enum {name} not in BTF: {err}"))?
+        {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).is_ok_and(|n| n == member) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        bail!("enum {name} has no {member}")
     }
 
     /// Size in bytes of `struct strukt`.
@@ -129,8 +149,12 @@ impl KernelBtf {
         bail!("{typedef} is not a function prototype")
     }
 
-    /// Every offset the programs need.
-    pub fn kernel_offsets(&self, nsec_per_tick: u32) -> Result<KernelOffsets> {
+    /// Every offset the programs need; cgroup ids will refer to `hierarchy`.
+    pub fn kernel_offsets(
+        &self,
+        nsec_per_tick: u32,
+        hierarchy: HierarchyKind,
+    ) -> Result<KernelOffsets> {
         let task = |m: &str| self.member_offset("task_struct", m);
         let sigchld_action = self.member_offset("sighand_struct", "action")?
             + (SIGCHLD as u32 - 1) * self.struct_size("k_sigaction")?
@@ -158,6 +182,21 @@ impl KernelBtf {
             signal_live: self.member_offset("signal_struct", "live")?,
             signal_nr_threads: self.member_offset("signal_struct", "nr_threads")?,
             css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
+            css_set_pids_css: match hierarchy {
+                // subsys[] is an array of pointers indexed by the subsystem id.
+                HierarchyKind::V1Pids => {
+                    self.member_offset("css_set", "subsys")?
+                        + 8 * self
+                            .enum_value("cgroup_subsys_id", "pids_cgrp_id")
+                            .context("the kernel has no pids controller")?
+                }
+                HierarchyKind::Unified => 0,
+            },
+            css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
+            cgroup_hierarchy: match hierarchy {
+                HierarchyKind::Unified => CGROUP_UNIFIED,
+                HierarchyKind::V1Pids => CGROUP_V1_PIDS,
+            },
             cgroup_kn: self.member_offset("cgroup", "kn")?,
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             nsec_per_tick,
@@ -176,7 +215,9 @@ mod tests {
     #[test]
     fn offsets_of_the_running_kernel() {
         let btf = KernelBtf::from_file(Path::new(VMLINUX)).expect("this machine has BTF");
-        let offsets = btf.kernel_offsets(10_000_000).unwrap();
+        let offsets = btf
+            .kernel_offsets(10_000_000, HierarchyKind::V1Pids)
+            .unwrap();
         assert_eq!(offsets.ready, 1);
         // `thread_info` (or the `__state` that follows it) opens task_struct on x86_64 with
         // THREAD_INFO_IN_TASK; every member we read lies inside the struct.
@@ -202,6 +243,13 @@ mod tests {
         assert_eq!(offsets.task_exit_signal, offsets.task_exit_code + 4);
         // live is the second atomic of signal_struct after sigcnt.
         assert_eq!(offsets.signal_live, 4);
+        // The pids css pointer lies inside css_set's leading subsys[] array.
+        assert!(offsets.css_set_pids_css < offsets.css_set_dfl_cgrp);
+        assert_eq!(offsets.cgroup_hierarchy, CGROUP_V1_PIDS);
+        let unified = btf
+            .kernel_offsets(10_000_000, HierarchyKind::Unified)
+            .unwrap();
+        assert_eq!(unified.cgroup_hierarchy, CGROUP_UNIFIED);
     }
 
     #[test]
@@ -212,6 +260,19 @@ mod tests {
         assert!(btf
             .first_member_offset("task_struct", &["__nope", "pid"])
             .is_ok());
+    }
+
+    #[test]
+    fn enum_values() {
+        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
+        let pids = btf.enum_value("cgroup_subsys_id", "pids_cgrp_id").unwrap();
+        let count = btf
+            .enum_value("cgroup_subsys_id", "CGROUP_SUBSYS_COUNT")
+            .unwrap();
+        assert!(pids < count);
+        assert!(btf
+            .enum_value("cgroup_subsys_id", "no_such_cgrp_id")
+            .is_err());
     }
 
     #[test]

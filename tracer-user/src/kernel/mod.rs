@@ -17,6 +17,7 @@ use tracer_common::{
 };
 
 use self::btf::KernelBtf;
+use crate::cgroup::HierarchyKind;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
 
@@ -66,10 +67,12 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    pub fn load(sizes: MapSizes) -> Result<Self> {
+    /// Loads and attaches the programs; per-cgroup counters will be keyed by cgroup ids of
+    /// `hierarchy`.
+    pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
         preflight::check_all()?;
         let kernel_btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
-        let offsets = kernel_btf.kernel_offsets(nsec_per_tick()?)?;
+        let offsets = kernel_btf.kernel_offsets(nsec_per_tick()?, hierarchy)?;
         let switch = if kernel_btf.tracepoint_args("sched_switch")? >= 4 {
             "sched_switch"
         } else {
