@@ -96,6 +96,19 @@ impl CgroupHierarchy {
             .map(|m| m.ino())
     }
 
+    /// `pids.current` and `pids.max` (None for "max") of a cgroup, where the pids controller
+    /// is active for it.
+    pub fn pids(&self, path: &str) -> Option<(u64, Option<u64>)> {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        let current = fs::read_to_string(dir.join("pids.current"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let max = fs::read_to_string(dir.join("pids.max")).ok()?;
+        Some((current, max.trim().parse().ok()))
+    }
+
     /// The path of a cgroup id, walking the hierarchy on a cache miss. Ids of removed cgroups
     /// stay unresolved.
     pub fn path_of(&mut self, id: u64) -> Option<String> {

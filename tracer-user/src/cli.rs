@@ -1,5 +1,7 @@
 //! Command-line interface.
 
+use std::{net::SocketAddr, path::PathBuf};
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::kernel::MapSizes;
@@ -17,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz).
+    Serve(ServeArgs),
     /// Load the tracer, reconcile with /proc, print every parent with unreaped children, exit.
     Snapshot(SnapshotArgs),
 }
@@ -29,6 +33,64 @@ pub struct SnapshotArgs {
 
     #[command(flatten)]
     pub maps: MapArgs,
+}
+
+/// Every setting can also come from `--config`; a flag given here wins over the file.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flags, without dashes' prefix).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve on [default: 0.0.0.0:9750].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Parents exported per scrape, most unreaped children first [default: 20].
+    #[arg(long, value_name = "K")]
+    pub top_parents: Option<usize>,
+
+    /// Comma-separated labels to keep among cgroup,namespace,pod,container; series that
+    /// differ only in dropped labels are summed [default: all four].
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    pub label_allow_list: Option<Vec<String>>,
+
+    /// How long the series of a removed cgroup with nothing unreaped are kept [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub gc_grace: Option<String>,
+
+    /// Window of the PID-exhaustion forecast [default: 15m].
+    #[arg(long, value_name = "DURATION")]
+    pub eta_window: Option<String>,
+
+    /// How often the kernel maps and /proc headroom are sampled [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub sample_interval: Option<String>,
+
+    /// How often all of /proc is scanned for zombies the programs missed [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub reconcile_interval: Option<String>,
+
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names
+    /// [default: /var/log/pods].
+    #[arg(long, value_name = "DIR")]
+    pub pod_logs_dir: Option<PathBuf>,
+
+    /// error, warn, info or debug [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Unreaped zombies tracked at once, node-wide [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_zombies: Option<u32>,
+
+    /// cgroups with counters [default: 16384].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_cgroups: Option<u32>,
+
+    /// Processes whose last wait() is remembered [default: 65536].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waits: Option<u32>,
 }
 
 /// Kernel map capacities. When a map is full, what does not fit is counted as lost.

@@ -8,7 +8,10 @@ pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod escape;
+pub mod exporter;
+pub mod forecast;
 pub mod kernel;
+pub mod kubernetes;
 pub mod procfs;
 pub mod state;
 
@@ -17,5 +20,6 @@ use anyhow::Result;
 pub fn run(cli: cli::Cli) -> Result<()> {
     match cli.command {
         cli::Command::Snapshot(args) => commands::snapshot::run(&args),
+        cli::Command::Serve(args) => exporter::run(&args),
     }
 }

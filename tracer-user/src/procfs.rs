@@ -173,8 +173,68 @@ pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>
     }
 }
 
+/// Node-wide task headroom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// All tasks (threads), zombies included: the 4th field of `/proc/loadavg`.
+    pub tasks: u64,
+    pub pid_max: u64,
+    pub threads_max: u64,
+}
+
+impl NodeLimits {
+    /// The count at which no new task can be created.
+    pub fn limit(&self) -> u64 {
+        self.pid_max.min(self.threads_max)
+    }
+}
+
+pub fn read_node_limits(proc_root: &Path) -> Result<NodeLimits> {
+    let read = |file: &str| -> Result<String> {
+        let path = proc_root.join(file);
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let number = |file: &str| -> Result<u64> {
+        read(file)?
+            .trim()
+            .parse()
+            .with_context(|| format!("bad number in {}/{file}", proc_root.display()))
+    };
+    Ok(NodeLimits {
+        tasks: parse_loadavg_tasks(&read("loadavg")?)?,
+        pid_max: number("sys/kernel/pid_max")?,
+        threads_max: number("sys/kernel/threads-max")?,
+    })
+}
+
+/// `0.52 0.58 0.59 3/1045 12345`: the total after the slash.
+pub fn parse_loadavg_tasks(text: &str) -> Result<u64> {
+    text.split_ascii_whitespace()
+        .nth(3)
+        .and_then(|field| field.split_once('/'))
+        .and_then(|(_, total)| total.parse().ok())
+        .with_context(|| format!("malformed loadavg {text:?}"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loadavg_total_tasks() {
+        assert_eq!(
+            parse_loadavg_tasks("0.52 0.58 0.59 3/1045 12345\n").unwrap(),
+            1045
+        );
+        assert!(parse_loadavg_tasks("0.52 0.58").is_err());
+        assert!(parse_loadavg_tasks("0.52 0.58 0.59 3-1045 1").is_err());
+    }
+
+    #[test]
+    fn node_limits_of_this_machine() {
+        let limits = read_node_limits(Path::new("/proc")).unwrap();
+        assert!(limits.tasks > 1 && limits.tasks < limits.limit());
+        assert!(limits.pid_max >= 301);
+    }
+
     use super::*;
 
     const STAT_TAIL: &str = "Z 4242 4242 4242 0 -1 4227084 80 0 0 0 0 0 0 0 20 0 1 0 987654 0 0 \

@@ -312,6 +312,17 @@ impl StateEngine {
         Ok(parents)
     }
 
+    /// The path of a cgroup id while the cgroup exists.
+    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        self.cgroups.as_mut().and_then(|h| h.path_of(id))
+    }
+
+    /// Forgets a removed cgroup's counters, in the kernel and here.
+    pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
+        self.late_reaps.remove(&id);
+        self.tracer.forget_cgroup(id)
+    }
+
     /// Counters of every cgroup the programs charged (plus reaps closed in userspace), with
     /// the path while the cgroup exists.
     pub fn cgroups(&mut self) -> Result<Vec<CgroupState>> {

@@ -247,6 +247,31 @@ impl Tracer {
         Ok(totals)
     }
 
+    /// Drops the counters of a cgroup (it was removed; its series have expired).
+    pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
+        let mut map: PerCpuHashMap<_, u64, CgroupCounters> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut("CGROUP_COUNTERS")
+                .context("CGROUP_COUNTERS map missing")?,
+        )?;
+        match map.remove(&id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err).context("cannot clean the CGROUP_COUNTERS map"),
+        }
+    }
+
+    /// Entries in the WAITS map (a walk: call it rarely).
+    pub fn wait_entries(&self) -> Result<usize> {
+        let map: HashMap<_, u32, WaitRecord> =
+            HashMap::try_from(self.ebpf.map("WAITS").context("WAITS map missing")?)?;
+        Ok(map.keys().filter(Result::is_ok).count())
+    }
+
     /// The exit -> reap lifetime histogram, summed over CPUs.
     pub fn lifetimes(&self) -> Result<LifetimeHistogram> {
         let array: PerCpuArray<_, LifetimeHistogram> = PerCpuArray::try_from(

@@ -1,0 +1,57 @@
+//! What one sample of the tracer's state exports: plain data, rendered by `metrics`.
+
+use tracer_common::LifetimeHistogram;
+
+/// Values of the per-cgroup labels, in `settings::CGROUP_LABELS` order; dropped labels are
+/// empty strings and not rendered.
+pub type CgroupLabels = [String; 4];
+
+#[derive(Clone, Debug, Default)]
+pub struct CgroupSeries {
+    pub labels: CgroupLabels,
+    pub zombies: u64,
+    pub oldest_seconds: Option<f64>,
+    pub zombies_created: u64,
+    pub zombies_reaped: u64,
+    pub forks: u64,
+    pub exits: u64,
+    pub pids: Option<PidsSeries>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PidsSeries {
+    pub current: u64,
+    pub max: u64,
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParentSeries {
+    pub labels: CgroupLabels,
+    pub pid: u32,
+    pub comm: String,
+    pub zombies: u64,
+    pub wait_age_seconds: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeSeries {
+    pub zombies: u64,
+    pub tasks: u64,
+    pub pid_max: u64,
+    pub threads_max: u64,
+    pub eta_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub cgroups: Vec<CgroupSeries>,
+    pub parents: Vec<ParentSeries>,
+    pub node: NodeSeries,
+    pub lifetimes: LifetimeHistogram,
+    pub version: &'static str,
+    pub kernel: String,
+    pub events_lost: u64,
+    /// `(map, entries, times it was full)`.
+    pub maps: Vec<(&'static str, u64, u64)>,
+}

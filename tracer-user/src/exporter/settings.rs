@@ -1,0 +1,220 @@
+//! `reapwatch serve` settings: flags over an optional TOML file over defaults.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::{cli::ServeArgs, kernel::MapSizes};
+
+/// The labels of per-cgroup series, in exposition order.
+pub const CGROUP_LABELS: [&str; 4] = ["cgroup", "namespace", "pod", "container"];
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub top_parents: usize,
+    /// Which of [`CGROUP_LABELS`] are kept.
+    pub keep_labels: [bool; 4],
+    pub gc_grace: Duration,
+    pub eta_window: Duration,
+    pub sample_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub pod_logs_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub map_sizes: MapSizes,
+}
+
+/// The config file: the flags' names in kebab-case, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    top_parents: Option<usize>,
+    label_allow_list: Option<Vec<String>>,
+    gc_grace: Option<String>,
+    eta_window: Option<String>,
+    sample_interval: Option<String>,
+    reconcile_interval: Option<String>,
+    pod_logs_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    max_zombies: Option<u32>,
+    max_cgroups: Option<u32>,
+    max_waits: Option<u32>,
+}
+
+impl Settings {
+    pub fn resolve(args: &ServeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                toml::from_str::<FileSettings>(&text).map_err(|err| {
+                    let first = err.message().lines().next().unwrap_or_default().to_owned();
+                    anyhow::anyhow!("invalid config {}: {first}", path.display())
+                })?
+            }
+            None => FileSettings::default(),
+        };
+        let defaults = MapSizes::default();
+        let duration = |flag: &Option<String>, key: &Option<String>, name: &str, default: &str| {
+            parse_duration(name, flag.as_deref().or(key.as_deref()).unwrap_or(default))
+        };
+        let labels = args
+            .label_allow_list
+            .clone()
+            .or(file.label_allow_list)
+            .unwrap_or_else(|| CGROUP_LABELS.map(str::to_owned).to_vec());
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9750))),
+            top_parents: args.top_parents.or(file.top_parents).unwrap_or(20),
+            keep_labels: keep_labels(&labels)?,
+            gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
+            eta_window: duration(&args.eta_window, &file.eta_window, "eta-window", "15m")?,
+            sample_interval: positive(
+                duration(
+                    &args.sample_interval,
+                    &file.sample_interval,
+                    "sample-interval",
+                    "5s",
+                )?,
+                "sample-interval",
+            )?,
+            reconcile_interval: positive(
+                duration(
+                    &args.reconcile_interval,
+                    &file.reconcile_interval,
+                    "reconcile-interval",
+                    "60s",
+                )?,
+                "reconcile-interval",
+            )?,
+            pod_logs_dir: args
+                .pod_logs_dir
+                .clone()
+                .or(file.pod_logs_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
+            log_level: parse_level(
+                args.log_level
+                    .as_deref()
+                    .or(file.log_level.as_deref())
+                    .unwrap_or("info"),
+            )?,
+            map_sizes: MapSizes {
+                zombies: args
+                    .max_zombies
+                    .or(file.max_zombies)
+                    .unwrap_or(defaults.zombies),
+                cgroups: args
+                    .max_cgroups
+                    .or(file.max_cgroups)
+                    .unwrap_or(defaults.cgroups),
+                waits: args.max_waits.or(file.max_waits).unwrap_or(defaults.waits),
+            },
+        })
+    }
+}
+
+fn parse_duration(name: &str, text: &str) -> Result<Duration> {
+    humantime::parse_duration(text).with_context(|| format!("invalid --{name} {text:?}"))
+}
+
+fn positive(duration: Duration, name: &str) -> Result<Duration> {
+    if duration.is_zero() {
+        bail!("--{name} must be more than zero");
+    }
+    Ok(duration)
+}
+
+fn parse_level(text: &str) -> Result<log::LevelFilter> {
+    match text {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        other => bail!("invalid --log-level {other:?}: use error, warn, info or debug"),
+    }
+}
+
+fn keep_labels(names: &[String]) -> Result<[bool; 4]> {
+    let mut keep = [false; 4];
+    for name in names {
+        let Some(index) = CGROUP_LABELS.iter().position(|l| l == name) else {
+            bail!(
+                "invalid --label-allow-list entry {name:?}: use cgroup, namespace, pod, container"
+            );
+        };
+        keep[index] = true;
+    }
+    Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        let mut full = vec!["reapwatch", "serve"];
+        full.extend(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::resolve(&serve_args(&[])).unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9750".parse().unwrap());
+        assert_eq!(s.top_parents, 20);
+        assert_eq!(s.keep_labels, [true; 4]);
+        assert_eq!(s.eta_window, Duration::from_secs(900));
+        assert_eq!(s.gc_grace, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("reapwatch-settings-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ntop-parents = 5\nlabel-allow-list = [\"namespace\", \"pod\"]\neta-window = \"30m\"\n",
+        )
+        .unwrap();
+        let config = path.to_str().unwrap();
+        let s =
+            Settings::resolve(&serve_args(&["--config", config, "--top-parents", "7"])).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.top_parents, 7);
+        assert_eq!(s.keep_labels, [false, true, true, false]);
+        assert_eq!(s.eta_window, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors() {
+        for argv in [
+            vec!["--label-allow-list", "pid"],
+            vec!["--eta-window", "soon"],
+            vec!["--sample-interval", "0s"],
+            vec!["--log-level", "loud"],
+            vec!["--config", "/nonexistent/reapwatch.toml"],
+        ] {
+            let err = Settings::resolve(&serve_args(&argv)).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(!text.contains('\n'), "{argv:?}: {text}");
+        }
+        let path = std::env::temp_dir().join(format!("reapwatch-bad-{}.toml", std::process::id()));
+        std::fs::write(&path, "listen = 9750\nsurprise = 1\n").unwrap();
+        let err =
+            Settings::resolve(&serve_args(&["--config", path.to_str().unwrap()])).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(format!("{err:#}").starts_with("invalid config"), "{err:#}");
+    }
+}

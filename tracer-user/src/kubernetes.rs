@@ -1,0 +1,265 @@
+//! Kubernetes attribution from what a node has on disk: pod UID and container ID from the
+//! cgroup path, names from kubelet's log directories. No API credentials needed.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// What a cgroup path says about the container in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerRef {
+    /// Pod UID with dashes, when the path is under kubelet's `kubepods` tree.
+    pub pod_uid: Option<String>,
+    /// 64-hex container ID (containerd, CRI-O, Docker, podman).
+    pub container_id: Option<String>,
+}
+
+/// Parses the cgroupfs and systemd driver layouts of kubelet and the runtimes:
+/// `/kubepods/burstable/pod<uid>/<id>`, `/kubepods.slice/kubepods-besteffort.slice/
+/// kubepods-besteffort-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `docker-<id>.scope`, `/docker/<id>`.
+pub fn parse_path(path: &str) -> ContainerRef {
+    let mut found = ContainerRef::default();
+    for segment in path.split('/') {
+        if let Some(uid) = pod_uid(segment) {
+            found.pod_uid = Some(uid);
+        } else if let Some(id) = container_id(segment) {
+            found.container_id = Some(id);
+        }
+    }
+    found
+}
+
+fn pod_uid(segment: &str) -> Option<String> {
+    let name = segment.strip_suffix(".slice").unwrap_or(segment);
+    let uid = match name.rfind("-pod") {
+        Some(at) if name.starts_with("kubepods") => &name[at + 4..],
+        _ => name.strip_prefix("pod")?,
+    };
+    // The systemd driver writes the UID's dashes as underscores.
+    let uid = uid.replace('_', "-");
+    let is_uid = uid.len() == 36
+        && uid.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    is_uid.then_some(uid)
+}
+
+fn container_id(segment: &str) -> Option<String> {
+    let name = segment.strip_suffix(".scope").unwrap_or(segment);
+    // conmon runs beside a CRI-O container, it is not the container.
+    if name.starts_with("crio-conmon-") {
+        return None;
+    }
+    let id = name.rsplit('-').next()?;
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
+/// Namespace, pod and container names; empty outside Kubernetes or when not resolvable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// Names from kubelet's log layout: `<pods_dir>/<namespace>_<pod>_<uid>/<container>/` and the
+/// `<containers_dir>/<pod>_<namespace>_<container>-<id>.log` symlinks beside it.
+pub struct PodDirectory {
+    pods_dir: PathBuf,
+    containers_dir: PathBuf,
+    pods: HashMap<String, (String, String)>,
+    containers: HashMap<String, String>,
+    scanned_at: Option<Instant>,
+}
+
+/// A miss rescans the directories at most this often, so an unknown cgroup cannot make
+/// every sample list them again.
+const RESCAN_AFTER: Duration = Duration::from_secs(10);
+
+impl PodDirectory {
+    /// `pods_dir` is kubelet's `/var/log/pods` as mounted here; container symlinks are read
+    /// from its sibling `containers`.
+    pub fn new(pods_dir: &Path) -> Self {
+        let containers_dir = pods_dir
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("containers");
+        Self {
+            pods_dir: pods_dir.to_path_buf(),
+            containers_dir,
+            pods: HashMap::new(),
+            containers: HashMap::new(),
+            scanned_at: None,
+        }
+    }
+
+    pub fn labels(&mut self, container: &ContainerRef) -> PodLabels {
+        let mut labels = self.lookup(container);
+        let incomplete = container.pod_uid.is_some() && labels.pod.is_empty()
+            || container.container_id.is_some()
+                && container.pod_uid.is_some()
+                && labels.container.is_empty();
+        if incomplete
+            && self
+                .scanned_at
+                .is_none_or(|at| at.elapsed() >= RESCAN_AFTER)
+        {
+            self.scan();
+            labels = self.lookup(container);
+        }
+        labels
+    }
+
+    fn lookup(&self, container: &ContainerRef) -> PodLabels {
+        let mut labels = PodLabels::default();
+        if let Some((namespace, pod)) = container
+            .pod_uid
+            .as_ref()
+            .and_then(|uid| self.pods.get(uid))
+        {
+            labels.namespace = namespace.clone();
+            labels.pod = pod.clone();
+            if let Some(name) = container
+                .container_id
+                .as_ref()
+                .and_then(|id| self.containers.get(id))
+            {
+                labels.container = name.clone();
+            }
+        }
+        labels
+    }
+
+    fn scan(&mut self) {
+        self.scanned_at = Some(Instant::now());
+        self.pods = entries(&self.pods_dir)
+            .filter_map(|name| {
+                // Namespaces and pod names cannot contain '_', UIDs neither.
+                let mut parts = name.splitn(3, '_');
+                let (namespace, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((uid.to_owned(), (namespace.to_owned(), pod.to_owned())))
+            })
+            .collect();
+        self.containers = entries(&self.containers_dir)
+            .filter_map(|name| {
+                let stem = name.strip_suffix(".log")?;
+                let (rest, id) = stem.rsplit_once('-')?;
+                let container = rest.splitn(3, '_').nth(2)?;
+                Some((id.to_owned(), container.to_owned()))
+            })
+            .collect();
+    }
+}
+
+fn entries(dir: &Path) -> impl Iterator<Item = String> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "5f3a8c1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b";
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn expect(path: &str, uid: Option<&str>, id: Option<&str>) {
+        let parsed = parse_path(path);
+        assert_eq!(parsed.pod_uid.as_deref(), uid, "{path}");
+        assert_eq!(parsed.container_id.as_deref(), id, "{path}");
+    }
+
+    #[test]
+    fn containerd_systemd_driver() {
+        let uid = UID.replace('-', "_");
+        expect(
+            &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{ID}.scope"),
+            Some(UID),
+            Some(ID),
+        );
+        // Guaranteed QoS pods sit directly under kubepods.slice.
+        expect(
+            &format!("/kubepods.slice/kubepods-pod{uid}.slice/cri-containerd-{ID}.scope"),
+            Some(UID),
+            Some(ID),
+        );
+    }
+
+    #[test]
+    fn cgroupfs_driver() {
+        expect(
+            &format!("/kubepods/burstable/pod{UID}/{ID}"),
+            Some(UID),
+            Some(ID),
+        );
+        expect(&format!("/kubepods/pod{UID}/{ID}"), Some(UID), Some(ID));
+        expect(
+            &format!("/kubepods/besteffort/pod{UID}/crio-{ID}"),
+            Some(UID),
+            Some(ID),
+        );
+    }
+
+    #[test]
+    fn crio_and_docker_systemd() {
+        let uid = UID.replace('-', "_");
+        expect(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/crio-{ID}.scope"), Some(UID), Some(ID));
+        expect(&format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/docker-{ID}.scope"), Some(UID), Some(ID));
+        expect(
+            &format!("/kubepods.slice/kubepods-pod{uid}.slice/crio-conmon-{ID}.scope"),
+            Some(UID),
+            None,
+        );
+    }
+
+    #[test]
+    fn outside_kubernetes() {
+        expect(&format!("/system.slice/docker-{ID}.scope"), None, Some(ID));
+        expect(&format!("/docker/{ID}"), None, Some(ID));
+        expect("/system.slice/cron.service", None, None);
+        expect("/", None, None);
+        // A pod-looking segment outside a UID shape is not a pod.
+        expect("/podcast.service", None, None);
+    }
+
+    #[test]
+    fn names_from_log_directories() {
+        let root = std::env::temp_dir().join(format!("reapwatch-k8s-{}", std::process::id()));
+        let pods = root.join("pods");
+        fs::create_dir_all(pods.join(format!("payments_api-7d9f_{UID}/server"))).unwrap();
+        fs::create_dir_all(root.join("containers")).unwrap();
+        fs::write(
+            root.join(format!("containers/api-7d9f_payments_server-{ID}.log")),
+            "",
+        )
+        .unwrap();
+
+        let mut directory = PodDirectory::new(&pods);
+        let container = ContainerRef {
+            pod_uid: Some(UID.to_owned()),
+            container_id: Some(ID.to_owned()),
+        };
+        let labels = directory.labels(&container);
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            labels,
+            PodLabels {
+                namespace: "payments".into(),
+                pod: "api-7d9f".into(),
+                container: "server".into()
+            }
+        );
+        assert_eq!(
+            directory.labels(&ContainerRef::default()),
+            PodLabels::default()
+        );
+    }
+}
