@@ -12,18 +12,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reapwatch::{cgroup::CgroupHierarchy, procfs};
+use reapwatch::{
+    cgroup::{CgroupHierarchy, HierarchyChoice},
+    procfs,
+};
 
 /// A cgroup of its own, in the hierarchy reapwatch counts by (unified on v2 hosts, v1 `pids`
 /// on hybrid ones), so that per-cgroup counters count only one test's work.
 pub struct TestCgroup {
     pub path: PathBuf,
+    root: PathBuf,
 }
 
 impl TestCgroup {
     pub fn new(name: &str) -> Self {
+        Self::in_hierarchy(HierarchyChoice::Auto, name)
+    }
+
+    /// A cgroup in the hierarchy `choice` names (to test attribution by each).
+    pub fn in_hierarchy(choice: HierarchyChoice, name: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let root = hierarchy().root().join("reapwatch-tests");
+        let hierarchy = hierarchy(choice);
+        let root = hierarchy.root().join("reapwatch-tests");
         fs::create_dir_all(&root).expect("create the tests' cgroup");
         let path = root.join(format!(
             "{name}-{}-{}",
@@ -31,16 +41,25 @@ impl TestCgroup {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir(&path).expect("create a test cgroup");
-        Self { path }
+        Self {
+            path,
+            root: hierarchy.root().to_path_buf(),
+        }
+    }
+
+    /// A cgroup nested at `relative` below this one (such as a kubelet-shaped path).
+    pub fn nested(&self, relative: &str) -> Self {
+        let path = self.path.join(relative);
+        fs::create_dir_all(&path).expect("create a nested test cgroup");
+        Self {
+            path,
+            root: self.root.clone(),
+        }
     }
 
     /// The path as `/proc/<pid>/cgroup` shows it.
     pub fn host_path(&self) -> String {
-        let hierarchy = hierarchy();
-        let relative = self
-            .path
-            .strip_prefix(hierarchy.root())
-            .expect("under the root");
+        let relative = self.path.strip_prefix(&self.root).expect("under the root");
         format!("/{}", relative.display())
     }
 
@@ -52,18 +71,27 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // The helper's last processes may still be on their way out.
-        for _ in 0..100 {
-            if fs::remove_dir(&self.path).is_ok() {
-                return;
+        // The helper's last processes may still be on their way out. Nested directories
+        // created on the way are removed too, innermost first.
+        for dir in self
+            .path
+            .ancestors()
+            .take_while(|d| d.file_name() != Some("reapwatch-tests".as_ref()))
+        {
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-fn hierarchy() -> CgroupHierarchy {
-    CgroupHierarchy::discover(Path::new("/sys/fs/cgroup")).expect("tests need cgroupfs")
+fn hierarchy(choice: HierarchyChoice) -> CgroupHierarchy {
+    CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), choice)
+        .expect("the hierarchy is mounted")
+        .expect("tests need cgroupfs")
 }
 
 /// A running `zombie-helper`.
@@ -186,5 +214,201 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `reapwatch serve` on a free loopback port.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+}
+
+impl Daemon {
+    /// Starts it and waits until `/readyz` answers 200.
+    pub fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(workspace_binary("reapwatch"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--sample-interval",
+                "200ms",
+                "--reconcile-interval",
+                "1s",
+                "--log-level",
+                "warn",
+            ])
+            .args(extra)
+            .spawn()
+            .expect("spawn reapwatch serve");
+        let mut daemon = Self { child, port };
+        let ready = eventually(Duration::from_secs(30), || {
+            assert!(
+                daemon.child.try_wait().expect("wait").is_none(),
+                "reapwatch serve exited"
+            );
+            daemon
+                .get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ready, "reapwatch serve never became ready");
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `(status, body)` of a GET, None if the connection failed.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        get(&format!("http://127.0.0.1:{}{path}", self.port), &[])
+    }
+
+    pub fn scrape(&self) -> String {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("reapwatch serve ignored SIGTERM");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `(status, body)` of an HTTP GET with extra headers; None if the connection failed.
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.body_mut().read_to_string().ok()?))
+}
+
+/// The value of the sample `name` whose labels include every `(label, value)` of `wanted`,
+/// in Prometheus text exposition.
+pub fn sample_value(exposition: &str, name: &str, wanted: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, labels) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, parse_labels(rest.strip_suffix('}')?)?),
+            None => (series, Vec::new()),
+        };
+        let matches = metric == name
+            && wanted
+                .iter()
+                .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// `a="x",b="y\"z"` into pairs, undoing the exposition's escapes.
+fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let name: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if chars.next()? != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '"' => break,
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    other => value.push(other),
+                },
+                c => value.push(c),
+            }
+        }
+        labels.push((name, value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    Some(labels)
+}
+
+/// Runs `promtool check metrics` on an exposition; returns its complaints, if any.
+pub fn promtool_check_metrics(exposition: &str) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool");
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// A kubelet-like log tree naming one pod and its container, for attribution tests.
+pub struct FakeKubelet {
+    pub root: PathBuf,
+}
+
+impl FakeKubelet {
+    pub fn new(namespace: &str, pod: &str, uid: &str, container: &str, container_id: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("reapwatch-kubelet-{uid}"));
+        fs::create_dir_all(root.join(format!("pods/{namespace}_{pod}_{uid}/{container}")))
+            .expect("pod log dir");
+        fs::create_dir_all(root.join("containers")).expect("containers dir");
+        fs::write(
+            root.join(format!(
+                "containers/{pod}_{namespace}_{container}-{container_id}.log"
+            )),
+            "",
+        )
+        .expect("container log");
+        Self { root }
+    }
+
+    pub fn pods_dir(&self) -> String {
+        self.root.join("pods").display().to_string()
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use reapwatch::{kernel::MapSizes, state::StateEngine};
+use reapwatch::{cgroup::HierarchyChoice, kernel::MapSizes, state::StateEngine};
 use reapwatch_tests::{eventually, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
@@ -14,6 +14,7 @@ fn fork_storm_counts_exactly() {
         MapSizes::default(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
+        HierarchyChoice::Auto,
     )
     .expect("load the tracer (run as root)");
     let cgroup = TestCgroup::new("storm");

@@ -6,6 +6,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use reapwatch::{
+    cgroup::HierarchyChoice,
     kernel::MapSizes,
     state::{ChildState, StateEngine},
 };
@@ -17,6 +18,7 @@ fn engine() -> StateEngine {
         MapSizes::default(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
+        HierarchyChoice::Auto,
     )
     .expect("load the tracer (run as root)")
 }

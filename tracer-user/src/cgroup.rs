@@ -44,6 +44,17 @@ pub enum HierarchyKind {
     V1Pids,
 }
 
+/// Which hierarchy to count by, as an operator chooses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HierarchyChoice {
+    /// Unified on pure cgroup v2 hosts, else v1 `pids` if mounted, else the hybrid unified.
+    #[default]
+    Auto,
+    Unified,
+    Pids,
+}
+
 /// The hierarchy counters are keyed by, for cgroup id <-> path.
 pub struct CgroupHierarchy {
     kind: HierarchyKind,
@@ -55,21 +66,39 @@ impl CgroupHierarchy {
     /// Pure v2 host: `/sys/fs/cgroup`. Otherwise the v1 `pids` hierarchy if mounted, else a
     /// hybrid host's unified mount. None without any cgroupfs.
     pub fn discover(sys_fs_cgroup: &Path) -> Option<Self> {
+        Self::choose(sys_fs_cgroup, HierarchyChoice::Auto)
+            .ok()
+            .flatten()
+    }
+
+    /// The hierarchy `choice` names; an error if it is not mounted.
+    pub fn choose(sys_fs_cgroup: &Path, choice: HierarchyChoice) -> anyhow::Result<Option<Self>> {
         let unified = [sys_fs_cgroup.to_path_buf(), sys_fs_cgroup.join("unified")]
             .into_iter()
             .find(|dir| dir.join("cgroup.controllers").exists());
         let pids = sys_fs_cgroup.join("pids");
-        let (kind, root) = match unified {
-            Some(root) if root == sys_fs_cgroup => (HierarchyKind::Unified, root),
-            _ if pids.join("tasks").exists() => (HierarchyKind::V1Pids, pids),
-            Some(root) => (HierarchyKind::Unified, root),
-            None => return None,
+        let pids = pids.join("tasks").exists().then_some(pids);
+        let (kind, root) = match (choice, unified, pids) {
+            (HierarchyChoice::Auto, Some(root), _) if root == sys_fs_cgroup => {
+                (HierarchyKind::Unified, root)
+            }
+            (HierarchyChoice::Auto | HierarchyChoice::Pids, _, Some(pids)) => {
+                (HierarchyKind::V1Pids, pids)
+            }
+            (HierarchyChoice::Auto | HierarchyChoice::Unified, Some(root), _) => {
+                (HierarchyKind::Unified, root)
+            }
+            (HierarchyChoice::Auto, None, None) => return Ok(None),
+            (choice, _, _) => anyhow::bail!(
+                "no {choice:?} cgroup hierarchy under {}",
+                sys_fs_cgroup.display()
+            ),
         };
-        Some(Self {
+        Ok(Some(Self {
             kind,
             root,
             paths_by_id: HashMap::new(),
-        })
+        }))
     }
 
     pub fn kind(&self) -> HierarchyKind {

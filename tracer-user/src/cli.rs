@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::MapSizes;
+use crate::{cgroup::HierarchyChoice, kernel::MapSizes};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load the tracer, reconcile with /proc, print every parent with unreaped children, exit.
     Snapshot(SnapshotArgs),
 }
@@ -30,6 +30,10 @@ pub struct SnapshotArgs {
     /// Print one JSON object (the stable contract for scripts; see README) instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// cgroup hierarchy the per-cgroup counters are keyed by.
+    #[arg(long, value_enum, default_value_t)]
+    pub cgroup_hierarchy: HierarchyChoice,
 
     #[command(flatten)]
     pub maps: MapArgs,
@@ -75,6 +79,10 @@ pub struct ServeArgs {
     /// [default: /var/log/pods].
     #[arg(long, value_name = "DIR")]
     pub pod_logs_dir: Option<PathBuf>,
+
+    /// cgroup hierarchy to attribute by: auto, unified or pids [default: auto].
+    #[arg(long, value_enum)]
+    pub cgroup_hierarchy: Option<HierarchyChoice>,
 
     /// error, warn, info or debug [default: info].
     #[arg(long, value_name = "LEVEL")]

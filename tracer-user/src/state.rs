@@ -20,7 +20,7 @@ use serde::Serialize;
 use tracer_common::{CgroupCounters, ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
 
 use crate::{
-    cgroup::{self, CgroupHierarchy, HierarchyKind},
+    cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
     kernel::{monotonic_ns, MapSizes, Tracer},
     procfs::{self, ProcStat},
 };
@@ -118,9 +118,14 @@ pub struct StateEngine {
 }
 
 impl StateEngine {
-    /// Picks the cgroup hierarchy of this host, then loads and attaches the programs.
-    pub fn load(sizes: MapSizes, proc_root: &Path, sys_fs_cgroup: &Path) -> Result<Self> {
-        let cgroups = CgroupHierarchy::discover(sys_fs_cgroup);
+    /// Picks the cgroup hierarchy to count by, then loads and attaches the programs.
+    pub fn load(
+        sizes: MapSizes,
+        proc_root: &Path,
+        sys_fs_cgroup: &Path,
+        hierarchy: HierarchyChoice,
+    ) -> Result<Self> {
+        let cgroups = CgroupHierarchy::choose(sys_fs_cgroup, hierarchy)?;
         let kind = cgroups
             .as_ref()
             .map_or(HierarchyKind::Unified, CgroupHierarchy::kind);

@@ -13,6 +13,8 @@ const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "util-linux",
+    // A real Prometheus (and promtool) scrapes the exporter in the tests.
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

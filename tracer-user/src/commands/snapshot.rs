@@ -18,6 +18,7 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
         args.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
+        args.cgroup_hierarchy,
     )?;
     engine.reconcile()?;
     let report = Report::collect(&mut engine)?;

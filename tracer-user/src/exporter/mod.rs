@@ -49,6 +49,7 @@ async fn serve(settings: Settings) -> Result<()> {
         settings.map_sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
+        settings.cgroup_hierarchy,
     )?;
     let mut sampler = Sampler::new(engine, settings)?;
     let mut ticks = tokio::time::interval(sampler.sample_interval());

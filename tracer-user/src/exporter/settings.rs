@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::{cli::ServeArgs, kernel::MapSizes};
+use crate::{cgroup::HierarchyChoice, cli::ServeArgs, kernel::MapSizes};
 
 /// The labels of per-cgroup series, in exposition order.
 pub const CGROUP_LABELS: [&str; 4] = ["cgroup", "namespace", "pod", "container"];
@@ -23,6 +23,7 @@ pub struct Settings {
     pub pod_logs_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub map_sizes: MapSizes,
+    pub cgroup_hierarchy: HierarchyChoice,
 }
 
 /// The config file: the flags' names in kebab-case, every key optional.
@@ -38,6 +39,7 @@ struct FileSettings {
     reconcile_interval: Option<String>,
     pod_logs_dir: Option<PathBuf>,
     log_level: Option<String>,
+    cgroup_hierarchy: Option<HierarchyChoice>,
     max_zombies: Option<u32>,
     max_cgroups: Option<u32>,
     max_waits: Option<u32>,
@@ -103,6 +105,10 @@ impl Settings {
                     .or(file.log_level.as_deref())
                     .unwrap_or("info"),
             )?,
+            cgroup_hierarchy: args
+                .cgroup_hierarchy
+                .or(file.cgroup_hierarchy)
+                .unwrap_or_default(),
             map_sizes: MapSizes {
                 zombies: args
                     .max_zombies
@@ -163,7 +169,7 @@ mod tests {
         let mut full = vec!["reapwatch", "serve"];
         full.extend(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }

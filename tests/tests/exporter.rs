@@ -1,0 +1,226 @@
+//! `reapwatch serve` end to end: real programs, real zombies, scraped over HTTP.
+
+use std::{fs, process::Command, time::Duration};
+
+use reapwatch::cgroup::HierarchyChoice;
+use reapwatch_tests::{
+    eventually, get, promtool_check_metrics, sample_value, workspace_binary, Daemon, FakeKubelet,
+    Helper, TestCgroup,
+};
+
+const CONTAINER_ID: &str = "3f2e1d0c9b8a79685746352413021f0e3f2e1d0c9b8a79685746352413021f0e";
+
+/// A zombie-leaking workload in a kubelet-shaped cgroup is attributed to its namespace, pod
+/// and container, in the v1 `pids` or the unified hierarchy.
+fn attribution(choice: HierarchyChoice, flag: &str, uid: &str, kubelet_path: &str) {
+    let kubelet = FakeKubelet::new("payments", "api-7d9f", uid, "server", CONTAINER_ID);
+    let base = TestCgroup::in_hierarchy(choice, "k8s");
+    let container = base.nested(kubelet_path);
+    let daemon = Daemon::start(&[
+        "--cgroup-hierarchy",
+        flag,
+        "--pod-logs-dir",
+        &kubelet.pods_dir(),
+    ]);
+    let helper = Helper::start("leak", 3, &container);
+
+    let cgroup = container.host_path();
+    let labels = [
+        ("cgroup", cgroup.as_str()),
+        ("namespace", "payments"),
+        ("pod", "api-7d9f"),
+        ("container", "server"),
+    ];
+    let pid = helper.parent.to_string();
+    let mut parent_labels = labels.to_vec();
+    parent_labels.extend([("pid", pid.as_str()), ("comm", "zombie-helper")]);
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_zombies", &labels) == Some(3.0)
+            && sample_value(&text, "reapwatch_zombies_created_total", &labels) == Some(3.0)
+            && sample_value(&text, "reapwatch_parent_zombies", &parent_labels) == Some(3.0)
+    });
+    assert!(seen, "not attributed:\n{text}");
+    assert_eq!(
+        sample_value(&text, "reapwatch_process_forks_total", &labels),
+        Some(3.0)
+    );
+    assert!(sample_value(&text, "reapwatch_zombie_oldest_seconds", &labels).unwrap() >= 0.0);
+    assert!(sample_value(&text, "reapwatch_node_zombies", &[]).unwrap() >= 3.0);
+    assert!(sample_value(&text, "reapwatch_node_tasks", &[]).unwrap() > 3.0);
+    promtool_check_metrics(&text).unwrap();
+    // The helper waits, but with WNOWAIT, which reaps nothing: a parent that "waits wrong".
+    let wait_age = sample_value(&text, "reapwatch_parent_wait_age_seconds", &[("pid", &pid)]);
+    assert!(
+        wait_age.is_some_and(|age| (0.0..60.0).contains(&age)),
+        "{wait_age:?}"
+    );
+}
+
+#[test]
+fn attribution_on_cgroup_v1_pids_with_the_cgroupfs_driver() {
+    let uid = "8b1f3c2a-0d4e-4f5a-9b6c-7d8e9f0a1b2c";
+    attribution(
+        HierarchyChoice::Pids,
+        "pids",
+        uid,
+        &format!("kubepods/burstable/pod{uid}/{CONTAINER_ID}"),
+    );
+}
+
+#[test]
+fn attribution_on_cgroup_v2_with_the_systemd_driver() {
+    let uid = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+    let slice_uid = uid.replace('-', "_");
+    attribution(
+        HierarchyChoice::Unified,
+        "unified",
+        uid,
+        &format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{slice_uid}.slice/cri-containerd-{CONTAINER_ID}.scope"
+        ),
+    );
+}
+
+#[test]
+fn hostile_process_names_do_not_break_the_exposition() {
+    let cgroup = TestCgroup::new("serve-comm");
+    let daemon = Daemon::start(&[]);
+    let helper = Helper::start("hostile-comm", 1, &cgroup);
+    let pid = helper.parent.to_string();
+    let wanted = [("pid", pid.as_str()), ("comm", "a\"b\nc{}\u{1b}[2J")];
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_parent_zombies", &wanted) == Some(1.0)
+    });
+    assert!(seen, "{text}");
+    promtool_check_metrics(&text).unwrap();
+}
+
+#[test]
+fn openmetrics_when_asked() {
+    let daemon = Daemon::start(&[]);
+    let url = format!("http://127.0.0.1:{}/metrics", daemon.port);
+    let (status, body) = get(
+        &url,
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains("# TYPE reapwatch_events_lost counter\n"),
+        "{body}"
+    );
+    let (_, plain) = get(&url, &[]).unwrap();
+    assert!(!plain.contains("# EOF"));
+    assert!(plain.contains("# TYPE reapwatch_events_lost_total counter\n"));
+    assert_eq!(daemon.get("/healthz").unwrap().0, 200);
+    assert_eq!(daemon.get("/nope").unwrap().0, 404);
+}
+
+/// The daemon in a pids cgroup that allows no new task: it must still answer, with the zombies
+/// made meanwhile, and never have tried to create a task.
+#[test]
+fn keeps_answering_when_no_task_can_be_created() {
+    let daemon = Daemon::start(&[]);
+    let jail = TestCgroup::in_hierarchy(HierarchyChoice::Pids, "no-pids");
+    fs::write(jail.path.join("cgroup.procs"), daemon.pid().to_string()).unwrap();
+    let current = fs::read_to_string(jail.path.join("pids.current")).unwrap();
+    fs::write(jail.path.join("pids.max"), current.trim()).unwrap();
+    // One thread: everything runs on it.
+    assert_eq!(current.trim(), "1");
+
+    let workload = TestCgroup::new("starved-leak");
+    let helper = Helper::start("leak", 4, &workload);
+    let pid = helper.parent.to_string();
+    let seen = eventually(Duration::from_secs(10), || {
+        sample_value(
+            &daemon.scrape(),
+            "reapwatch_parent_zombies",
+            &[("pid", &pid)],
+        ) == Some(4.0)
+    });
+    assert!(seen);
+    let events = fs::read_to_string(jail.path.join("pids.events")).unwrap();
+    assert_eq!(events.trim(), "max 0", "the daemon tried to create a task");
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+}
+
+/// Ids of the eBPF programs a process holds (by program or link fd), from its fd table.
+fn program_ids(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let info = fs::read_to_string(entry.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .map(|id| id.trim().parse().unwrap())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn program_exists(id: u32) -> bool {
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let attr = GetFdById {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &attr,
+            size_of::<GetFdById>(),
+        )
+    };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    let daemon = Daemon::start(&[]);
+    let ids = program_ids(daemon.pid());
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(ids.iter().all(|&id| program_exists(id)));
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    // Program teardown is asynchronous (RCU) in the kernel.
+    assert!(eventually(Duration::from_secs(10), || ids
+        .iter()
+        .all(|&id| !program_exists(id))));
+}
+
+#[test]
+fn port_in_use_is_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["serve", "--listen", &address])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("reapwatch: cannot listen on {address}")),
+        "{stderr}"
+    );
+}
