@@ -58,5 +58,8 @@ fn fork_storm_counts_exactly() {
         .map(|h| h.recursion_misses)
         .sum();
     assert_eq!(misses, 0);
-    assert_eq!(engine.tracer().losses().unwrap(), [0; 4]);
+    assert_eq!(
+        engine.tracer().losses().unwrap(),
+        [0; tracer_common::LOSS_KINDS as usize]
+    );
 }

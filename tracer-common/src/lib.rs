@@ -204,9 +204,58 @@ pub enum Loss {
     WaitsMapFull = 2,
     /// A `bpf_probe_read_kernel` of a task field failed.
     KernelRead = 3,
+    /// `reapwatch trace` fell behind: the event ring buffer was full.
+    EventsDropped = 4,
 }
 
-pub const LOSS_KINDS: u32 = 4;
+pub const LOSS_KINDS: u32 = 5;
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new process (`pid`) forked by `ppid`.
+    Fork = 0,
+    /// The last thread of process `pid` started exiting.
+    Exit = 1,
+    /// Process `pid` became an unreaped child of `ppid`.
+    Zombie = 2,
+    /// Zombie `pid` was reaped, `age_ns` after it exited.
+    Reap = 3,
+    /// Process `pid` entered `wait()`.
+    Wait = 4,
+}
+
+impl EventKind {
+    pub fn from_u32(kind: u32) -> Option<Self> {
+        Some(match kind {
+            0 => Self::Fork,
+            1 => Self::Exit,
+            2 => Self::Zombie,
+            3 => Self::Reap,
+            4 => Self::Wait,
+            _ => return None,
+        })
+    }
+}
+
+/// One lifecycle event for `reapwatch trace`, written to the `EVENTS` ring buffer only while
+/// tracing is switched on (the `TRACE_EVENTS` global), so other commands pay one load for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_MONOTONIC` nanoseconds.
+    pub time_ns: u64,
+    /// Exit to reap, for `Reap`.
+    pub age_ns: u64,
+    pub cgroup_id: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub ppid: u32,
+    /// Raw wait status, for `Exit`, `Zombie` and `Reap`.
+    pub exit_status: i32,
+    pub comm: [u8; 16],
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -217,6 +266,7 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupCounters {}
     unsafe impl aya::Pod for super::LifetimeHistogram {}
     unsafe impl aya::Pod for super::WaitRecord {}
+    unsafe impl aya::Pod for super::Event {}
 }
 
 #[cfg(test)]
@@ -242,5 +292,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
         assert_eq!(core::mem::size_of::<KernelOffsets>(), 26 * 4);
+        assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }

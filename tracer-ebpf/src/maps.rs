@@ -3,11 +3,11 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    lifetime_bucket, CgroupCounters, LifetimeHistogram, Loss, ProcessKey, WaitRecord, Zombie,
-    LOSS_KINDS,
+    lifetime_bucket, CgroupCounters, Event, LifetimeHistogram, Loss, ProcessKey, WaitRecord,
+    Zombie, LOSS_KINDS,
 };
 
 const EEXIST: i32 = 17;
@@ -30,6 +30,24 @@ static LIFETIMES: PerCpuArray<LifetimeHistogram> = PerCpuArray::with_max_entries
 
 #[map]
 static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
+
+/// Lifecycle events for `reapwatch trace`; one page unless tracing sizes it up.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Set by userspace for `reapwatch trace` only: other commands emit no events.
+#[unsafe(no_mangle)]
+static TRACE_EVENTS: u32 = 0;
+
+pub fn tracing() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const TRACE_EVENTS) != 0 }
+}
+
+pub fn emit(event: &Event) {
+    if EVENTS.output::<Event>(event, 0).is_err() {
+        count_loss(Loss::EventsDropped);
+    }
+}
 
 pub fn count_loss(loss: Loss) {
     if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {

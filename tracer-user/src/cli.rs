@@ -23,6 +23,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load the tracer, reconcile with /proc, print every parent with unreaped children, exit.
     Snapshot(SnapshotArgs),
+    /// One line per process lifecycle event: fork, exit, zombie, reap, reparent, wait.
+    Trace(TraceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -32,6 +34,52 @@ pub struct SnapshotArgs {
     pub json: bool,
 
     /// cgroup hierarchy the per-cgroup counters are keyed by.
+    #[arg(long, value_enum, default_value_t)]
+    pub cgroup_hierarchy: HierarchyChoice,
+
+    #[command(flatten)]
+    pub maps: MapArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Only events of this process or of its children.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// Only events of processes with this command name.
+    #[arg(long)]
+    pub comm: Option<String>,
+
+    /// Only events in this cgroup or below it (a path as /proc/<pid>/cgroup shows it).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Only events in this container (its name, or a prefix of its ID).
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+
+    /// Only zombie, reap and reparent events.
+    #[arg(long)]
+    pub zombies_only: bool,
+
+    /// One JSON object per line (see README "reapwatch trace").
+    #[arg(long)]
+    pub json: bool,
+
+    /// Stop after this long (e.g. 30s, 5m) instead of at Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+
+    /// Event ring buffer size in MiB; a full buffer loses events, which are counted.
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub buffer_mib: u32,
+
+    /// kubelet's pod log directory as mounted here, for container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+
+    /// cgroup hierarchy the cgroup paths come from.
     #[arg(long, value_enum, default_value_t)]
     pub cgroup_hierarchy: HierarchyChoice,
 
@@ -123,6 +171,7 @@ impl MapArgs {
             zombies: self.max_zombies,
             cgroups: self.max_cgroups,
             waits: self.max_waits,
+            ..MapSizes::default()
         }
     }
 }

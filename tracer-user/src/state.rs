@@ -107,6 +107,19 @@ pub struct CgroupState {
     pub counters: CgroupCounters,
 }
 
+/// A change userspace noticed that no tracepoint reports, for `reapwatch trace`.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// The zombie's parent died; it now belongs to `zombie.parent`.
+    Reparented {
+        child: ProcessKey,
+        zombie: Zombie,
+        from: u32,
+    },
+    /// The zombie was released, and its free event never came.
+    ReapedLate { child: ProcessKey, zombie: Zombie },
+}
+
 pub struct StateEngine {
     tracer: Tracer,
     proc_root: PathBuf,
@@ -115,6 +128,8 @@ pub struct StateEngine {
     /// Reaps closed by userspace, per parent cgroup id: added to the kernel's counters.
     late_reaps: HashMap<u64, u64>,
     totals: RepairTotals,
+    /// Kept only when asked for (`record_changes`), drained by the caller.
+    changes: Option<Vec<Change>>,
 }
 
 impl StateEngine {
@@ -135,7 +150,30 @@ impl StateEngine {
             cgroups,
             late_reaps: HashMap::new(),
             totals: RepairTotals::default(),
+            changes: None,
         })
+    }
+
+    pub fn tracer_mut(&mut self) -> &mut Tracer {
+        &mut self.tracer
+    }
+
+    /// Starts keeping [`Change`]s for [`StateEngine::drain_changes`].
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note(&mut self, change: Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change);
+        }
     }
 
     pub fn hierarchy(&self) -> Option<&CgroupHierarchy> {
@@ -163,6 +201,7 @@ impl StateEngine {
                 if self.tracer.remove_zombie(&key)? && zombie.flags & ZOMBIE_SEEN_LATE == 0 {
                     *self.late_reaps.entry(zombie.parent_cgroup_id).or_default() += 1;
                     self.totals.reaped_late += 1;
+                    self.note(Change::ReapedLate { child: key, zombie });
                 }
                 continue;
             };
@@ -175,10 +214,20 @@ impl StateEngine {
             if stat.ppid != zombie.parent.tgid
                 || !self.started_at(&mut parent_starts, &zombie.parent)?
             {
+                let from = zombie.parent.tgid;
                 zombie.parent =
                     ProcessKey::new(stat.ppid, self.start_of(&mut parent_starts, stat.ppid)?);
+                // Counters stay charged where the zombie was created; the gauge follows it.
+                if let Some(id) = self.cgroup_id(stat.ppid)? {
+                    zombie.parent_cgroup_id = id;
+                }
                 self.tracer.update_zombie(key, zombie)?;
                 self.totals.reparented += 1;
+                self.note(Change::Reparented {
+                    child: key,
+                    zombie,
+                    from,
+                });
             }
             live.push((key, zombie));
         }

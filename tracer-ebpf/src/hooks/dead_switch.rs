@@ -20,9 +20,10 @@
 //! `prev->__state`.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{ProcessKey, Zombie, EXIT_DEAD, EXIT_ZOMBIE, SIGCHLD, TASK_DEAD};
+use tracer_common::{EventKind, ProcessKey, Zombie, EXIT_DEAD, EXIT_ZOMBIE, SIGCHLD, TASK_DEAD};
 
 use crate::{
+    events::report,
     maps::{insert_zombie, update_cgroup},
     task::{configured, now_ns, Task},
 };
@@ -106,5 +107,12 @@ fn record_zombie(leader: Task) {
     };
     if insert_zombie(&ProcessKey::new(tgid, start_ticks), &zombie) {
         update_cgroup(parent_cgroup_id, |c| c.zombies_created += 1);
+        report(
+            EventKind::Zombie,
+            leader,
+            zombie.exit_status,
+            0,
+            zombie.cgroup_id,
+        );
     }
 }

@@ -6,7 +6,10 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use tracer_common::EventKind;
+
 use crate::{
+    events::report,
     maps::update_cgroup,
     task::{configured, Task},
 };
@@ -20,6 +23,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if task.live_threads() == Some(0) {
         if let Some(cgroup_id) = task.cgroup_id() {
             update_cgroup(cgroup_id, |c| c.exits += 1);
+            let status = task.exit_code().unwrap_or(0);
+            report(EventKind::Exit, task, status, 0, cgroup_id);
         }
     }
     0

@@ -2,7 +2,10 @@
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use tracer_common::EventKind;
+
 use crate::{
+    events::report,
     maps::update_cgroup,
     task::{configured, Task},
 };
@@ -21,6 +24,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // Charged to the parent's cgroup, where the fork happened.
         if let Some(cgroup_id) = Task::current().cgroup_id() {
             update_cgroup(cgroup_id, |c| c.forks += 1);
+            report(EventKind::Fork, child, 0, 0, cgroup_id);
         }
     }
     0

@@ -8,9 +8,10 @@
 //! deletes the record counts the reap, so each is counted once.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{ProcessKey, ZOMBIE_SEEN_LATE};
+use tracer_common::{EventKind, ProcessKey, ZOMBIE_SEEN_LATE};
 
 use crate::{
+    events::report,
     maps::{forget_wait, record_lifetime, take_zombie, update_cgroup},
     task::{configured, now_ns, Task},
 };
@@ -34,10 +35,18 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     forget_wait(tgid, start_ticks);
     // A zombie found in /proc rather than seen created is not counted reaped either.
     if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
+        let lifetime = now_ns().saturating_sub(zombie.exit_ns);
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
             update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
-            record_lifetime(now_ns().saturating_sub(zombie.exit_ns));
+            record_lifetime(lifetime);
         }
+        report(
+            EventKind::Reap,
+            task,
+            zombie.exit_status,
+            lifetime,
+            zombie.cgroup_id,
+        );
     }
     0
 }

@@ -2,9 +2,10 @@
 //! tells a parent that never waits from one that waits for the wrong children.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::WaitRecord;
+use tracer_common::{EventKind, WaitRecord};
 
 use crate::{
+    events::report,
     maps::record_wait,
     task::{configured, now_ns, Task},
 };
@@ -14,7 +15,15 @@ pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    if let Some(process) = Task::current().process_key() {
+    let current = Task::current();
+    report(
+        EventKind::Wait,
+        current,
+        0,
+        0,
+        current.cgroup_id().unwrap_or(0),
+    );
+    if let Some(process) = current.process_key() {
         record_wait(
             process.tgid,
             &WaitRecord {

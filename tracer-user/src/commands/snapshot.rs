@@ -108,6 +108,7 @@ pub struct LossReport {
     pub cgroups_map_full: u64,
     pub waits_map_full: u64,
     pub kernel_read_errors: u64,
+    pub events_dropped: u64,
 }
 
 fn seconds(ns: u64) -> f64 {
@@ -209,6 +210,7 @@ impl Report {
                     cgroups_map_full: losses[Loss::CgroupsMapFull as usize],
                     waits_map_full: losses[Loss::WaitsMapFull as usize],
                     kernel_read_errors: losses[Loss::KernelRead as usize],
+                    events_dropped: losses[Loss::EventsDropped as usize],
                 },
                 repairs: engine.totals(),
             },

@@ -119,6 +119,7 @@ impl Settings {
                     .or(file.max_cgroups)
                     .unwrap_or(defaults.cgroups),
                 waits: args.max_waits.or(file.max_waits).unwrap_or(defaults.waits),
+                event_buffer: 0,
             },
         })
     }

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
     Ebpf, EbpfLoader,
 };
@@ -30,6 +30,8 @@ pub struct MapSizes {
     pub cgroups: u32,
     /// Processes whose last `wait()` is remembered.
     pub waits: u32,
+    /// Bytes of the event ring buffer of `reapwatch trace`; 0 switches events off.
+    pub event_buffer: u32,
 }
 
 impl Default for MapSizes {
@@ -38,6 +40,7 @@ impl Default for MapSizes {
             zombies: 65536,
             cgroups: 16384,
             waits: 65536,
+            event_buffer: 0,
         }
     }
 }
@@ -90,8 +93,13 @@ impl Tracer {
             tracepoint,
         });
 
+        let tracing = u32::from(sizes.event_buffer > 0);
+        // A ring buffer is a power-of-two number of pages.
+        let ring_bytes = sizes.event_buffer.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
+            .override_global("TRACE_EVENTS", &tracing, true)
+            .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("ZOMBIES", sizes.zombies)
             .map_max_entries("CGROUP_COUNTERS", sizes.cgroups)
             .map_max_entries("WAITS", sizes.waits)
@@ -147,6 +155,12 @@ impl Tracer {
                 })
             })
             .collect()
+    }
+
+    /// The event ring buffer (events flow only if `MapSizes::event_buffer` was set).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
     }
 
     fn zombie_map(&self) -> Result<HashMap<&MapData, ProcessKey, Zombie>> {

@@ -1,0 +1,138 @@
+//! `reapwatch trace` against real workloads: every event of every child, checked.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+};
+
+use reapwatch_tests::{proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use serde_json::Value;
+
+/// Starts `reapwatch trace --json` and returns once the programs are attached.
+fn start_trace(args: &[&str]) -> Child {
+    let mut child = Command::new(workspace_binary("reapwatch"))
+        .args(["trace", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reapwatch trace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("trace stderr");
+    assert!(line.contains("tracing"), "trace did not start: {line}");
+    child.stderr = Some(stderr.into_inner());
+    child
+}
+
+/// Waits for the end of the trace: its JSON lines and its closing summary.
+fn finish(mut child: Child) -> (Vec<Value>, String) {
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    let events = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (events, err)
+}
+
+fn of<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind && e["pid"] == pid)
+        .collect()
+}
+
+#[test]
+fn every_lifecycle_event_of_a_leak() {
+    let cgroup = TestCgroup::new("trace-leak");
+    let trace = start_trace(&["--duration", "6s", "--cgroup", &cgroup.host_path()]);
+    let helper = Helper::start("leak", 2, &cgroup);
+    let children: Vec<u32> = proc_unreaped_children(helper.parent).into_keys().collect();
+    assert_eq!(children.len(), 2);
+    let parent = helper.parent;
+    // The helper exits: its zombies move to a new reaper, which reaps them.
+    drop(helper);
+    let (events, summary) = finish(trace);
+
+    for event in &events {
+        for field in ["time", "event", "pid", "ppid", "comm", "cgroup"] {
+            assert!(!event[field].is_null(), "{field} missing in {event}");
+        }
+        assert_eq!(event["cgroup"], cgroup.host_path(), "{event}");
+    }
+    for &child in &children {
+        let fork = of(&events, "fork", child);
+        assert_eq!(fork.len(), 1, "fork of {child}: {events:#?}");
+        assert_eq!(fork[0]["ppid"], parent);
+        assert_eq!(fork[0]["comm"], "zombie-helper");
+        for kind in ["exit", "zombie"] {
+            let event = of(&events, kind, child);
+            assert_eq!(event.len(), 1, "{kind} of {child}");
+            assert_eq!(event[0]["exit_code"], 7, "{}", event[0]);
+            assert_eq!(event[0]["ppid"], parent, "{}", event[0]);
+        }
+        let reap = of(&events, "reap", child);
+        assert_eq!(reap.len(), 1, "one reap of {child}: {events:#?}");
+        assert!(reap[0]["age_seconds"].as_f64().unwrap() > 0.0);
+        assert_eq!(reap[0]["exit_code"], 7);
+    }
+    // waitid(WNOWAIT) is a wait that reaps nothing.
+    assert!(!of(&events, "wait", parent).is_empty());
+    assert!(summary.contains(" 0 lost"), "{summary}");
+}
+
+#[test]
+fn keeps_up_with_a_fork_storm() {
+    const ROUND_TRIPS: usize = 2000;
+    let cgroup = TestCgroup::new("trace-storm");
+    let trace = start_trace(&[
+        "--duration",
+        "6s",
+        "--cgroup",
+        &cgroup.host_path(),
+        "--zombies-only",
+    ]);
+    let helper = Helper::start("storm", ROUND_TRIPS as u32, &cgroup);
+    let parent = helper.parent;
+    let (events, summary) = finish(trace);
+    assert!(summary.contains(" 0 lost"), "{summary}");
+    let pids = |kind: &str| -> BTreeSet<u64> {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind && e["ppid"] == parent)
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let (zombies, reaps) = (pids("zombie"), pids("reap"));
+    assert_eq!(zombies.len(), ROUND_TRIPS);
+    assert_eq!(reaps, zombies, "every zombie reaped, once");
+    assert!(events
+        .iter()
+        .all(|e| e["event"] != "fork" && e["event"] != "wait"));
+}
+
+#[test]
+fn bad_duration_is_one_line() {
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["trace", "--duration", "forever"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

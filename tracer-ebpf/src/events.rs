@@ -1,0 +1,27 @@
+//! Lifecycle events for `reapwatch trace`, built only while tracing is on.
+
+use tracer_common::{Event, EventKind};
+
+use crate::{
+    maps::{emit, tracing},
+    task::{now_ns, Task},
+};
+
+/// Reports `kind` for the process `process` leads.
+#[inline(always)]
+pub fn report(kind: EventKind, process: Task, exit_status: i32, age_ns: u64, cgroup_id: u64) {
+    if !tracing() {
+        return;
+    }
+    let event = Event {
+        time_ns: now_ns(),
+        age_ns,
+        cgroup_id,
+        kind: kind as u32,
+        pid: process.tgid().unwrap_or(0),
+        ppid: process.real_parent().and_then(Task::tgid).unwrap_or(0),
+        exit_status,
+        comm: process.comm().unwrap_or([0; 16]),
+    };
+    emit(&event);
+}

@@ -1,0 +1,367 @@
+//! `reapwatch trace`: one line per lifecycle event, from the kernel's event ring buffer, plus
+//! the changes only userspace sees (reparented zombies, reaps whose free event never came).
+
+use std::{
+    collections::HashMap,
+    io::{self, BufWriter, Write},
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::{Event, EventKind, Loss};
+
+use crate::{
+    cli::TraceArgs,
+    escape,
+    kernel::{monotonic_ns, MapSizes},
+    kubernetes::{self, PodDirectory},
+    state::{Change, StateEngine},
+};
+
+/// How often zombies are checked against /proc for reparenting and missed reaps.
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub fn run(args: &TraceArgs) -> Result<()> {
+    let sizes = MapSizes {
+        event_buffer: args.buffer_mib * 1024 * 1024,
+        ..args.maps.sizes()
+    };
+    let mut engine = StateEngine::load(
+        sizes,
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+        args.cgroup_hierarchy,
+    )?;
+    engine.record_changes();
+    let ring = engine.tracer_mut().take_events()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the runtime")?;
+    let mut tracer = Trace {
+        args,
+        pods: PodDirectory::new(&args.pod_logs_dir),
+        paths: HashMap::new(),
+        wall_offset_ns: wall_clock_ns().saturating_sub(monotonic_ns()),
+        out: BufWriter::new(io::stdout().lock()),
+        shown: 0,
+    };
+    let lost_before = lost(&engine)?;
+    eprintln!("reapwatch: tracing (Ctrl-C to stop)");
+    runtime.block_on(tracer.follow(&mut engine, ring))?;
+    let lost = lost(&engine)? - lost_before;
+    tracer.finish()?;
+    eprintln!("reapwatch: {} events shown, {lost} lost", tracer.shown);
+    Ok(())
+}
+
+/// Events the kernel could not deliver: a full ring buffer, or programs skipped.
+fn lost(engine: &StateEngine) -> Result<u64> {
+    let tracer = engine.tracer();
+    let misses: u64 = tracer
+        .hook_stats()?
+        .iter()
+        .map(|h| h.recursion_misses)
+        .sum();
+    Ok(tracer.losses()?[Loss::EventsDropped as usize] + misses)
+}
+
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One output line (`--json`): the stable contract, see README.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    event: &'static str,
+    pid: u32,
+    ppid: u32,
+    comm: String,
+    cgroup: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_seconds: Option<f64>,
+    /// For `reparent`: the parent it left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_ppid: Option<u32>,
+}
+
+struct Trace<'a, W: Write> {
+    args: &'a TraceArgs,
+    pods: PodDirectory,
+    paths: HashMap<u64, CgroupInfo>,
+    wall_offset_ns: u64,
+    out: W,
+    shown: u64,
+}
+
+impl<W: Write> Trace<'_, W> {
+    async fn follow(
+        &mut self,
+        engine: &mut StateEngine,
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+    ) -> Result<()> {
+        // SAFETY: the ring buffer owns its map fd, open for as long as it lives in the AsyncFd.
+        let mut ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|err| anyhow::anyhow!("cannot poll the event ring buffer: {err}"))?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let deadline = tokio::time::sleep(self.args.duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut refresh = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                ready = ring.readable_mut() => {
+                    let mut guard = ready.context("event ring buffer")?;
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        if let Some(event) = parse(&item) {
+                            self.kernel_event(engine, &event)?;
+                        }
+                    }
+                    guard.clear_ready();
+                    self.out.flush().or_else(ignore_broken_pipe)?;
+                }
+                _ = refresh.tick() => {
+                    engine.refresh()?;
+                    for change in engine.drain_changes() {
+                        self.change(engine, change)?;
+                    }
+                    self.out.flush().or_else(ignore_broken_pipe)?;
+                }
+                _ = &mut deadline => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        // What is still buffered was produced before the stop.
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(event) = parse(&item) {
+                self.kernel_event(engine, &event)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.out.flush().or_else(ignore_broken_pipe)
+    }
+
+    fn kernel_event(&mut self, engine: &mut StateEngine, event: &Event) -> Result<()> {
+        let Some(kind) = EventKind::from_u32(event.kind) else {
+            return Ok(());
+        };
+        let (name, age) = match kind {
+            EventKind::Fork => ("fork", None),
+            EventKind::Exit => ("exit", None),
+            EventKind::Zombie => ("zombie", None),
+            EventKind::Reap => ("reap", Some(event.age_ns)),
+            EventKind::Wait => ("wait", None),
+        };
+        let status = matches!(kind, EventKind::Exit | EventKind::Zombie | EventKind::Reap)
+            .then_some(event.exit_status);
+        let record = Record {
+            time_ns: event.time_ns,
+            event: name,
+            pid: event.pid,
+            ppid: event.ppid,
+            comm: &event.comm,
+            cgroup_id: event.cgroup_id,
+            status,
+            age_ns: age,
+            from_ppid: None,
+        };
+        self.write(engine, record)
+    }
+
+    fn change(&mut self, engine: &mut StateEngine, change: Change) -> Result<()> {
+        let now = monotonic_ns();
+        let (name, child, zombie, from) = match &change {
+            Change::Reparented {
+                child,
+                zombie,
+                from,
+            } => ("reparent", child, zombie, Some(*from)),
+            Change::ReapedLate { child, zombie } => ("reap", child, zombie, None),
+        };
+        let record = Record {
+            time_ns: now,
+            event: name,
+            pid: child.tgid,
+            ppid: zombie.parent.tgid,
+            comm: &zombie.comm,
+            cgroup_id: zombie.cgroup_id,
+            status: Some(zombie.exit_status),
+            age_ns: (name == "reap").then(|| now.saturating_sub(zombie.exit_ns)),
+            from_ppid: from,
+        };
+        self.write(engine, record)
+    }
+
+    fn write(&mut self, engine: &mut StateEngine, record: Record) -> Result<()> {
+        fn named(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        let args = self.args;
+        let comm = &record.comm[..record.comm.iter().position(|&b| b == 0).unwrap_or(16)];
+        if args.zombies_only && !matches!(record.event, "zombie" | "reap" | "reparent")
+            || args
+                .pid
+                .is_some_and(|pid| pid != record.pid && pid != record.ppid)
+            || args.comm.as_ref().is_some_and(|c| c.as_bytes() != comm)
+        {
+            return Ok(());
+        }
+        let wall = UNIX_EPOCH + Duration::from_nanos(record.time_ns + self.wall_offset_ns);
+        let (path, labels, container_id) = self.cgroup(engine, record.cgroup_id);
+        if args
+            .cgroup
+            .as_ref()
+            .is_some_and(|wanted| !under(&path, wanted))
+            || args.container.as_ref().is_some_and(|wanted| {
+                labels.container != *wanted
+                    && !container_id
+                        .as_ref()
+                        .is_some_and(|id| id.starts_with(wanted.as_str()))
+            })
+        {
+            return Ok(());
+        }
+        let (exit_code, signal) = match record.status {
+            Some(status) if status & 0x7f == 0 => (Some((status >> 8) & 0xff), None),
+            Some(status) => (None, Some(status & 0x7f)),
+            None => (None, None),
+        };
+        let line = Line {
+            time: humantime::format_rfc3339_micros(wall).to_string(),
+            event: record.event,
+            pid: record.pid,
+            ppid: record.ppid,
+            comm: escape::lossy(comm),
+            cgroup: &path,
+            namespace: named(&labels.namespace),
+            pod: named(&labels.pod),
+            container: named(&labels.container),
+            exit_code,
+            signal,
+            age_seconds: record.age_ns.map(|ns| ns as f64 / 1e9),
+            from_ppid: record.from_ppid,
+        };
+        let text = if args.json {
+            serde_json::to_string(&line)?
+        } else {
+            human(&line, comm)
+        };
+        self.shown += 1;
+        writeln!(self.out, "{text}").or_else(ignore_broken_pipe)
+    }
+
+    /// Path, pod labels and container ID of a cgroup id, cached.
+    fn cgroup(&mut self, engine: &mut StateEngine, id: u64) -> CgroupInfo {
+        if !self.paths.contains_key(&id) {
+            let path = engine.cgroup_path(id).unwrap_or_default();
+            let parsed = kubernetes::parse_path(&path);
+            let labels = self.pods.labels(&parsed);
+            self.paths.insert(id, (path, labels, parsed.container_id));
+        }
+        self.paths[&id].clone()
+    }
+}
+
+type CgroupInfo = (String, kubernetes::PodLabels, Option<String>);
+
+struct Record<'a> {
+    time_ns: u64,
+    event: &'static str,
+    pid: u32,
+    ppid: u32,
+    comm: &'a [u8; 16],
+    cgroup_id: u64,
+    status: Option<i32>,
+    age_ns: Option<u64>,
+    from_ppid: Option<u32>,
+}
+
+fn parse(item: &[u8]) -> Option<Event> {
+    (item.len() >= size_of::<Event>())
+        // SAFETY: Event is plain integers; the kernel wrote exactly one (read unaligned).
+        .then(|| unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) })
+}
+
+fn under(path: &str, wanted: &str) -> bool {
+    let wanted = wanted.trim_end_matches('/');
+    path == wanted
+        || path.starts_with(wanted) && path[wanted.len()..].starts_with('/')
+        || wanted.is_empty()
+}
+
+/// `2026-11-27T04:40:12.123456Z  zombie    4243  4242  worker  /kubepods/...  exit=7`
+fn human(line: &Line, comm: &[u8]) -> String {
+    let mut detail = Vec::new();
+    if let Some(code) = line.exit_code {
+        detail.push(format!("exit={code}"));
+    }
+    if let Some(signal) = line.signal {
+        detail.push(format!("signal={signal}"));
+    }
+    if let Some(age) = line.age_seconds {
+        detail.push(format!("age={}", super::snapshot::human_duration(age)));
+    }
+    if let Some(from) = line.from_ppid {
+        detail.push(format!("from={from}"));
+    }
+    let place = match (line.namespace, line.pod, line.container) {
+        (Some(ns), Some(pod), container) => format!("{ns}/{pod}/{}", container.unwrap_or("?")),
+        _ => line.cgroup.to_owned(),
+    };
+    format!(
+        "{}  {:<8} {:>7} {:>7}  {:<16}  {}  {}",
+        line.time,
+        line.event,
+        line.pid,
+        line.ppid,
+        escape::for_terminal(comm),
+        escape::for_terminal(place.as_bytes()),
+        detail.join(" ")
+    )
+}
+
+fn ignore_broken_pipe(err: io::Error) -> Result<()> {
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(err.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::under;
+
+    #[test]
+    fn cgroup_filter_matches_whole_components() {
+        assert!(under("/kubepods/pod1/abc", "/kubepods"));
+        assert!(under("/kubepods", "/kubepods/"));
+        assert!(!under("/kubepods2/x", "/kubepods"));
+        assert!(under("/anything", ""));
+    }
+}
