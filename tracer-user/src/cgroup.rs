@@ -144,15 +144,20 @@ impl CgroupHierarchy {
         if let Some(path) = self.paths_by_id.get(&id) {
             return Some(path.clone());
         }
-        self.paths_by_id.clear();
+        self.paths_by_id = self.walk().into_iter().collect();
+        self.paths_by_id.get(&id).cloned()
+    }
+
+    /// Every cgroup of the hierarchy: `(id, path)`.
+    pub fn walk(&self) -> Vec<(u64, String)> {
+        let mut found = Vec::new();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(meta) = fs::metadata(&dir) else {
                 continue;
             };
             let relative = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
-            let path = format!("/{}", relative.to_string_lossy());
-            self.paths_by_id.insert(meta.ino(), path);
+            found.push((meta.ino(), format!("/{}", relative.to_string_lossy())));
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
@@ -163,7 +168,7 @@ impl CgroupHierarchy {
                     .map(|e| e.path()),
             );
         }
-        self.paths_by_id.get(&id).cloned()
+        found
     }
 }
 

@@ -25,6 +25,10 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// One line per process lifecycle event: fork, exit, zombie, reap, reparent, wait.
     Trace(TraceArgs),
+    /// Zombies per parent and container, and PID headroom, from /proc alone (no eBPF, no root).
+    Scan(ScanArgs),
+    /// Everything that explains one parent's zombies.
+    Why(WhyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +43,39 @@ pub struct SnapshotArgs {
 
     #[command(flatten)]
     pub maps: MapArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Print one JSON object: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Sample repeatedly for this long (e.g. 1m) to measure growth and the exhaustion ETA.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub watch: Option<std::time::Duration>,
+
+    /// Time between samples with --watch.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The parent process to explain.
+    pub pid: u32,
+
+    /// How long to watch its wait() calls and zombies with eBPF (needs root; 0s to skip).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub watch: std::time::Duration,
+
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

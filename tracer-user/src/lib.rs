@@ -22,5 +22,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Snapshot(args) => commands::snapshot::run(&args),
         cli::Command::Serve(args) => exporter::run(&args),
         cli::Command::Trace(args) => commands::trace::run(&args),
+        cli::Command::Scan(args) => commands::scan::run(&args),
+        cli::Command::Why(args) => commands::why::run(&args),
     }
 }

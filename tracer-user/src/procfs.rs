@@ -78,12 +78,25 @@ pub fn parse_stat(text: &[u8]) -> Result<ProcStat> {
 pub fn read_stat(proc_root: &Path, pid: u32) -> Result<Option<ProcStat>> {
     let path = proc_root.join(pid.to_string()).join("stat");
     match fs::read(&path) {
-        Ok(text) => parse_stat(&text)
-            .map(Some)
-            .with_context(|| format!("cannot parse {}", path.display())),
+        Ok(text) => {
+            let mut stat =
+                parse_stat(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+            if !may_read_exit_code(&path) {
+                // The kernel prints 0 where the reader lacks ptrace access: unknown, not 0.
+                stat.exit_status = None;
+            }
+            Ok(Some(stat))
+        }
         Err(err) if is_gone(&err) => Ok(None),
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Field 52 is only filled in for readers with ptrace access: root, or the process's owner.
+fn may_read_exit_code(stat_path: &Path) -> bool {
+    let euid = unsafe { libc::geteuid() };
+    euid == 0
+        || fs::metadata(stat_path).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == euid)
 }
 
 /// A process that vanished between listing and reading (ENOENT), or was being torn down

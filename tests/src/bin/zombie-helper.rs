@@ -353,6 +353,26 @@ fn main() {
             unsafe { libc::close(write_fd) };
             return;
         }
+        // N zombies, and a parent that keeps calling waitid(WNOWAIT): it waits, reaps nothing.
+        "wait-wrong" => {
+            let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(4)).collect();
+            pids.into_iter().for_each(wait_exited);
+            println!("parent {parent}");
+            stages.ready();
+            let mut stdin_poll = libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+                // Until stdin closes, every 50 ms.
+                if unsafe { libc::poll(&mut stdin_poll, 1, 50) } > 0 && !stages.next() {
+                    return;
+                }
+            }
+        }
         // fork + exit + wait, N times.
         "storm" => {
             for _ in 0..n {

@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
+pub mod scan;
 pub mod snapshot;
 pub mod trace;
+pub mod why;
 
 use std::io::{self, Write};
 

@@ -49,6 +49,9 @@ pub struct ParentReport {
     pub oldest_age_seconds: f64,
     pub oldest_age_is_lower_bound: bool,
     pub last_wait_age_seconds: Option<f64>,
+    /// `scan --watch`: net change of its unreaped children per minute over the watch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_per_minute: Option<f64>,
     pub children: Vec<ChildReport>,
 }
 
@@ -130,7 +133,7 @@ impl ChildReport {
 }
 
 impl ParentReport {
-    fn from_state(parent: &ParentState) -> Self {
+    pub fn from_state(parent: &ParentState) -> Self {
         let oldest = parent.oldest();
         Self {
             pid: parent.pid(),
@@ -140,6 +143,7 @@ impl ParentReport {
             oldest_age_seconds: oldest.map_or(0.0, |c| seconds(c.age_ns)),
             oldest_age_is_lower_bound: oldest.is_some_and(ChildState::age_is_lower_bound),
             last_wait_age_seconds: parent.last_wait_age_ns.map(seconds),
+            growth_per_minute: None,
             children: parent
                 .children
                 .iter()
@@ -219,45 +223,7 @@ impl Report {
 
     /// The human-readable form: one row per parent, then a line on the tracer's health.
     pub fn table(&self) -> String {
-        let mut out = String::new();
-        if self.parents.is_empty() {
-            out.push_str("no unreaped children\n");
-        } else {
-            let _ = writeln!(
-                out,
-                "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  CHILDREN",
-                "PID", "COMM", "UNREAPED", "OLDEST", "LAST WAIT", "CGROUP"
-            );
-            for p in &self.parents {
-                let oldest = format!(
-                    "{}{}",
-                    if p.oldest_age_is_lower_bound {
-                        ">="
-                    } else {
-                        ""
-                    },
-                    human_duration(p.oldest_age_seconds)
-                );
-                let last_wait = p
-                    .last_wait_age_seconds
-                    .map_or("never".into(), |s| human_duration(s) + " ago");
-                let cgroup = p
-                    .cgroup
-                    .as_deref()
-                    .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
-                let _ = writeln!(
-                    out,
-                    "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  {}",
-                    p.pid,
-                    truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
-                    p.unreaped,
-                    oldest,
-                    last_wait,
-                    truncate_left(&cgroup, 32),
-                    child_list(&p.children, 8),
-                );
-            }
-        }
+        let mut out = parents_table(&self.parents);
         let misses: u64 = self.tracer.hooks.iter().map(|h| h.recursion_misses).sum();
         let l = &self.tracer.losses;
         let lost =
@@ -272,6 +238,50 @@ impl Report {
         );
         out
     }
+}
+
+/// One row per parent: pid, comm, count, oldest age, last wait, cgroup, some child pids.
+pub fn parents_table(parents: &[ParentReport]) -> String {
+    let mut out = String::new();
+    if parents.is_empty() {
+        out.push_str("no unreaped children\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  CHILDREN",
+        "PID", "COMM", "UNREAPED", "OLDEST", "LAST WAIT", "CGROUP"
+    );
+    for p in parents {
+        let oldest = format!(
+            "{}{}",
+            if p.oldest_age_is_lower_bound {
+                ">="
+            } else {
+                ""
+            },
+            human_duration(p.oldest_age_seconds)
+        );
+        let last_wait = p
+            .last_wait_age_seconds
+            .map_or("never".into(), |s| human_duration(s) + " ago");
+        let cgroup = p
+            .cgroup
+            .as_deref()
+            .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  {}",
+            p.pid,
+            truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
+            p.unreaped,
+            oldest,
+            last_wait,
+            truncate_left(&cgroup, 32),
+            child_list(&p.children, 8),
+        );
+    }
+    out
 }
 
 fn child_list(children: &[ChildReport], shown: usize) -> String {

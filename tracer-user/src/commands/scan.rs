@@ -1,0 +1,319 @@
+//! `reapwatch scan`: zombies and PID headroom from `/proc` and cgroupfs alone. No eBPF and no
+//! privileges needed where `/proc` is readable; exit times are unknown, so ages count from
+//! when this scan first saw each zombie.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    path::Path,
+    time::Instant,
+};
+
+use anyhow::Result;
+use serde::Serialize;
+use tracer_common::{ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
+
+use super::snapshot::{human_duration, parents_table, ParentReport};
+use crate::{
+    cgroup::{self, CgroupHierarchy},
+    cli::ScanArgs,
+    escape,
+    forecast::GrowthTracker,
+    kubernetes::{self, PodDirectory},
+    procfs::{self, NodeLimits, ProcStat},
+    state::{ChildState, ParentState},
+};
+
+/// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
+#[derive(Serialize)]
+pub struct ScanReport {
+    pub parents: Vec<ParentReport>,
+    pub node: NodeReport,
+    pub cgroups: Vec<CgroupReport>,
+}
+
+#[derive(Serialize)]
+pub struct NodeReport {
+    pub tasks: u64,
+    pub pid_max: u64,
+    pub threads_max: u64,
+    pub zombies: u64,
+    /// Seconds until tasks reach min(pid_max, threads_max); null without a significant rise
+    /// (and always without --watch).
+    pub eta_seconds: Option<f64>,
+    /// `--watch` only: net change of the task count per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_growth_per_minute: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct CgroupReport {
+    pub cgroup: String,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    /// Unreaped zombies whose parent is in this cgroup.
+    pub zombies: u64,
+    pub pids_current: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub pids_eta_seconds: Option<f64>,
+}
+
+struct Sample {
+    at: Instant,
+    processes: Vec<ProcStat>,
+    limits: NodeLimits,
+    pids: BTreeMap<String, (u64, Option<u64>)>,
+}
+
+pub fn run(args: &ScanArgs) -> Result<()> {
+    let proc_root = Path::new("/proc");
+    let hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let take = || -> Result<Sample> {
+        Ok(Sample {
+            at: Instant::now(),
+            processes: procfs::scan(proc_root)?,
+            limits: procfs::read_node_limits(proc_root)?,
+            pids: hierarchy.as_ref().map_or_else(BTreeMap::new, |h| {
+                h.walk()
+                    .into_iter()
+                    .filter_map(|(_, path)| Some((path.clone(), h.pids(&path)?)))
+                    .collect()
+            }),
+        })
+    };
+
+    let mut samples = vec![take()?];
+    if let Some(watch) = args.watch {
+        let start = samples[0].at;
+        while start.elapsed() < watch {
+            std::thread::sleep(args.interval.min(watch.saturating_sub(start.elapsed())));
+            samples.push(take()?);
+        }
+    }
+    let report = build(&samples, args, hierarchy.as_ref(), proc_root)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        table(&report)
+    };
+    super::emit(&text)
+}
+
+fn build(
+    samples: &[Sample],
+    args: &ScanArgs,
+    hierarchy: Option<&CgroupHierarchy>,
+    proc_root: &Path,
+) -> Result<ScanReport> {
+    let first = &samples[0];
+    let last = samples.last().unwrap_or(first);
+    let minutes = last.at.duration_since(first.at).as_secs_f64() / 60.0;
+    let watched = samples.len() > 1 && minutes > 0.0;
+
+    // When each zombie was first seen: the lower bound of its age.
+    let mut first_seen: HashMap<ProcessKey, Instant> = HashMap::new();
+    for sample in samples {
+        for p in sample.processes.iter().filter(|p| p.is_unreaped_zombie()) {
+            first_seen
+                .entry(ProcessKey::new(p.pid, p.start_ticks))
+                .or_insert(sample.at);
+        }
+    }
+    let (initial, now) = (zombies_by_parent(first), zombies_by_parent(last));
+    let by_pid: HashMap<u32, &ProcStat> = last.processes.iter().map(|p| (p.pid, p)).collect();
+
+    let mut parents = Vec::new();
+    let mut zombies_by_cgroup: BTreeMap<String, u64> = BTreeMap::new();
+    for (&ppid, children) in &now {
+        let cgroups = procfs::read_cgroups(proc_root, ppid)?;
+        if let Some(path) = cgroups
+            .as_ref()
+            .and_then(|l| hierarchy.and_then(|h| h.line(l)))
+        {
+            *zombies_by_cgroup.entry(path.path.clone()).or_default() += children.len() as u64;
+        }
+        let mut state = ParentState {
+            key: ProcessKey::new(ppid, by_pid.get(&ppid).map_or(0, |p| p.start_ticks)),
+            comm: by_pid
+                .get(&ppid)
+                .map(|p| p.comm.clone())
+                .unwrap_or_default(),
+            cgroup: cgroups
+                .as_ref()
+                .and_then(|l| cgroup::select_path(l).map(str::to_owned)),
+            last_wait_age_ns: None,
+            children: children
+                .iter()
+                .map(|c| {
+                    let key = ProcessKey::new(c.pid, c.start_ticks);
+                    ChildState {
+                        key,
+                        zombie: late_zombie(c),
+                        age_ns: last.at.duration_since(first_seen[&key]).as_nanos() as u64,
+                    }
+                })
+                .collect(),
+        };
+        state
+            .children
+            .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
+        let mut report = ParentReport::from_state(&state);
+        for child in &mut report.children {
+            if children
+                .iter()
+                .any(|c| c.pid == child.pid && c.exit_status.is_none())
+            {
+                (child.exit_code, child.signal) = (None, None);
+            }
+        }
+        if watched {
+            let before = initial.get(&ppid).map_or(0, Vec::len) as f64;
+            report.growth_per_minute = Some((children.len() as f64 - before) / minutes);
+        }
+        parents.push(report);
+    }
+    parents.sort_by(|a, b| b.unreaped.cmp(&a.unreaped).then(a.pid.cmp(&b.pid)));
+
+    let window = last.at.duration_since(first.at).as_secs_f64();
+    let eta = |series: &mut dyn Iterator<Item = (f64, f64)>, limit: f64| {
+        let mut growth = GrowthTracker::new(window.max(1.0));
+        series.for_each(|(t, v)| growth.push(t, v));
+        growth.eta_seconds(limit)
+    };
+    let t = |s: &Sample| s.at.duration_since(first.at).as_secs_f64();
+    let node = NodeReport {
+        tasks: last.limits.tasks,
+        pid_max: last.limits.pid_max,
+        threads_max: last.limits.threads_max,
+        zombies: now.values().map(|c| c.len() as u64).sum(),
+        eta_seconds: eta(
+            &mut samples.iter().map(|s| (t(s), s.limits.tasks as f64)),
+            last.limits.limit() as f64,
+        ),
+        tasks_growth_per_minute: watched
+            .then(|| (last.limits.tasks as f64 - first.limits.tasks as f64) / minutes),
+    };
+
+    // Cgroups with zombies or with a pids.max: the ones with something to say.
+    let mut pods = PodDirectory::new(&args.pod_logs_dir);
+    let mut paths: Vec<&String> = zombies_by_cgroup.keys().collect();
+    paths.extend(
+        last.pids
+            .iter()
+            .filter(|(_, (_, max))| max.is_some())
+            .map(|(p, _)| p),
+    );
+    paths.sort();
+    paths.dedup();
+    let cgroups = paths
+        .into_iter()
+        .map(|path| {
+            let labels = pods.labels(&kubernetes::parse_path(path));
+            let named = |s: String| (!s.is_empty()).then_some(s);
+            let (current, max) = last.pids.get(path).copied().unzip();
+            let max = max.flatten();
+            CgroupReport {
+                cgroup: path.clone(),
+                namespace: named(labels.namespace),
+                pod: named(labels.pod),
+                container: named(labels.container),
+                zombies: zombies_by_cgroup.get(path).copied().unwrap_or(0),
+                pids_current: current,
+                pids_max: max,
+                pids_eta_seconds: max.and_then(|max| {
+                    eta(
+                        &mut samples
+                            .iter()
+                            .filter_map(|s| Some((t(s), s.pids.get(path)?.0 as f64))),
+                        max as f64,
+                    )
+                }),
+            }
+        })
+        .collect();
+    Ok(ScanReport {
+        parents,
+        node,
+        cgroups,
+    })
+}
+
+fn zombies_by_parent(sample: &Sample) -> BTreeMap<u32, Vec<&ProcStat>> {
+    let mut by_parent: BTreeMap<u32, Vec<&ProcStat>> = BTreeMap::new();
+    for p in sample.processes.iter().filter(|p| p.is_unreaped_zombie()) {
+        by_parent.entry(p.ppid).or_default().push(p);
+    }
+    by_parent
+}
+
+/// What `/proc` tells of a zombie, in the record shape the kernel side uses.
+fn late_zombie(stat: &ProcStat) -> Zombie {
+    let mut comm = [0u8; 16];
+    let len = stat.comm.len().min(15);
+    comm[..len].copy_from_slice(&stat.comm[..len]);
+    Zombie {
+        parent: ProcessKey::new(stat.ppid, 0),
+        exit_status: stat.exit_status.unwrap_or(0),
+        exit_signal: stat.exit_signal.unwrap_or(0),
+        flags: ZOMBIE_SEEN_LATE,
+        comm,
+        ..Zombie::default()
+    }
+}
+
+fn table(report: &ScanReport) -> String {
+    let node = &report.node;
+    let mut out = format!(
+        "node: {} tasks of {} (pid_max {}, threads-max {}), {} zombies, exhaustion ETA {}",
+        node.tasks,
+        node.pid_max.min(node.threads_max),
+        node.pid_max,
+        node.threads_max,
+        node.zombies,
+        node.eta_seconds.map_or("none".into(), human_duration),
+    );
+    if let Some(growth) = node.tasks_growth_per_minute {
+        let _ = write!(out, ", tasks {growth:+.1}/min");
+    }
+    out.push_str("\n\n");
+    out.push_str(&parents_table(&report.parents));
+    let rows: Vec<&CgroupReport> = report
+        .cgroups
+        .iter()
+        .filter(|c| c.zombies > 0 || c.pids_max.is_some())
+        .collect();
+    if !rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:>8}  {:>12}  {:>10}  CGROUP",
+            "ZOMBIES", "PIDS", "PIDS ETA"
+        );
+        for c in rows {
+            let pids = match (c.pids_current, c.pids_max) {
+                (Some(cur), Some(max)) => format!("{cur}/{max}"),
+                (Some(cur), None) => cur.to_string(),
+                _ => "-".into(),
+            };
+            let place = match (&c.namespace, &c.pod, &c.container) {
+                (Some(ns), Some(pod), container) => {
+                    format!(
+                        "{ns}/{pod}/{} {}",
+                        container.as_deref().unwrap_or("?"),
+                        c.cgroup
+                    )
+                }
+                _ => c.cgroup.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "{:>8}  {:>12}  {:>10}  {}",
+                c.zombies,
+                pids,
+                c.pids_eta_seconds.map_or("-".into(), human_duration),
+                escape::for_terminal(place.as_bytes())
+            );
+        }
+    }
+    out
+}

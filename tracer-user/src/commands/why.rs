@@ -1,0 +1,286 @@
+//! `reapwatch why <pid>`: everything that explains one parent's zombies, and what to do.
+
+use std::{fmt::Write as _, fs, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use tracer_common::{Event, EventKind, SIGCHLD};
+
+use super::snapshot::human_duration;
+use crate::{
+    cgroup::{self, HierarchyChoice},
+    cli::WhyArgs,
+    escape,
+    kernel::MapSizes,
+    kubernetes::{self, PodDirectory},
+    procfs::{self, ProcStat},
+    state::StateEngine,
+};
+
+/// The facts `/proc/<pid>/status` gives about reaping.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReapingFacts {
+    pub sigchld_ignored: bool,
+    pub sigchld_handled: bool,
+    /// The pid in each pid namespace, outermost first (`NSpid:`).
+    pub ns_pids: Vec<u32>,
+}
+
+impl ReapingFacts {
+    pub fn parse(status: &str) -> Self {
+        let mask = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let sigchld = 1u64 << (SIGCHLD - 1);
+        Self {
+            sigchld_ignored: mask("SigIgn:") & sigchld != 0,
+            sigchld_handled: mask("SigCgt:") & sigchld != 0,
+            ns_pids: status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|ids| {
+                    ids.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// PID 1 of a nested pid namespace: a container's init.
+    pub fn is_namespace_init(&self) -> bool {
+        self.ns_pids.len() > 1 && self.ns_pids.last() == Some(&1)
+    }
+}
+
+/// What a watch with the kernel programs saw.
+struct Watched {
+    seconds: f64,
+    waits: u64,
+    zombies: u64,
+    reaps: u64,
+}
+
+pub fn run(args: &WhyArgs) -> Result<()> {
+    let proc_root = Path::new("/proc");
+    let pid = args.pid;
+    let stat = procfs::read_stat(proc_root, pid)?.with_context(|| format!("no process {pid}"))?;
+    let status = fs::read_to_string(proc_root.join(format!("{pid}/status")))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let facts = ReapingFacts::parse(&status);
+    let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
+    let path = cgroup::select_path(&cgroups).unwrap_or("").to_owned();
+    let labels = PodDirectory::new(&args.pod_logs_dir).labels(&kubernetes::parse_path(&path));
+
+    let mut zombies: Vec<ProcStat> = Vec::new();
+    let mut live_children = 0;
+    for p in procfs::scan(proc_root)?
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+    {
+        if p.is_unreaped_zombie() {
+            zombies.push(p);
+        } else {
+            live_children += 1;
+        }
+    }
+    let watched = if args.watch.is_zero() {
+        Err("not watched (--watch 0s)".to_owned())
+    } else {
+        watch(pid, args.watch).map_err(|err| format!("not watched: {err:#}"))
+    };
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "process {pid} ({}), state {}",
+        escape::for_terminal(&stat.comm),
+        stat.state as char
+    );
+    if !labels.pod.is_empty() {
+        let _ = writeln!(
+            out,
+            "  pod {}/{}, container {}",
+            labels.namespace, labels.pod, labels.container
+        );
+    }
+    let _ = writeln!(out, "  cgroup {}", escape::for_terminal(path.as_bytes()));
+    let _ = writeln!(
+        out,
+        "  children: {} unreaped, {live_children} running",
+        zombies.len()
+    );
+    for z in zombies.iter().take(10) {
+        let how = match z.exit_status {
+            Some(s) if s & 0x7f == 0 => format!("exit {}", (s >> 8) & 0xff),
+            Some(s) => format!("killed by signal {}", s & 0x7f),
+            None => "exited".into(),
+        };
+        let _ = writeln!(
+            out,
+            "    {:>8}  {:<16}  {how}",
+            z.pid,
+            escape::for_terminal(&z.comm)
+        );
+    }
+    if zombies.len() > 10 {
+        let _ = writeln!(out, "    ... {} more", zombies.len() - 10);
+    }
+    let _ = writeln!(
+        out,
+        "  SIGCHLD: {}",
+        if facts.sigchld_ignored {
+            "ignored (the kernel reaps its children at exit)"
+        } else if facts.sigchld_handled {
+            "handled (the handler must reap every child, in a loop)"
+        } else {
+            "default (children stay zombies until it calls wait())"
+        }
+    );
+    if facts.ns_pids.len() > 1 {
+        let ids: Vec<String> = facts.ns_pids.iter().map(u32::to_string).collect();
+        let _ = writeln!(out, "  pid namespaces: {} (NSpid)", ids.join(" -> "));
+    }
+    match &watched {
+        Ok(w) => {
+            let _ = writeln!(
+                out,
+                "  watched {}: {} wait() calls, {} zombies created, {} reaped",
+                human_duration(w.seconds),
+                w.waits,
+                w.zombies,
+                w.reaps
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(out, "  wait() calls: {why}");
+        }
+    }
+    out.push('\n');
+    for finding in findings(&facts, &zombies, watched.as_ref().ok()) {
+        let _ = writeln!(out, "- {finding}");
+    }
+    super::emit(&out)
+}
+
+/// Watches the parent with the kernel programs' event stream.
+fn watch(pid: u32, duration: Duration) -> Result<Watched> {
+    let sizes = MapSizes {
+        event_buffer: 4 << 20,
+        ..MapSizes::default()
+    };
+    let mut engine = StateEngine::load(
+        sizes,
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+        HierarchyChoice::Auto,
+    )?;
+    let mut ring = engine.tracer_mut().take_events()?;
+    let started = std::time::Instant::now();
+    let mut watched = Watched {
+        seconds: 0.0,
+        waits: 0,
+        zombies: 0,
+        reaps: 0,
+    };
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(50).min(duration));
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: Event is plain integers; the kernel wrote exactly one.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            match EventKind::from_u32(event.kind) {
+                Some(EventKind::Wait) if event.pid == pid => watched.waits += 1,
+                Some(EventKind::Zombie) if event.ppid == pid => watched.zombies += 1,
+                Some(EventKind::Reap) if event.ppid == pid => watched.reaps += 1,
+                _ => {}
+            }
+        }
+    }
+    watched.seconds = started.elapsed().as_secs_f64();
+    Ok(watched)
+}
+
+/// The diagnosis, most specific first.
+fn findings(facts: &ReapingFacts, zombies: &[ProcStat], watched: Option<&Watched>) -> Vec<String> {
+    let mut found = Vec::new();
+    if zombies.is_empty() && watched.is_none_or(|w| w.zombies == 0) {
+        found.push("no unreaped children: nothing to fix here.".to_owned());
+        return found;
+    }
+    if facts.is_namespace_init() {
+        found.push(
+            "PID 1 of its pid namespace that does not reap: the \"PID 1 in a container without an \
+             init\" pattern. Every orphan in the container is reparented to it and stays a zombie. \
+             Fix: run a real init as PID 1 (tini, dumb-init, `docker run --init`), or set \
+             `shareProcessNamespace: true` in the pod spec so the pause container reaps."
+                .to_owned(),
+        );
+    }
+    let odd: Vec<i32> = zombies
+        .iter()
+        .filter_map(|z| z.exit_signal)
+        .filter(|&s| s != SIGCHLD)
+        .collect();
+    if !odd.is_empty() {
+        found.push(format!(
+            "{} children exit with signal {} instead of SIGCHLD: wait() and waitpid() without \
+             __WALL (or __WCLONE) never see them. Fix: reap with __WALL, or clone with SIGCHLD.",
+            odd.len(),
+            odd[0]
+        ));
+    }
+    match watched {
+        Some(w) if w.waits == 0 => found.push(format!(
+            "it did not call wait() once in {}: it never reaps. Fix: reap children \
+             (waitpid(-1, WNOHANG) in a loop on SIGCHLD), or run it under an init that does.",
+            human_duration(w.seconds)
+        )),
+        Some(w) if w.reaps == 0 => found.push(format!(
+            "it called wait() {} times in {} but reaped nothing: it waits wrong (a specific pid, \
+             WNOWAIT, or children with another exit signal).",
+            w.waits,
+            human_duration(w.seconds)
+        )),
+        Some(w) if w.zombies > w.reaps => found.push(format!(
+            "it reaps ({} in {}) but fewer than exit ({}): it falls behind.",
+            w.reaps,
+            human_duration(w.seconds),
+            w.zombies
+        )),
+        _ => {}
+    }
+    if facts.sigchld_handled && !facts.is_namespace_init() {
+        found.push(
+            "it handles SIGCHLD: a handler that calls wait() once per signal loses children, \
+             since signals merge. It must loop on waitpid(-1, WNOHANG)."
+                .to_owned(),
+        );
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_facts() {
+        let status =
+            "Name:\tagent\nSigIgn:\t0000000000010000\nSigCgt:\t0000000000000000\nNSpid:\t4242\t1\n";
+        let facts = ReapingFacts::parse(status);
+        assert!(facts.sigchld_ignored && !facts.sigchld_handled);
+        assert_eq!(facts.ns_pids, [4242, 1]);
+        assert!(facts.is_namespace_init());
+
+        let host = ReapingFacts::parse("SigIgn:\t0\nSigCgt:\t0000000000010000\nNSpid:\t1\n");
+        assert!(!host.sigchld_ignored && host.sigchld_handled);
+        // The host's own PID 1 is no container init.
+        assert!(!host.is_namespace_init());
+    }
+}
