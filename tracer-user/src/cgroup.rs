@@ -5,6 +5,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::procfs::CgroupLine;
@@ -60,7 +61,10 @@ pub struct CgroupHierarchy {
     kind: HierarchyKind,
     root: PathBuf,
     paths_by_id: HashMap<u64, String>,
+    walked_at: Option<Instant>,
 }
+
+const WALK_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 impl CgroupHierarchy {
     /// Pure v2 host: `/sys/fs/cgroup`. Otherwise the v1 `pids` hierarchy if mounted, else a
@@ -98,6 +102,7 @@ impl CgroupHierarchy {
             kind,
             root,
             paths_by_id: HashMap::new(),
+            walked_at: None,
         }))
     }
 
@@ -141,9 +146,20 @@ impl CgroupHierarchy {
     /// The path of a cgroup id, walking the hierarchy on a cache miss. Ids of removed cgroups
     /// stay unresolved.
     pub fn path_of(&mut self, id: u64) -> Option<String> {
+        // A cached path holds while that directory still has this id.
         if let Some(path) = self.paths_by_id.get(&id) {
-            return Some(path.clone());
+            if self.id_of(path) == Some(id) {
+                return Some(path.clone());
+            }
         }
+        // Unknown ids (cgroups gone before they were seen) must not each cost a full walk.
+        if self
+            .walked_at
+            .is_some_and(|at| at.elapsed() < WALK_AT_MOST_EVERY)
+        {
+            return None;
+        }
+        self.walked_at = Some(Instant::now());
         self.paths_by_id = self.walk().into_iter().collect();
         self.paths_by_id.get(&id).cloned()
     }

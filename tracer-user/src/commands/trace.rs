@@ -277,13 +277,17 @@ impl<W: Write> Trace<'_, W> {
 
     /// Path, pod labels and container ID of a cgroup id, cached.
     fn cgroup(&mut self, engine: &mut StateEngine, id: u64) -> CgroupInfo {
-        if !self.paths.contains_key(&id) {
-            let path = engine.cgroup_path(id).unwrap_or_default();
-            let parsed = kubernetes::parse_path(&path);
-            let labels = self.pods.labels(&parsed);
-            self.paths.insert(id, (path, labels, parsed.container_id));
+        if let Some(known) = self.paths.get(&id) {
+            return known.clone();
         }
-        self.paths[&id].clone()
+        let path = engine.cgroup_path(id).unwrap_or_default();
+        let parsed = kubernetes::parse_path(&path);
+        let info = (path, self.pods.labels(&parsed), parsed.container_id);
+        // An unresolved id may resolve later (a cgroup newer than the last walk).
+        if !info.0.is_empty() {
+            self.paths.insert(id, info.clone());
+        }
+        info
     }
 }
 
