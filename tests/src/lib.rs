@@ -412,3 +412,13 @@ impl Drop for FakeKubelet {
         let _ = fs::remove_dir_all(&self.root);
     }
 }
+
+/// The entry of `pid` in a report's `parents` array (`snapshot --json`, `scan --json`).
+pub fn parent_entry(report: &serde_json::Value, pid: u32) -> &serde_json::Value {
+    report["parents"]
+        .as_array()
+        .expect("a parents array")
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("parent {pid} not listed in {report}"))
+}

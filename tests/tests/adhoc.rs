@@ -5,7 +5,7 @@ use std::{
     process::{Command, Output},
 };
 
-use reapwatch_tests::{proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use reapwatch_tests::{parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup};
 use serde_json::Value;
 
 fn unprivileged(args: &[&str]) -> Output {
@@ -42,12 +42,7 @@ fn scan_needs_no_privilege_and_matches_proc() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let parent = report["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == helper.parent)
-        .expect("the helper is listed");
+    let parent = parent_entry(&report, helper.parent);
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["comm"], "zombie-helper");
     assert_eq!(parent["cgroup"], cgroup.host_path());
@@ -69,12 +64,7 @@ fn scan_needs_no_privilege_and_matches_proc() {
 
     // As root, the exit codes are there.
     let root: Value = serde_json::from_slice(&reapwatch(&["scan", "--json"]).stdout).unwrap();
-    let parent = root["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == helper.parent)
-        .unwrap();
+    let parent = parent_entry(&root, helper.parent);
     assert!(parent["children"]
         .as_array()
         .unwrap()
@@ -115,12 +105,7 @@ fn scan_watch_measures_growth() {
     let output = scan.wait_with_output().unwrap();
     assert!(output.status.success());
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let parent = report["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == helper.parent)
-        .expect("listed");
+    let parent = parent_entry(&report, helper.parent);
     let growth = parent["growth_per_minute"].as_f64().unwrap();
     // One zombie over about 3 s: about 20 a minute.
     assert!((10.0..40.0).contains(&growth), "{growth}");

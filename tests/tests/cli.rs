@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use reapwatch_tests::{proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use reapwatch_tests::{parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup};
 use serde_json::Value;
 
 fn reapwatch(args: &[&str]) -> Output {
@@ -37,12 +37,7 @@ fn snapshot_json_matches_proc() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
-    let parent = report["parents"]
-        .as_array()
-        .expect("parents array")
-        .iter()
-        .find(|p| p["pid"] == helper.parent)
-        .expect("the helper is listed");
+    let parent = parent_entry(&report, helper.parent);
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["comm"], "zombie-helper");
     assert_eq!(parent["cgroup"], cgroup.host_path());
@@ -107,12 +102,7 @@ fn hostile_process_names_are_escaped() {
     let helper = Helper::start("hostile-comm", 1, &cgroup);
     let json = reapwatch(&["snapshot", "--json"]);
     let report: Value = serde_json::from_slice(&json.stdout).expect("valid JSON despite the name");
-    let parent = report["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == helper.parent)
-        .expect("listed");
+    let parent = parent_entry(&report, helper.parent);
     assert_eq!(parent["children"][0]["comm"], "a\"b\nc{}\u{1b}[2J");
 
     assert_eq!(parent["comm"], "a\"b\nc{}\u{1b}[2J");
