@@ -13,14 +13,22 @@ const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "util-linux",
+    // deploy/ checks and the image: promtool, the schema validators' venv, and buildah/podman
+    // (runc: crun refuses hosts with hybrid cgroups).
+    "prometheus",
+    "python3-venv",
+    "buildah",
+    "podman",
+    "runc",
 ];
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn all() -> Result<()> {
     debian_packages()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
+    crate::deploy::setup()?;
     tracefs()
 }
 
