@@ -406,7 +406,8 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
                 && l.ends_with(" 3")),
         "/metrics has no reapwatch_parent_zombies{{{pid}}} 3"
     );
-    // The families served are exactly the contract the alerts and dashboard are checked on.
+    // Every family served is in the contract the alerts and dashboard are checked on, with its
+    // type. Some are absent while they have no series (no ETA while nothing grows).
     let served: BTreeMap<String, String> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -421,10 +422,13 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
             (name, kind.to_owned())
         })
         .collect();
-    ensure!(
-        served == deploy::contract()?,
-        "/metrics families differ from deploy/metrics.txt: {served:?}"
-    );
+    let contract = deploy::contract()?;
+    for (family, kind) in &served {
+        ensure!(
+            contract.get(family) == Some(kind),
+            "/metrics serves {family} ({kind}), which deploy/metrics.txt does not list so"
+        );
+    }
     Ok(())
 }
 
