@@ -1,5 +1,7 @@
-//! Developer workflows: `cargo xtask setup | build | run | test`.
+//! Developer workflows: `cargo xtask setup | build | run | test | image`.
 
+mod deploy;
+mod image;
 mod setup;
 
 use std::{
@@ -31,6 +33,8 @@ enum Task {
     },
     /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests.
     Test,
+    /// Set up, then build the static binary and the container image (FROM scratch, buildah).
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()
+        }
+        Task::Image => {
+            setup::all()?;
+            image::build().map(drop)
         }
     }
 }
@@ -131,5 +139,7 @@ fn test() -> Result<()> {
         None,
         &["build", "--workspace", "--exclude", "tracer-ebpf", "--bins"],
     )?;
-    cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])
+    cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])?;
+    deploy::check()?;
+    image::test(&image::build()?)
 }

@@ -13,16 +13,22 @@ const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "util-linux",
-    // A real Prometheus (and promtool) scrapes the exporter in the tests.
+    // A real Prometheus scrapes the exporter in the tests; promtool checks deploy/. The schema
+    // validators' venv, and buildah/podman for the image (runc: crun refuses hybrid cgroups).
     "prometheus",
+    "python3-venv",
+    "buildah",
+    "podman",
+    "runc",
 ];
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn all() -> Result<()> {
     debian_packages()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
+    crate::deploy::setup()?;
     tracefs()
 }
 

@@ -1,0 +1,451 @@
+//! `cargo xtask image`: reapwatch linked statically (musl) in an image built FROM scratch with
+//! the Containerfile's runtime stage, and the image's end-to-end test under podman with exactly
+//! the privileges the DaemonSet grants.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{cargo, deploy, setup, workspace_root};
+
+/// musl links statically without glibc's NSS and dlopen caveats.
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+pub fn image_ref() -> String {
+    format!("localhost/reapwatch:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Builds the static binary and assembles the image; returns its reference.
+pub fn build() -> Result<String> {
+    let installed = output("rustup", &["target", "list", "--installed"])?;
+    if !installed.lines().any(|t| t == TARGET) {
+        run("rustup", &["target", "add", TARGET])?;
+    }
+    cargo(
+        None,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "reapwatch",
+            "--target",
+            TARGET,
+        ],
+    )?;
+    let root = workspace_root();
+    let binary = root.join("target").join(TARGET).join("release/reapwatch");
+    ensure_static(&binary)?;
+
+    // The Containerfile's builder stage needs registries; `--build-context builder=DIR`
+    // stands this binary in for it, so the runtime stage built here is the one that ships.
+    let context = root.join("target/image-context");
+    let _ = fs::remove_dir_all(&context);
+    fs::create_dir_all(context.join("out")).context("create target/image-context")?;
+    fs::copy(&binary, context.join("out/reapwatch")).context("copy the binary")?;
+    let context = context.to_str().context("workspace path is not UTF-8")?;
+    let containerfile = root.join("Containerfile");
+    let linker = format!("bpf-linker@{}", setup::BPF_LINKER_VERSION);
+    ensure!(
+        fs::read_to_string(&containerfile)?.contains(&linker),
+        "the Containerfile's builder must install {linker}, as xtask setup does"
+    );
+    let image = image_ref();
+    run(
+        "buildah",
+        &[
+            "build",
+            "--quiet",
+            "--target",
+            "runtime",
+            "--build-context",
+            &format!("builder={context}"),
+            "--file",
+            containerfile.to_str().context("path")?,
+            "--tag",
+            &image,
+            context,
+        ],
+    )?;
+    eprintln!("xtask: built {image}");
+    Ok(image)
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    output(program, args).map(drop)
+}
+
+/// A binary without an ELF interpreter runs in an image with no loader and no libc.
+fn ensure_static(binary: &Path) -> Result<()> {
+    const PT_INTERP: u32 = 3;
+    let elf = fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
+    let bytes = |offset: usize, len: usize| {
+        elf.get(offset..offset + len)
+            .context("truncated ELF header")
+    };
+    ensure!(
+        bytes(0, 6)? == b"\x7fELF\x02\x01",
+        "{} is not a 64-bit little-endian ELF",
+        binary.display()
+    );
+    let u16_at = |o| Ok::<_, anyhow::Error>(u16::from_le_bytes(bytes(o, 2)?.try_into()?));
+    let phoff = u64::from_le_bytes(bytes(0x20, 8)?.try_into()?) as usize;
+    let (phentsize, phnum) = (u16_at(0x36)? as usize, u16_at(0x38)? as usize);
+    for i in 0..phnum {
+        let p_type = u32::from_le_bytes(bytes(phoff + i * phentsize, 4)?.try_into()?);
+        ensure!(
+            p_type != PT_INTERP,
+            "{} is dynamically linked: it names an ELF interpreter",
+            binary.display()
+        );
+    }
+    Ok(())
+}
+
+/// podman arguments granting what the DaemonSet grants, and nothing else.
+fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String>> {
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    let mut args = vec!["--cap-drop=all".to_owned()];
+    if pod["hostPID"] == true {
+        args.push("--pid=host".into());
+    }
+    let added: Vec<&str> = security["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !added.is_empty() {
+        args.push(format!("--cap-add={}", added.join(",")));
+    }
+    if let Some(user) = security["runAsUser"].as_u64() {
+        let group = security["runAsGroup"].as_u64().unwrap_or(user);
+        args.push(format!("--user={user}:{group}"));
+    }
+    if security["readOnlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    if security["allowPrivilegeEscalation"] == false {
+        args.push("--security-opt=no-new-privileges".into());
+    }
+    match security["seccompProfile"]["type"].as_str() {
+        Some("Unconfined") => args.push("--security-opt=seccomp=unconfined".into()),
+        Some("RuntimeDefault") | None => {}
+        Some(other) => bail!("seccomp profile {other} is not reproduced by the image test"),
+    }
+    for mount in container["volumeMounts"].as_array().context("mounts")? {
+        let volume = pod["volumes"]
+            .as_array()
+            .context("volumes")?
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .context("mount of an undeclared volume")?;
+        let mut host = volume["hostPath"]["path"]
+            .as_str()
+            .context("hostPath")?
+            .to_owned();
+        // Not a Kubernetes node: an empty pod log directory stands in for the kubelet's.
+        if host == "/var/log/pods" && !Path::new(&host).exists() {
+            host = pod_logs.to_str().context("path")?.to_owned();
+        }
+        let ro = if mount["readOnly"] == true { ":ro" } else { "" };
+        args.push(format!(
+            "--volume={host}:{}{ro}",
+            mount["mountPath"].as_str().context("mountPath")?
+        ));
+    }
+    Ok(args)
+}
+
+/// Arguments to run any container on a CI machine: runc, because crun refuses hosts with
+/// hybrid cgroups; and rlimits no higher than ours, because podman otherwise raises them to
+/// its defaults, which fails where root lacks CAP_SYS_RESOURCE (this CI sandbox). RLIMIT_NPROC
+/// is capped lower than ours: the sandbox refuses even our own value there; reapwatch starts
+/// no processes, and with CAP_SYS_RESOURCE the limit does not apply to it.
+fn runtime_args() -> Result<Vec<String>> {
+    let limits = fs::read_to_string("/proc/self/limits").context("read /proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .context("no open files limit in /proc/self/limits")?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [soft, hard, ..] = words[..] else {
+        bail!("malformed /proc/self/limits line {line:?}");
+    };
+    let limit = |w: &str| if w == "unlimited" { "-1" } else { w }.to_owned();
+    Ok(vec![
+        "--runtime=runc".into(),
+        format!("--ulimit=nofile={}:{}", limit(soft), limit(hard)),
+        "--ulimit=nproc=4096:4096".into(),
+    ])
+}
+
+fn podman(args: &[String]) -> Result<Output> {
+    eprintln!("xtask: podman {}", args.join(" "));
+    Command::new("podman")
+        .args(args)
+        .output()
+        .context("cannot run podman")
+}
+
+/// `zombie-helper leak 3`: three children exited and never reaped, on the host.
+struct Zombies {
+    helper: Child,
+    parent: u32,
+}
+
+impl Zombies {
+    fn start() -> Result<Self> {
+        cargo(
+            None,
+            &[
+                "build",
+                "--package",
+                "reapwatch-tests",
+                "--bin",
+                "zombie-helper",
+            ],
+        )?;
+        let mut helper = Command::new(workspace_root().join("target/debug/zombie-helper"))
+            .args(["leak", "3"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start zombie-helper")?;
+        let mut parent = helper.id();
+        let stdout = helper.stdout.take().context("helper stdout")?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["ready"] => return Ok(Self { helper, parent }),
+                ["parent", pid] => parent = pid.parse()?,
+                _ => {}
+            }
+        }
+        bail!("zombie-helper ended before it was ready")
+    }
+}
+
+impl Drop for Zombies {
+    fn drop(&mut self) {
+        // End of stdin ends the helper, and its zombies with it.
+        drop(self.helper.stdin.take());
+        let _ = self.helper.wait();
+    }
+}
+
+/// Runs the image as the DaemonSet runs it, with zombies on the host, and checks it finds
+/// them; then checks it cannot without the DaemonSet's capabilities.
+pub fn test(image: &str) -> Result<()> {
+    let daemonset = deploy::daemonset()?;
+    let pod_logs = workspace_root().join("target/image-test/pods");
+    fs::create_dir_all(&pod_logs).context("create the stand-in pod log directory")?;
+    let privileges = daemonset_privileges(&daemonset, &pod_logs)?;
+    let zombies = Zombies::start()?;
+
+    let mut args = vec!["run".to_owned(), "--rm".into()];
+    args.extend(runtime_args()?);
+    let unprivileged_args = args.clone();
+    args.extend(privileges.iter().cloned());
+    args.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "snapshot".into(),
+        "--json".into(),
+    ]);
+    let out = podman(&args)?;
+    ensure!(
+        out.status.success(),
+        "reapwatch snapshot in the image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).context("snapshot --json output")?;
+    let parent = report["parents"]
+        .as_array()
+        .context("parents")?
+        .iter()
+        .find(|p| p["pid"] == zombies.parent)
+        .with_context(|| format!("the image does not see host pid {}", zombies.parent))?;
+    ensure!(
+        parent["unreaped"] == 3 && parent["comm"] == "zombie-helper",
+        "the image reports {parent}, not 3 zombies of zombie-helper"
+    );
+
+    // The privileges are needed, not decoration: the same run without them fails clearly.
+    let mut args = unprivileged_args;
+    args.extend(
+        privileges
+            .iter()
+            .filter(|a| !a.starts_with("--cap-add="))
+            .cloned(),
+    );
+    args.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "snapshot".into(),
+    ]);
+    let out = podman(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("permission denied"),
+        "without capabilities the image must refuse to run: {stderr}"
+    );
+
+    scrape(image, &daemonset, &privileges, zombies.parent)?;
+    eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
+    Ok(())
+}
+
+/// Removes the detached test container however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time=2", &self.0])
+            .output();
+    }
+}
+
+/// Runs the image's entrypoint (`reapwatch serve`) with the DaemonSet's arguments and scrapes
+/// it. Skipped, saying so, while this build of reapwatch has no `serve` command.
+fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) -> Result<()> {
+    let mut probe = vec!["run".to_owned(), "--rm".into()];
+    probe.extend(runtime_args()?);
+    probe.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "serve".into(),
+        "--help".into(),
+    ]);
+    let out = podman(&probe)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            stderr.contains("unrecognized subcommand"),
+            "reapwatch serve --help failed in the image: {stderr}"
+        );
+        eprintln!("xtask: image: this reapwatch has no `serve` command yet: /metrics not scraped");
+        return Ok(());
+    }
+    // Host network for the scrape, on a free port rather than 9750, which may be taken.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let name = format!("reapwatch-image-test-{}", std::process::id());
+    let mut args = vec![
+        "run".to_owned(),
+        "--detach".into(),
+        format!("--name={name}"),
+    ];
+    args.extend(runtime_args()?);
+    args.extend(privileges.iter().cloned());
+    args.extend([
+        "--network=host".into(),
+        "--env=NODE_NAME=image-test".into(),
+        image.into(),
+    ]);
+    for arg in daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        args.push(if arg.starts_with("--listen=") {
+            format!("--listen=127.0.0.1:{port}")
+        } else {
+            arg.to_owned()
+        });
+    }
+    let out = podman(&args)?;
+    ensure!(
+        out.status.success(),
+        "reapwatch serve did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _container = Container(name);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/readyz").ok().map(|(status, _)| status) != Some(200) {
+        ensure!(Instant::now() < deadline, "/readyz not 200 within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(http_get(port, "/healthz")?.0 == 200, "/healthz not 200");
+    let (status, metrics) = http_get(port, "/metrics")?;
+    ensure!(status == 200, "/metrics answered {status}");
+    let pid = format!("pid=\"{parent}\"");
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("reapwatch_parent_zombies{")
+                && l.contains(&pid)
+                && l.ends_with(" 3")),
+        "/metrics has no reapwatch_parent_zombies{{{pid}}} 3"
+    );
+    // Every family served is in the contract the alerts and dashboard are checked on, with its
+    // type. Some are absent while they have no series (no ETA while nothing grows).
+    let served: BTreeMap<String, String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| {
+            let kind = kind.trim();
+            // OpenMetrics names a counter's family without the `_total` its samples carry.
+            let name = match kind == "counter" && !name.ends_with("_total") {
+                true => format!("{name}_total"),
+                false => name.to_owned(),
+            };
+            (name, kind.to_owned())
+        })
+        .collect();
+    let contract = deploy::contract()?;
+    for (family, kind) in &served {
+        ensure!(
+            contract.get(family) == Some(kind),
+            "/metrics serves {family} ({kind}), which deploy/metrics.txt does not list so"
+        );
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("malformed HTTP status line")?;
+    Ok((status, body.to_owned()))
+}
