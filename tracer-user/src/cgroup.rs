@@ -24,6 +24,18 @@ pub fn select_path(lines: &[CgroupLine]) -> Option<&str> {
         .or_else(|| lines.first().map(|l| l.path.as_str()))
 }
 
+/// [`select_path`], as a host path where this process is in a private cgroup namespace.
+pub fn select_host_path(
+    hierarchy: Option<&mut CgroupHierarchy>,
+    lines: &[CgroupLine],
+) -> Option<String> {
+    let path = select_path(lines)?;
+    Some(match hierarchy {
+        Some(hierarchy) => hierarchy.host_path(path),
+        None => path.to_owned(),
+    })
+}
+
 /// Container runtimes name their cgroups after a 64-hex container id (Docker, containerd,
 /// CRI-O, podman), and kubelet puts pods under `kubepods`.
 pub fn looks_like_container(path: &str) -> bool {
@@ -62,6 +74,8 @@ pub struct CgroupHierarchy {
     root: PathBuf,
     paths_by_id: HashMap<u64, String>,
     walked_at: Option<Instant>,
+    /// Where this process's cgroup namespace is rooted, once looked up.
+    namespace_root: Option<Option<String>>,
 }
 
 const WALK_AT_MOST_EVERY: Duration = Duration::from_secs(1);
@@ -103,6 +117,7 @@ impl CgroupHierarchy {
             root,
             paths_by_id: HashMap::new(),
             walked_at: None,
+            namespace_root: None,
         }))
     }
 
@@ -113,6 +128,52 @@ impl CgroupHierarchy {
     /// Where the hierarchy is mounted.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A hierarchy mounted at `root` (tests build fake ones).
+    pub fn at(root: &Path, kind: HierarchyKind) -> Self {
+        Self {
+            kind,
+            root: root.to_path_buf(),
+            paths_by_id: HashMap::new(),
+            walked_at: None,
+            namespace_root: None,
+        }
+    }
+
+    /// The host path of a path read from `/proc/<pid>/cgroup`. Those are relative to the
+    /// reader's cgroup namespace: in a pod with a private one (the default on cgroup v2) they
+    /// read `/../../kubepods.slice/...`. The host's hierarchy mounted here says where that
+    /// namespace is rooted: the directory listing this process.
+    pub fn host_path(&mut self, proc_path: &str) -> String {
+        if !proc_path.starts_with("/..") {
+            return proc_path.to_owned();
+        }
+        if self.namespace_root.is_none() {
+            let own = std::process::id().to_string();
+            let found = self.walk().into_iter().map(|(_, path)| path).find(|path| {
+                let procs = self
+                    .root
+                    .join(path.trim_start_matches('/'))
+                    .join("cgroup.procs");
+                fs::read_to_string(procs).is_ok_and(|procs| procs.lines().any(|p| p == own))
+            });
+            self.namespace_root = Some(found);
+        }
+        let root = self
+            .namespace_root
+            .clone()
+            .flatten()
+            .unwrap_or_else(|| "/".to_owned());
+        let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
+        for part in proc_path.split('/').filter(|p| !p.is_empty()) {
+            if part == ".." {
+                parts.pop();
+            } else {
+                parts.push(part);
+            }
+        }
+        format!("/{}", parts.join("/"))
     }
 
     /// The line of `/proc/<pid>/cgroup` that belongs to this hierarchy.
@@ -225,6 +286,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(select_path(&lines), Some("/system.slice/ssh.service/x"));
+    }
+
+    #[test]
+    fn paths_from_a_private_cgroup_namespace() {
+        let root = std::env::temp_dir().join(format!("reapwatch-cgns-{}", std::process::id()));
+        let own = root.join("kubepods.slice/pod-a/ctr-reapwatch");
+        fs::create_dir_all(&own).unwrap();
+        fs::create_dir_all(root.join("kubepods.slice/pod-b/ctr-agent")).unwrap();
+        fs::write(
+            own.join("cgroup.procs"),
+            format!("1\n{}\n", std::process::id()),
+        )
+        .unwrap();
+        let mut hierarchy = CgroupHierarchy::at(&root, HierarchyKind::Unified);
+        let agent = hierarchy.host_path("/../../pod-b/ctr-agent");
+        let unchanged = hierarchy.host_path("/system.slice/cron.service");
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(agent, "/kubepods.slice/pod-b/ctr-agent");
+        assert_eq!(unchanged, "/system.slice/cron.service");
     }
 
     #[test]

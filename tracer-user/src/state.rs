@@ -272,10 +272,8 @@ impl StateEngine {
                 stat.ppid,
                 by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks),
             );
-            if self
-                .tracer
-                .add_zombie(key, self.late_zombie(stat, parent, now)?)?
-            {
+            let zombie = self.late_zombie(stat, parent, now)?;
+            if self.tracer.add_zombie(key, zombie)? {
                 added += 1;
             }
         }
@@ -290,7 +288,7 @@ impl StateEngine {
     }
 
     /// A record for a zombie the programs did not see exit: its age counts from now.
-    fn late_zombie(&self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Result<Zombie> {
+    fn late_zombie(&mut self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Result<Zombie> {
         let mut comm = [0u8; 16];
         let len = stat.comm.len().min(15);
         comm[..len].copy_from_slice(&stat.comm[..len]);
@@ -308,16 +306,18 @@ impl StateEngine {
     }
 
     /// The id of a process's cgroup in the counted hierarchy, as the programs would read it.
-    pub fn cgroup_id(&self, pid: u32) -> Result<Option<u64>> {
-        let Some(hierarchy) = &self.cgroups else {
-            return Ok(None);
-        };
+    pub fn cgroup_id(&mut self, pid: u32) -> Result<Option<u64>> {
         let Some(lines) = procfs::read_cgroups(&self.proc_root, pid)? else {
             return Ok(None);
         };
-        Ok(hierarchy
-            .line(&lines)
-            .and_then(|l| hierarchy.id_of(&l.path)))
+        let Some(hierarchy) = &mut self.cgroups else {
+            return Ok(None);
+        };
+        let Some(line) = hierarchy.line(&lines) else {
+            return Ok(None);
+        };
+        let path = hierarchy.host_path(&line.path);
+        Ok(hierarchy.id_of(&path))
     }
 
     /// Every parent with unreaped children, most children first.
@@ -339,7 +339,7 @@ impl StateEngine {
                 .map(|s| s.comm)
                 .unwrap_or_default();
             let cgroup = procfs::read_cgroups(&self.proc_root, key.tgid)?
-                .and_then(|lines| cgroup::select_path(&lines).map(str::to_owned));
+                .and_then(|lines| cgroup::select_host_path(self.cgroups.as_mut(), &lines));
             let last_wait_age_ns = self
                 .tracer
                 .last_wait(&key)?

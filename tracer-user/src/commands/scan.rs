@@ -68,7 +68,7 @@ struct Sample {
 
 pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
-    let hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let mut hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
     let take = || -> Result<Sample> {
         Ok(Sample {
             at: Instant::now(),
@@ -91,7 +91,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
             samples.push(take()?);
         }
     }
-    let report = build(&samples, args, hierarchy.as_ref(), proc_root)?;
+    let report = build(&samples, args, hierarchy.as_mut(), proc_root)?;
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -103,7 +103,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
 fn build(
     samples: &[Sample],
     args: &ScanArgs,
-    hierarchy: Option<&CgroupHierarchy>,
+    mut hierarchy: Option<&mut CgroupHierarchy>,
     proc_root: &Path,
 ) -> Result<ScanReport> {
     let first = &samples[0];
@@ -126,12 +126,12 @@ fn build(
     let mut parents = Vec::new();
     let mut zombies_by_cgroup: BTreeMap<String, u64> = BTreeMap::new();
     for (&ppid, children) in &now {
-        let cgroups = procfs::read_cgroups(proc_root, ppid)?;
-        if let Some(path) = cgroups
-            .as_ref()
-            .and_then(|l| hierarchy.and_then(|h| h.line(l)))
-        {
-            *zombies_by_cgroup.entry(path.path.clone()).or_default() += children.len() as u64;
+        let cgroups = procfs::read_cgroups(proc_root, ppid)?.unwrap_or_default();
+        if let Some(h) = hierarchy.as_deref_mut() {
+            if let Some(line) = h.line(&cgroups) {
+                let path = h.host_path(&line.path);
+                *zombies_by_cgroup.entry(path).or_default() += children.len() as u64;
+            }
         }
         let mut state = ParentState {
             key: ProcessKey::new(ppid, by_pid.get(&ppid).map_or(0, |p| p.start_ticks)),
@@ -139,9 +139,7 @@ fn build(
                 .get(&ppid)
                 .map(|p| p.comm.clone())
                 .unwrap_or_default(),
-            cgroup: cgroups
-                .as_ref()
-                .and_then(|l| cgroup::select_path(l).map(str::to_owned)),
+            cgroup: cgroup::select_host_path(hierarchy.as_deref_mut(), &cgroups),
             last_wait_age_ns: None,
             children: children
                 .iter()

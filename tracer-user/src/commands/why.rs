@@ -72,7 +72,8 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let facts = ReapingFacts::parse(&status);
     let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
-    let path = cgroup::select_path(&cgroups).unwrap_or("").to_owned();
+    let mut hierarchy = cgroup::CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let path = cgroup::select_host_path(hierarchy.as_mut(), &cgroups).unwrap_or_default();
     let labels = PodDirectory::new(&args.pod_logs_dir).labels(&kubernetes::parse_path(&path));
 
     let mut zombies: Vec<ProcStat> = Vec::new();
