@@ -21,5 +21,6 @@ pub fn run(cli: cli::Cli) -> Result<()> {
     match cli.command {
         cli::Command::Snapshot(args) => commands::snapshot::run(&args),
         cli::Command::Serve(args) => exporter::run(&args),
+        cli::Command::Top(args) => commands::top::run(&args),
     }
 }

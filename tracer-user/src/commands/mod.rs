@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod snapshot;
+pub mod top;
 
 use std::io::{self, Write};
 
