@@ -15,6 +15,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     // A real Prometheus (and promtool) scrapes the exporter in the tests.
     "prometheus",
+    // `reapwatch top` is driven in a real terminal in the tests.
+    "tmux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
