@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -23,6 +23,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load the tracer, reconcile with /proc, print every parent with unreaped children, exit.
     Snapshot(SnapshotArgs),
+    /// Live full-screen table of the parents with unreaped children (plain tables when piped).
+    Top(TopArgs),
     /// One line per process lifecycle event: fork, exit, zombie, reap, reparent, wait.
     Trace(TraceArgs),
     /// Zombies per parent and container, and PID headroom, from /proc alone (no eBPF, no root).
@@ -36,6 +38,28 @@ pub struct SnapshotArgs {
     /// Print one JSON object (the stable contract for scripts; see README) instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// cgroup hierarchy the per-cgroup counters are keyed by.
+    #[arg(long, value_enum, default_value_t)]
+    pub cgroup_hierarchy: HierarchyChoice,
+
+    #[command(flatten)]
+    pub maps: MapArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between refreshes, such as 500ms or 2s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::commands::top::parse_interval)]
+    pub interval: Duration,
+
+    /// Stop after N refreshes [default: until q, Ctrl-C or SIGTERM].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
 
     /// cgroup hierarchy the per-cgroup counters are keyed by.
     #[arg(long, value_enum, default_value_t)]

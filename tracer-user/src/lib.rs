@@ -24,5 +24,6 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Trace(args) => commands::trace::run(&args),
         cli::Command::Scan(args) => commands::scan::run(&args),
         cli::Command::Why(args) => commands::why::run(&args),
+        cli::Command::Top(args) => commands::top::run(&args),
     }
 }

@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "buildah",
     "podman",
     "runc",
+    // `reapwatch top` is driven in a real terminal in the tests.
+    "tmux",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

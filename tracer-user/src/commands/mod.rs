@@ -2,6 +2,7 @@
 
 pub mod scan;
 pub mod snapshot;
+pub mod top;
 pub mod trace;
 pub mod why;
 

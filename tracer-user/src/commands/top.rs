@@ -1,0 +1,385 @@
+//! `reapwatch top`: a live table of the parents that do not reap, refreshed every interval.
+//! Full-screen on a terminal; plain tables, one per refresh, when stdout is a pipe or a file.
+
+mod view;
+
+use std::{
+    io::{self, IsTerminal, Write},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Result};
+use ratatui::{
+    backend::CrosstermBackend,
+    crossterm::{
+        cursor,
+        event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+        execute,
+        terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
+    },
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::Paragraph,
+    Terminal,
+};
+
+use self::view::{Display, Eta, ParentRow, Sample};
+use crate::{
+    cli::TopArgs,
+    escape,
+    forecast::GrowthTracker,
+    kubernetes::{self, PodDirectory},
+    procfs,
+    state::StateEngine,
+};
+
+/// Window of the node exhaustion forecast: shorter than `serve`'s 15m default, because a
+/// person watching wants an answer within minutes (it shows from half the window on).
+const ETA_WINDOW: Duration = Duration::from_secs(300);
+/// How often all of `/proc` is scanned for zombies the programs did not see (as `serve`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// The longest a key or a signal waits to be noticed.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+/// Set by SIGINT, SIGTERM and SIGHUP: the loops stop and the terminal is restored.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// `--interval`: a humantime duration above zero.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if interval.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    Ok(interval)
+}
+
+pub fn run(args: &TopArgs) -> Result<()> {
+    let engine = StateEngine::load(
+        args.maps.sizes(),
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+        args.cgroup_hierarchy,
+    )?;
+    let mut collector = Collector::new(engine, &args.pod_logs_dir)?;
+    handle_stop_signals()?;
+    if io::stdout().is_terminal() {
+        full_screen(&mut collector, args)
+    } else {
+        plain(&mut collector, args)
+    }
+}
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn handle_stop_signals() -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is valid, and the handler only stores to an atomic,
+        // which is async-signal-safe. SA_RESTART keeps /proc reads from failing with EINTR.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = request_stop as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            bail!(
+                "cannot handle signal {signal}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps for `duration` unless a stop signal comes first; false if one did.
+fn sleep_unless_stopped(duration: Duration) -> bool {
+    let until = Instant::now() + duration;
+    while !STOP.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(POLL_SLICE));
+    }
+    false
+}
+
+/// Turns the state engine's view into [`Sample`]s.
+struct Collector {
+    engine: StateEngine,
+    pods: PodDirectory,
+    started: Instant,
+    last_reconcile: Instant,
+    node_growth: GrowthTracker,
+}
+
+impl Collector {
+    fn new(mut engine: StateEngine, pod_logs_dir: &Path) -> Result<Self> {
+        engine.reconcile()?;
+        let now = Instant::now();
+        Ok(Self {
+            engine,
+            pods: PodDirectory::new(pod_logs_dir),
+            started: now,
+            last_reconcile: now,
+            node_growth: GrowthTracker::new(ETA_WINDOW.as_secs_f64()),
+        })
+    }
+
+    fn collect(&mut self) -> Result<Sample> {
+        let now = Instant::now();
+        if now.duration_since(self.last_reconcile) >= RECONCILE_EVERY {
+            self.engine.reconcile()?;
+            self.last_reconcile = now;
+        }
+        let elapsed = now.duration_since(self.started);
+        let mut parents = Vec::new();
+        for parent in self.engine.parents()? {
+            let oldest = parent.oldest();
+            parents.push(ParentRow {
+                pid: parent.pid(),
+                comm: if parent.comm.is_empty() {
+                    "(exited)".to_owned()
+                } else {
+                    escape::for_terminal(&parent.comm)
+                },
+                container: self.container(parent.cgroup.as_deref()),
+                unreaped: parent.children.len(),
+                per_minute: per_minute(
+                    parent
+                        .children
+                        .iter()
+                        .map(|c| (c.age_ns, c.age_is_lower_bound())),
+                    elapsed,
+                ),
+                oldest_seconds: oldest.map_or(0.0, |c| c.age_ns as f64 / 1e9),
+                oldest_is_lower_bound: oldest.is_some_and(|c| c.age_is_lower_bound()),
+                last_wait_seconds: parent.last_wait_age_ns.map(|ns| ns as f64 / 1e9),
+            });
+        }
+        let node = procfs::read_node_limits(Path::new("/proc"))?;
+        self.node_growth
+            .push(elapsed.as_secs_f64(), node.tasks as f64);
+        let eta = match (ETA_WINDOW / 2).checked_sub(elapsed) {
+            Some(left) if !left.is_zero() => Eta::Measuring(left),
+            _ => self
+                .node_growth
+                .eta_seconds(node.limit() as f64)
+                .map_or(Eta::NotGrowing, Eta::Seconds),
+        };
+        Ok(Sample {
+            taken: SystemTime::now(),
+            node,
+            eta,
+            parents,
+        })
+    }
+
+    /// `namespace/pod/container` when kubelet's logs name it, else the cgroup path; escaped.
+    fn container(&mut self, cgroup: Option<&str>) -> String {
+        let Some(path) = cgroup else {
+            return "-".to_owned();
+        };
+        let pod = self.pods.labels(&kubernetes::parse_path(path));
+        let name = if pod.pod.is_empty() {
+            path.to_owned()
+        } else {
+            [pod.namespace, pod.pod, pod.container]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        escape::for_terminal(name.as_bytes())
+    }
+}
+
+/// Zombies created per minute by one parent, from the kernel's records: its unreaped children
+/// that exited within the last minute, divided by that minute. A zombie reaped meanwhile is
+/// not counted (the parent did its job), nor one whose exit time is unknown (found in `/proc`
+/// only). Until reapwatch has run a minute the window is its run time, but at least 10 s, so
+/// the first zombie seen does not read as a storm.
+fn per_minute(children: impl Iterator<Item = (u64, bool)>, elapsed: Duration) -> f64 {
+    let window = elapsed.clamp(Duration::from_secs(10), Duration::from_secs(60));
+    let window_ns = window.as_nanos() as u64;
+    let recent = children
+        .filter(|&(age_ns, lower_bound)| !lower_bound && age_ns < window_ns)
+        .count();
+    recent as f64 * 60.0 / window.as_secs_f64()
+}
+
+fn plain(collector: &mut Collector, args: &TopArgs) -> Result<()> {
+    let display = Display::default();
+    let mut refreshes = 0;
+    loop {
+        let text = view::plain(&collector.collect()?, &display, args.interval);
+        refreshes += 1;
+        let mut stdout = io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // The reader went away (`reapwatch top | head`): nothing more to do.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(err) => return Err(err.into()),
+            Ok(()) => {}
+        }
+        if args.iterations.is_some_and(|n| refreshes >= n) || !sleep_unless_stopped(args.interval) {
+            return Ok(());
+        }
+    }
+}
+
+/// Raw mode and the alternate screen for as long as it lives: dropped on every way out
+/// (q, a signal, an error), it gives the shell its screen and line discipline back.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> Result<Self> {
+        terminal::enable_raw_mode()?;
+        let guard = Self;
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        let _ = execute!(io::stdout(), cursor::Show, LeaveAlternateScreen);
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+fn full_screen(collector: &mut Collector, args: &TopArgs) -> Result<()> {
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    let mut display = Display::default();
+    let mut sample = collector.collect()?;
+    let mut refreshes = 1;
+    let mut next = Instant::now() + args.interval;
+    let mut redraw = true;
+    loop {
+        if redraw {
+            terminal.draw(|frame| draw(frame, &sample, &display, args.interval))?;
+            redraw = false;
+        }
+        if STOP.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= next {
+            if args.iterations.is_some_and(|n| refreshes >= n) {
+                return Ok(());
+            }
+            sample = collector.collect()?;
+            refreshes += 1;
+            next = now + args.interval;
+            redraw = true;
+            continue;
+        }
+        let ready = match event::poll((next - now).min(POLL_SLICE)) {
+            // A signal arrived: the next turn looks at STOP.
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => false,
+            other => other?,
+        };
+        if !ready {
+            continue;
+        }
+        match event::read()? {
+            Event::Key(key) if key.kind != KeyEventKind::Release => match key.code {
+                // Raw mode turns Ctrl-C into a key, not a SIGINT.
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    return Ok(())
+                }
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                KeyCode::Char('s') => {
+                    display.sort = display.sort.next();
+                    redraw = true;
+                }
+                KeyCode::Char('c') => {
+                    display.grouping = display.grouping.toggle();
+                    redraw = true;
+                }
+                _ => {}
+            },
+            Event::Resize(..) => redraw = true,
+            _ => {}
+        }
+    }
+}
+
+fn draw(frame: &mut ratatui::Frame, sample: &Sample, display: &Display, interval: Duration) {
+    let summary = view::summary(sample, display, interval);
+    let [top, table, keys] = Layout::vertical([
+        Constraint::Length(summary.len() as u16),
+        Constraint::Min(2),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    frame.render_widget(
+        Paragraph::new(summary.into_iter().map(Line::from).collect::<Vec<_>>()),
+        top,
+    );
+
+    let (heading, rows) = view::table(sample, display, Some(frame.area().width as usize));
+    let room = table.height.saturating_sub(1) as usize;
+    let mut lines = vec![Line::styled(
+        heading,
+        Style::new().add_modifier(Modifier::REVERSED),
+    )];
+    if rows.is_empty() {
+        lines.push(Line::from("no unreaped children"));
+    } else if rows.len() > room {
+        let shown = room.saturating_sub(1);
+        lines.extend(rows[..shown].iter().cloned().map(Line::from));
+        lines.push(Line::from(format!("… {} more", rows.len() - shown)));
+    } else {
+        lines.extend(rows.into_iter().map(Line::from));
+    }
+    frame.render_widget(Paragraph::new(lines), table);
+    frame.render_widget(
+        Paragraph::new(Line::styled(
+            view::keys(display),
+            Style::new().add_modifier(Modifier::DIM),
+        )),
+        keys,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn rate_counts_recent_exact_exits() {
+        let children = [(5 * S, false), (30 * S, false), (90 * S, false), (1, true)];
+        assert_eq!(
+            per_minute(children.into_iter(), Duration::from_secs(600)),
+            2.0
+        );
+        // 20 s in, the window is those 20 s: only the 5 s old one is in it.
+        assert_eq!(
+            per_minute(children.into_iter(), Duration::from_secs(20)),
+            3.0
+        );
+        // The first seconds use a 10 s window.
+        assert_eq!(
+            per_minute([(S / 2, false)].into_iter(), Duration::from_secs(1)),
+            6.0
+        );
+    }
+
+    #[test]
+    fn interval_must_be_positive() {
+        assert_eq!(parse_interval("300ms"), Ok(Duration::from_millis(300)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+}
