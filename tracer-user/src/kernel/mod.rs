@@ -106,13 +106,7 @@ impl Tracer {
             .load(OBJECT)
             .map_err(|err| anyhow!("cannot load the eBPF object: {}", first_line(&err)))?;
         let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
-        let only = std::env::var("DEBUG_HOOKS").ok();
         for hook in &hooks {
-            if let Some(only) = &only {
-                if !only.split(',').any(|h| h == hook.tracepoint) {
-                    continue;
-                }
-            }
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(hook.program)
                 .with_context(|| format!("program {} missing from the object", hook.program))?
@@ -141,9 +135,6 @@ impl Tracer {
     pub fn hook_stats(&self) -> Result<Vec<HookStats>> {
         self.hooks
             .iter()
-            .filter(|hook| {
-                std::env::var("DEBUG_HOOKS").map_or(true, |o| o.contains(hook.tracepoint))
-            })
             .map(|hook| {
                 let program = self
                     .ebpf
@@ -302,14 +293,6 @@ impl Tracer {
             total.sum_ns += cpu.sum_ns;
         }
         Ok(total)
-    }
-
-    pub fn debug(&self) -> Vec<u64> {
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("DEBUG").unwrap()).unwrap();
-        (0..8u32)
-            .map(|i| array.get(&i, 0).unwrap().iter().sum())
-            .collect()
     }
 
     pub fn losses(&self) -> Result<Losses> {
