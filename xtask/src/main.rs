@@ -125,5 +125,11 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // End-to-end tests run the workspace's binaries, which `cargo test` does not build for
+    // other packages.
+    cargo(
+        None,
+        &["build", "--workspace", "--exclude", "tracer-ebpf", "--bins"],
+    )?;
     cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])
 }
