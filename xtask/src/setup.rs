@@ -13,6 +13,9 @@ const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "util-linux",
+    // The other tracers the tests run beside reapwatch.
+    "bpftrace",
+    "libbpf-tools",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
