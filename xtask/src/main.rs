@@ -1,6 +1,7 @@
-//! Developer workflows: `cargo xtask setup | build | run | test`.
+//! Developer workflows: `cargo xtask setup | build | run | test | vm-test`.
 
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt,
@@ -29,8 +30,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests.
+    /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests, vm-test.
     Test,
+    /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
+    VmTest,
 }
 
 fn main() -> ExitCode {
@@ -58,7 +61,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test => {
             setup::all()?;
-            test()
+            test()?;
+            vm::run()
+        }
+        Task::VmTest => {
+            setup::all()?;
+            vm::run()
         }
     }
 }
