@@ -1,5 +1,6 @@
-//! Developer workflows: `cargo xtask setup | build | run | test | vm-test`.
+//! Developer workflows: `cargo xtask setup | build | run | test | vm-test | bench`.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -34,6 +35,15 @@ enum Task {
     Test,
     /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
     VmTest,
+    /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
+    Bench {
+        /// Interleaved off/on pairs for reapwatch.
+        #[arg(long, default_value_t = 40)]
+        pairs: usize,
+        /// Pairs for each comparison tracer (bpftrace, exitsnoop); 0 skips them.
+        #[arg(long, default_value_t = 8)]
+        compare_pairs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +77,13 @@ fn run(cli: Cli) -> Result<()> {
         Task::VmTest => {
             setup::all()?;
             vm::run()
+        }
+        Task::Bench {
+            pairs,
+            compare_pairs,
+        } => {
+            setup::all()?;
+            bench::run(pairs, compare_pairs)
         }
     }
 }

@@ -13,7 +13,8 @@ const PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
     "util-linux",
-    // vm-test's emulator and guest shell; the other tracers the tests run beside reapwatch.
+    // vm-test's emulator and guest shell; the other tracers the tests and the benchmark
+    // run beside reapwatch.
     "qemu-system-x86",
     "busybox-static",
     "bpftrace",
