@@ -1,6 +1,8 @@
 //! Reads of kernel struct members at offsets that userspace resolved from BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel};
+use core::mem::MaybeUninit;
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_probe_read_kernel};
 use tracer_common::{KernelOffsets, Loss, CGROUP_V1_PIDS, SA_NOCLDWAIT, SIG_IGN};
 
 use crate::maps::count_loss;
@@ -53,17 +55,31 @@ pub fn now_ns() -> u64 {
 }
 
 /// Reads a `T` at `base + offset`; a failed read is counted, never silent.
+///
+/// The value is loaded from the stack on both outcomes (the helper zeroes it on failure).
+/// Loaded only on success, the compiler keeps it in a register that the failure path never
+/// writes; the 6.1 verifier cannot tell that later uses only follow success and rejects the
+/// program ("R8 !read_ok"; 6.12 and 6.18 accept it).
 #[inline(always)]
 fn read<T>(base: *const u8, offset: usize) -> Option<T> {
     if base.is_null() {
         return None;
     }
-    match unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) } {
-        Ok(value) => Some(value),
-        Err(_) => {
-            count_loss(Loss::KernelRead);
-            None
-        }
+    let mut value = MaybeUninit::<T>::uninit();
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
+            base.wrapping_add(offset).cast(),
+        )
+    };
+    // SAFETY: the helper wrote all size_of::<T>() bytes (the data, or zeroes on failure).
+    let value = unsafe { core::ptr::read_volatile(value.as_ptr()) };
+    if ret == 0 {
+        Some(value)
+    } else {
+        count_loss(Loss::KernelRead);
+        None
     }
 }
 

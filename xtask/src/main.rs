@@ -1,8 +1,10 @@
-//! Developer workflows: `cargo xtask setup | build | run | test | image`.
+//! Developer workflows: `cargo xtask setup | build | run | test | image | vm-test | bench`.
 
+mod bench;
 mod deploy;
 mod image;
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt,
@@ -31,10 +33,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests.
+    /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests, vm-test.
     Test,
     /// Set up, then build the static binary and the container image (FROM scratch, buildah).
     Image,
+    /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
+    VmTest,
+    /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
+    Bench {
+        /// Interleaved off/on pairs for reapwatch.
+        #[arg(long, default_value_t = 40)]
+        pairs: usize,
+        /// Pairs for each comparison tracer (bpftrace, exitsnoop); 0 skips them.
+        #[arg(long, default_value_t = 8)]
+        compare_pairs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,7 +75,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test => {
             setup::all()?;
-            test()
+            test()?;
+            vm::run()
+        }
+        Task::VmTest => {
+            setup::all()?;
+            vm::run()
+        }
+        Task::Bench {
+            pairs,
+            compare_pairs,
+        } => {
+            setup::all()?;
+            bench::run(pairs, compare_pairs)
         }
         Task::Image => {
             setup::all()?;

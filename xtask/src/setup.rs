@@ -22,6 +22,12 @@ const PACKAGES: &[&str] = &[
     "runc",
     // `reapwatch top` is driven in a real terminal in the tests.
     "tmux",
+    // vm-test's emulator and guest shell; the other tracers the tests and the benchmark
+    // run beside reapwatch.
+    "qemu-system-x86",
+    "busybox-static",
+    "bpftrace",
+    "libbpf-tools",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

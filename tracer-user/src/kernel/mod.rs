@@ -74,12 +74,19 @@ impl Tracer {
     /// `hierarchy`.
     pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
         preflight::check_all()?;
-        let kernel_btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
-        let offsets = kernel_btf.kernel_offsets(nsec_per_tick()?, hierarchy)?;
-        let switch = if kernel_btf.tracepoint_args("sched_switch")? >= 4 {
-            "sched_switch"
-        } else {
-            "sched_switch_before_5_18"
+        // Each parse of the kernel's BTF takes tens of MiB: this one is freed before aya
+        // parses it again, so that the two never add up in the peak RSS.
+        let (offsets, switch) = {
+            let kernel_btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
+            let switch = if kernel_btf.tracepoint_args("sched_switch")? >= 4 {
+                "sched_switch"
+            } else {
+                "sched_switch_before_5_18"
+            };
+            (
+                kernel_btf.kernel_offsets(nsec_per_tick()?, hierarchy)?,
+                switch,
+            )
         };
         let hooks = [
             ("sched_process_fork", "sched_process_fork"),

@@ -1,0 +1,220 @@
+//! Workloads and a resident tracer for `cargo xtask bench`, which times them with the tracer
+//! off and on.
+//!
+//! - `reapwatch-bench storm N`: N fork / `_exit` / `waitpid` round trips.
+//! - `reapwatch-bench pingpong N`: N one-byte round trips between two processes over pipes,
+//!   both on one CPU, so that every round trip is two context switches.
+//!
+//!   Both print `wall_ns W cpu_ns C`: elapsed time, and the CPU time (user + system) of the
+//!   workload's processes, which other load on the machine barely changes.
+//! - `reapwatch-bench hold [stats]`: loads reapwatch's programs and state engine and
+//!   refreshes it every second, as a resident agent would; prints `ready`, answers each
+//!   `stats` line on stdin with `run_ns T run_cnt C` (time spent in its programs and their
+//!   runs so far: with `stats`, it turns on the kernel's BPF run-time statistics while it
+//!   runs), and at end of stdin prints `rss_kib PEAK map_bytes M prog_bytes P` (kernel
+//!   memory charged to its maps and programs).
+
+use std::{
+    io,
+    path::Path,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use reapwatch::{cgroup::HierarchyChoice, kernel::MapSizes, state::StateEngine};
+
+fn fail(message: &str) -> ! {
+    eprintln!("reapwatch-bench: {message}");
+    std::process::exit(2)
+}
+
+fn os_error(what: &str) -> ! {
+    fail(&format!("{what}: {}", io::Error::last_os_error()))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = || -> u64 {
+        args.get(1)
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| fail("expected a positive round-trip count"))
+    };
+    match args.first().map(String::as_str) {
+        Some("storm") => report(storm, count()),
+        Some("pingpong") => report(pingpong, count()),
+        Some("hold") => hold(args.get(1).is_some_and(|a| a == "stats")),
+        _ => fail("usage: reapwatch-bench storm N | pingpong N | hold"),
+    }
+}
+
+/// Runs `workload` and prints its wall and CPU time.
+fn report(workload: fn(u64), n: u64) {
+    let (start, cpu_start) = (Instant::now(), cpu_ns());
+    workload(n);
+    let (wall, cpu) = (start.elapsed().as_nanos(), cpu_ns() - cpu_start);
+    println!("wall_ns {wall} cpu_ns {cpu}");
+}
+
+/// User and system time of this process and its reaped children.
+fn cpu_ns() -> u128 {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+                os_error("getrusage");
+            }
+            [usage.ru_utime, usage.ru_stime]
+                .iter()
+                .map(|t| t.tv_sec as u128 * 1_000_000_000 + t.tv_usec as u128 * 1000)
+                .sum::<u128>()
+        })
+        .sum()
+}
+
+fn storm(n: u64) {
+    for _ in 0..n {
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            -1 => os_error("fork"),
+            pid => {
+                if unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) } != pid {
+                    os_error("waitpid");
+                }
+            }
+        }
+    }
+}
+
+fn pipe() -> [i32; 2] {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        os_error("pipe");
+    }
+    fds
+}
+
+fn transfer(read_fd: i32, write_fd: i32) -> bool {
+    let mut byte = 0u8;
+    let read = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
+    read == 1 && unsafe { libc::write(write_fd, (&raw const byte).cast(), 1) } == 1
+}
+
+fn pingpong(n: u64) {
+    // Same CPU for both: each round trip is exactly a switch there and a switch back, and
+    // no cross-CPU wakeup latency blurs it.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu >= 0 {
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    }
+    let [ping_read, ping_write] = pipe();
+    let [pong_read, pong_write] = pipe();
+    let child = match unsafe { libc::fork() } {
+        0 => {
+            // Its own copy of the ping writer would keep it from ever seeing the end.
+            unsafe { libc::close(ping_write) };
+            while transfer(ping_read, pong_write) {}
+            unsafe { libc::_exit(0) }
+        }
+        -1 => os_error("fork"),
+        pid => pid,
+    };
+    for _ in 0..n {
+        let byte = 1u8;
+        if unsafe { libc::write(ping_write, (&raw const byte).cast(), 1) } != 1 {
+            os_error("write");
+        }
+        let mut back = 0u8;
+        if unsafe { libc::read(pong_read, (&raw mut back).cast(), 1) } != 1 {
+            os_error("read");
+        }
+    }
+    // The child's CPU time counts once it is reaped.
+    unsafe { libc::close(ping_write) };
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+}
+
+fn hold(stats: bool) {
+    // The kernel keeps statistics while this file descriptor is open.
+    let _stats_fd = stats.then(enable_bpf_stats);
+    let mut engine = StateEngine::load(
+        MapSizes::default(),
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+        HierarchyChoice::Auto,
+    )
+    .unwrap_or_else(|err| fail(&format!("{err:#}")));
+    engine
+        .reconcile()
+        .unwrap_or_else(|err| fail(&format!("{err:#}")));
+    println!("ready");
+    let (done, stop) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for line in io::stdin().lines().map_while(Result::ok) {
+            if line == "stats" {
+                let info = bpf_fdinfo();
+                let sum = |field: &str| info.iter().map(|i| fdinfo_field(i, field)).sum::<u64>();
+                println!("run_ns {} run_cnt {}", sum("run_time_ns:"), sum("run_cnt:"));
+            }
+        }
+        let _ = done.send(());
+    });
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
+        engine
+            .refresh()
+            .unwrap_or_else(|err| fail(&format!("{err:#}")));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_rss_kib = fdinfo_field(&status, "VmHWM:");
+    let (map_bytes, prog_bytes) = bpf_memlock();
+    println!("rss_kib {peak_rss_kib} map_bytes {map_bytes} prog_bytes {prog_bytes}");
+}
+
+/// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: per-program run time and count, while the
+/// returned descriptor is open.
+fn enable_bpf_stats() -> i32 {
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let stats_type: u32 = 0;
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, &raw const stats_type, 4) };
+    if fd < 0 {
+        os_error("BPF_ENABLE_STATS");
+    }
+    fd as i32
+}
+
+/// A numeric `name:\tvalue` line of a `/proc` status or fdinfo file; 0 when absent.
+fn fdinfo_field(text: &str, field: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `/proc/self/fdinfo` text of every open file descriptor.
+fn bpf_fdinfo() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .collect()
+}
+
+/// Sums the `memlock` the kernel reports for this process's map and program descriptors:
+/// what it charges for them.
+fn bpf_memlock() -> (u64, u64) {
+    let (mut maps, mut progs) = (0, 0);
+    for info in bpf_fdinfo() {
+        let memlock = fdinfo_field(&info, "memlock:");
+        if info.contains("\nmap_type:") {
+            maps += memlock;
+        } else if info.contains("\nprog_type:") {
+            progs += memlock;
+        }
+    }
+    (maps, progs)
+}
