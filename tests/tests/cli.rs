@@ -59,7 +59,7 @@ fn snapshot_json_matches_proc() {
         assert!(child["age_seconds"].as_f64().unwrap() >= 0.0);
     }
     let hooks = report["tracer"]["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 5);
+    assert_eq!(hooks.len(), 4);
     assert!(hooks
         .iter()
         .all(|h| h["attach"].as_str().unwrap().starts_with("tp_btf/")));
@@ -93,7 +93,7 @@ fn snapshot_table_lists_the_parent() {
     assert_eq!(fields[1], "zombie-helper");
     assert_eq!(fields[2], "2");
     assert!(fields[3].starts_with(">="), "{row}");
-    assert!(text.lines().last().unwrap().starts_with("tracer: 5 hooks"));
+    assert!(text.lines().last().unwrap().starts_with("tracer: 4 hooks"));
 }
 
 #[test]

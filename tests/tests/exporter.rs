@@ -198,7 +198,7 @@ fn program_exists(id: u32) -> bool {
 fn sigterm_detaches_every_program() {
     let daemon = Daemon::start(&[]);
     let ids = program_ids(daemon.pid());
-    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids.len(), 4, "{ids:?}");
     assert!(ids.iter().all(|&id| program_exists(id)));
     let status = daemon.terminate();
     assert!(status.success(), "{status}");

@@ -4,12 +4,6 @@
 //! kernel side and read by userspace, so there is exactly one definition of each layout.
 #![no_std]
 
-/// `TASK_DEAD` in `task_struct::__state` (`state` before 5.14): the task's final switch.
-pub const TASK_DEAD: u32 = 0x80;
-/// `EXIT_ZOMBIE` in `task_struct::exit_state`.
-pub const EXIT_ZOMBIE: i32 = 0x20;
-/// `EXIT_DEAD` in `task_struct::exit_state`: released (autoreaped, or already reaped).
-pub const EXIT_DEAD: i32 = 0x10;
 /// `SIGCHLD` on every architecture reapwatch builds for (x86_64, aarch64).
 pub const SIGCHLD: i32 = 17;
 /// `SIG_IGN` as a handler value.
@@ -26,9 +20,6 @@ pub const SA_NOCLDWAIT: u64 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
     pub ready: u32,
-    /// `task_struct::__state`, or `state` on kernels before 5.14.
-    pub task_state: u32,
-    pub task_exit_state: u32,
     pub task_exit_code: u32,
     pub task_exit_signal: u32,
     pub task_pid: u32,
@@ -47,7 +38,6 @@ pub struct KernelOffsets {
     pub sighand_sigchld_flags: u32,
     /// `signal_struct::live` (an `atomic_t`: its counter is at this offset).
     pub signal_live: u32,
-    pub signal_nr_threads: u32,
     pub css_set_dfl_cgrp: u32,
     /// `css_set::subsys[pids_cgrp_id]`: the task's css in the v1 `pids` hierarchy.
     pub css_set_pids_css: u32,
@@ -291,7 +281,7 @@ mod tests {
     fn shared_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 26 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 23 * 4);
         assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }

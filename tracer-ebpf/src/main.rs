@@ -20,6 +20,8 @@ mod hooks;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod task;
+#[cfg(target_arch = "bpf")]
+mod zombie;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -12,8 +12,6 @@ use crate::maps::count_loss;
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
     ready: 0,
-    task_state: 0,
-    task_exit_state: 0,
     task_exit_code: 0,
     task_exit_signal: 0,
     task_pid: 0,
@@ -29,7 +27,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sighand_sigchld_handler: 0,
     sighand_sigchld_flags: 0,
     signal_live: 0,
-    signal_nr_threads: 0,
     css_set_dfl_cgrp: 0,
     css_set_pids_css: 0,
     css_cgroup: 0,
@@ -101,16 +98,6 @@ impl Task {
         read(self.0, offset!(task_tgid))
     }
 
-    /// `__state` (low 32 bits of `state` on older kernels; little and big endian agree on the
-    /// bits we test only on little endian, the only eBPF target reapwatch builds).
-    pub fn state(self) -> Option<u32> {
-        read(self.0, offset!(task_state))
-    }
-
-    pub fn exit_state(self) -> Option<i32> {
-        read(self.0, offset!(task_exit_state))
-    }
-
     pub fn exit_code(self) -> Option<i32> {
         read(self.0, offset!(task_exit_code))
     }
@@ -141,12 +128,6 @@ impl Task {
         Some(boottime_ns / per_tick)
     }
 
-    /// Whether the task is the leader of its thread group (after `de_thread()` swapped the
-    /// leader, the old one's pid no longer equals the tgid).
-    pub fn is_leader(self) -> Option<bool> {
-        Some(self.pid()? == self.tgid()?)
-    }
-
     pub fn is_ptraced(self) -> Option<bool> {
         Some(read::<u32>(self.0, offset!(task_ptrace))? != 0)
     }
@@ -167,11 +148,6 @@ impl Task {
     /// Threads of the group that have not yet started `do_exit()`.
     pub fn live_threads(self) -> Option<i32> {
         read(self.signal()?, offset!(signal_live))
-    }
-
-    /// Threads of the group not yet released (a zombie leader counts itself).
-    pub fn unreleased_threads(self) -> Option<i32> {
-        read(self.signal()?, offset!(signal_nr_threads))
     }
 
     /// Id (kernfs inode number) of the task's cgroup in the hierarchy userspace chose.

@@ -25,6 +25,10 @@ use crate::{
     procfs::{self, ProcStat},
 };
 
+/// How long a zombie record may precede its `Z` in /proc (it is made as the process starts
+/// exiting): generous against a loaded machine, short against a wrong record.
+const RECORD_LEADS_PROC_NS: u64 = 5_000_000_000;
+
 /// What userspace changed in the kernel's records, since start.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct RepairTotals {
@@ -191,6 +195,7 @@ impl StateEngine {
     /// Checks every recorded zombie against `/proc` and returns those still unreaped, with
     /// their current parent.
     pub fn refresh(&mut self) -> Result<Vec<(ProcessKey, Zombie)>> {
+        let now = monotonic_ns();
         let mut live = Vec::new();
         let mut parent_starts: HashMap<u32, u64> = HashMap::new();
         for (key, mut zombie) in self.tracer.zombies()? {
@@ -206,7 +211,11 @@ impl StateEngine {
                 continue;
             };
             if !stat.is_unreaped_zombie() {
-                if self.tracer.remove_zombie(&key)? {
+                // The programs record a zombie as its last thread starts exiting, moments
+                // before /proc shows it: a young record leads /proc, an old one is wrong.
+                if now.saturating_sub(zombie.exit_ns) < RECORD_LEADS_PROC_NS {
+                    live.push((key, zombie));
+                } else if self.tracer.remove_zombie(&key)? {
                     self.totals.healed += 1;
                 }
                 continue;

@@ -1,8 +1,6 @@
-//! `sched_process_exit(task[, group_dead])`: counts processes whose last thread exits.
-//!
-//! It fires in `do_exit()` before `exit_notify()`, so whether a zombie is left is decided
-//! later (see `dead_switch`). `group_dead` is an argument only from 6.16 on; the live-thread
-//! count it is computed from works on every kernel.
+//! `sched_process_exit(task[, group_dead])`: processes whose last thread exits, and the
+//! zombies they leave (see `zombie`). `group_dead` is an argument only from 6.16 on; the
+//! live-thread count it is computed from works on every kernel.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
@@ -12,6 +10,7 @@ use crate::{
     events::report,
     maps::update_cgroup,
     task::{configured, Task},
+    zombie,
 };
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -26,6 +25,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
             let status = task.exit_code().unwrap_or(0);
             report(EventKind::Exit, task, status, 0, cgroup_id);
         }
+        zombie::record_if_left(task);
     }
     0
 }

@@ -73,14 +73,6 @@ impl KernelBtf {
         }
     }
 
-    /// First of `members` that `strukt` has (fields renamed across kernel versions).
-    pub fn first_member_offset(&self, strukt: &str, members: &[&str]) -> Result<u32> {
-        members
-            .iter()
-            .find_map(|m| self.member_offset(strukt, m).ok())
-            .with_context(|| format!("struct {strukt} has none of {}", members.join(", ")))
-    }
-
     fn find_member(&self, st: &btf_rs::Struct, member: &str) -> Result<Option<u32>> {
         for m in &st.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
@@ -121,34 +113,6 @@ impl KernelBtf {
         }
     }
 
-    /// Number of arguments a raw tracepoint passes (`btf_trace_<name>` is a typedef of a
-    /// pointer to a prototype whose first parameter is the BPF context).
-    pub fn tracepoint_args(&self, name: &str) -> Result<usize> {
-        let typedef = format!("btf_trace_{name}");
-        let Some(t) = self
-            .btf
-            .resolve_types_by_name(&typedef)
-            .map_err(|e| anyhow!("tracepoint {name} not in BTF: {e}"))?
-            .into_iter()
-            .next()
-        else {
-            bail!("tracepoint {name} not in BTF");
-        };
-        let mut t = t;
-        for _ in 0..4 {
-            t = match &t {
-                Type::FuncProto(proto) => return Ok(proto.parameters.len().saturating_sub(1)),
-                other => {
-                    let bt = other.as_btf_type().context("unexpected BTF kind")?;
-                    self.btf
-                        .resolve_chained_type(bt)
-                        .map_err(|e| anyhow!("{e}"))?
-                }
-            };
-        }
-        bail!("{typedef} is not a function prototype")
-    }
-
     /// Every offset the programs need; cgroup ids will refer to `hierarchy`.
     pub fn kernel_offsets(
         &self,
@@ -161,8 +125,6 @@ impl KernelBtf {
             + self.member_offset("k_sigaction", "sa")?;
         Ok(KernelOffsets {
             ready: 1,
-            task_state: self.first_member_offset("task_struct", &["__state", "state"])?,
-            task_exit_state: task("exit_state")?,
             task_exit_code: task("exit_code")?,
             task_exit_signal: task("exit_signal")?,
             task_pid: task("pid")?,
@@ -180,7 +142,6 @@ impl KernelBtf {
                 + self.member_offset("sigaction", "sa_handler")?,
             sighand_sigchld_flags: sigchld_action + self.member_offset("sigaction", "sa_flags")?,
             signal_live: self.member_offset("signal_struct", "live")?,
-            signal_nr_threads: self.member_offset("signal_struct", "nr_threads")?,
             css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
             css_set_pids_css: match hierarchy {
                 // subsys[] is an array of pointers indexed by the subsystem id.
@@ -222,8 +183,6 @@ mod tests {
         // `thread_info` (or the `__state` that follows it) opens task_struct on x86_64 with
         // THREAD_INFO_IN_TASK; every member we read lies inside the struct.
         let fields = [
-            offsets.task_state,
-            offsets.task_exit_state,
             offsets.task_exit_code,
             offsets.task_exit_signal,
             offsets.task_pid,
@@ -238,8 +197,7 @@ mod tests {
         assert!(fields.iter().all(|&f| f > 0 && f < 16384), "{offsets:?}");
         // tgid immediately follows pid (both pid_t) in every kernel since 2.6.
         assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
-        // exit_state, exit_code, exit_signal are consecutive ints.
-        assert_eq!(offsets.task_exit_code, offsets.task_exit_state + 4);
+        // exit_code and exit_signal are consecutive ints.
         assert_eq!(offsets.task_exit_signal, offsets.task_exit_code + 4);
         // live is the second atomic of signal_struct after sigcnt.
         assert_eq!(offsets.signal_live, 4);
@@ -257,9 +215,6 @@ mod tests {
         let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
         assert!(btf.member_offset("task_struct", "no_such_member").is_err());
         assert!(btf.member_offset("no_such_struct_xyz", "pid").is_err());
-        assert!(btf
-            .first_member_offset("task_struct", &["__nope", "pid"])
-            .is_ok());
     }
 
     #[test]
@@ -273,16 +228,6 @@ mod tests {
         assert!(btf
             .enum_value("cgroup_subsys_id", "no_such_cgrp_id")
             .is_err());
-    }
-
-    #[test]
-    fn tracepoint_argument_counts() {
-        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
-        assert_eq!(btf.tracepoint_args("sched_process_fork").unwrap(), 2);
-        assert_eq!(btf.tracepoint_args("sched_process_free").unwrap(), 1);
-        // 5.18+ passes prev_state as the 4th argument.
-        assert_eq!(btf.tracepoint_args("sched_switch").unwrap(), 4);
-        assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
     }
 
     #[test]

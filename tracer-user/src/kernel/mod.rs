@@ -76,24 +76,13 @@ impl Tracer {
         preflight::check_all()?;
         // Each parse of the kernel's BTF takes tens of MiB: this one is freed before aya
         // parses it again, so that the two never add up in the peak RSS.
-        let (offsets, switch) = {
-            let kernel_btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
-            let switch = if kernel_btf.tracepoint_args("sched_switch")? >= 4 {
-                "sched_switch"
-            } else {
-                "sched_switch_before_5_18"
-            };
-            (
-                kernel_btf.kernel_offsets(nsec_per_tick()?, hierarchy)?,
-                switch,
-            )
-        };
+        let offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
+            .kernel_offsets(nsec_per_tick()?, hierarchy)?;
         let hooks = [
             ("sched_process_fork", "sched_process_fork"),
             ("sched_process_exit", "sched_process_exit"),
             ("sched_process_wait", "sched_process_wait"),
             ("sched_process_free", "sched_process_free"),
-            (switch, "sched_switch"),
         ]
         .map(|(program, tracepoint)| Hook {
             program,

@@ -1,0 +1,83 @@
+//! Deciding, as a process dies, whether it leaves an unreaped child.
+//!
+//! `sched_process_exit` fires in `do_exit()` after the thread has been counted out of its
+//! group (`signal->live`) and its exit code set, and before `exit_notify()` hands the process
+//! to its parent. When the last thread of a group gets there, `exit_notify()` (or, if the
+//! leader went first, the release of this last thread) will notify the parent, and
+//! `do_notify_parent()`'s rule says what follows: the kernel reaps at once when the child is not
+//! traced, exits with SIGCHLD, and the parent ignores SIGCHLD or set `SA_NOCLDWAIT`; otherwise
+//! the process stays a zombie until reaped. Applying that rule here needs no `sched_switch`
+//! hook, so context switches cost nothing. Exits that leave nothing are excluded on the way:
+//! thread exits (the group lives on), and an exec from another thread (the exec'ing thread
+//! never exits, so the group never dies).
+//!
+//! The record is made microseconds before the process turns `Z` in /proc; userspace allows
+//! young records that lead /proc. A parent that changes its SIGCHLD disposition, or dies, in
+//! those microseconds is not followed here: the record is then healed, or reparented, from
+//! /proc.
+
+use tracer_common::{EventKind, ProcessKey, Zombie, SIGCHLD};
+
+use crate::{
+    events::report,
+    maps::{insert_zombie, update_cgroup},
+    task::{now_ns, Task},
+};
+
+/// Called for the last thread of a group to exit.
+#[inline(always)]
+pub fn record_if_left(dying: Task) {
+    let Some(leader) = dying.group_leader() else {
+        return;
+    };
+    if leaves_zombie(leader) == Some(true) {
+        record(leader);
+    }
+}
+
+#[inline(always)]
+fn leaves_zombie(leader: Task) -> Option<bool> {
+    let exit_signal = leader.exit_signal()?;
+    if leader.is_ptraced()? || exit_signal != SIGCHLD {
+        // Never autoreaped: a traced child is reported to its tracer first; any other exit
+        // signal (0 included) is not subject to SIGCHLD's disposition.
+        return Some(true);
+    }
+    Some(!leader.real_parent()?.autoreaps_children()?)
+}
+
+#[inline(always)]
+fn record(leader: Task) {
+    let (Some(tgid), Some(start_ticks)) = (leader.tgid(), leader.start_ticks()) else {
+        return;
+    };
+    let Some(parent) = leader.real_parent() else {
+        return;
+    };
+    let Some(parent_key) = parent.process_key() else {
+        return;
+    };
+    let parent_cgroup_id = parent.cgroup_id().unwrap_or(0);
+    let zombie = Zombie {
+        parent: parent_key,
+        exit_ns: now_ns(),
+        cgroup_id: leader.cgroup_id().unwrap_or(0),
+        parent_cgroup_id,
+        exit_status: leader.exit_code().unwrap_or(0),
+        exit_signal: leader.exit_signal().unwrap_or(0),
+        flags: 0,
+        comm: leader.comm().unwrap_or([0; 16]),
+        _pad: 0,
+    };
+    // Two threads finishing together can both see the group dead: the first insert wins.
+    if insert_zombie(&ProcessKey::new(tgid, start_ticks), &zombie) {
+        update_cgroup(parent_cgroup_id, |c| c.zombies_created += 1);
+        report(
+            EventKind::Zombie,
+            leader,
+            zombie.exit_status,
+            0,
+            zombie.cgroup_id,
+        );
+    }
+}
