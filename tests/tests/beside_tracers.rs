@@ -46,7 +46,11 @@ struct OtherTracer {
 
 impl OtherTracer {
     /// Starts `cmd` and waits for the line saying its programs are attached.
-    fn start(name: &'static str, cmd: &mut Command, ready: impl Fn(&str) -> bool) -> Self {
+    fn start(
+        name: &'static str,
+        cmd: &mut Command,
+        ready: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -61,31 +65,34 @@ impl OtherTracer {
             let _ = err_pipe.read_to_string(&mut text);
             collected.lock().unwrap().push_str(&text);
         });
+        // Read on a thread, so that a tracer that never reports ready fails the test in
+        // bounded time instead of hanging it.
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if ready(&line) => break,
-                Some(Ok(_)) => {}
-                _ => {
-                    let status = child.wait().unwrap();
-                    std::thread::sleep(Duration::from_millis(100));
-                    panic!(
-                        "{name} ended before attaching ({status}): {}",
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        }
-        let helper_lines = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&helper_lines);
-        // Drained continuously: a tracer blocked on a full pipe would stop consuming events.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let counter_lines = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&counter_lines);
         std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if line.contains("zombie-helper") {
+            let mut attached = false;
+            for line in lines.by_ref().map_while(Result::ok) {
+                if !attached && ready(&line) {
+                    attached = true;
+                    let _ = ready_tx.send(());
+                } else if attached && line.contains("zombie-helper") {
+                    // Drained continuously: a tracer blocked on a full pipe stops consuming.
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let status = child.try_wait().ok().flatten();
+            let _ = child.kill();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "{name} did not report its programs attached within 60 s ({status:?}): {}",
+                stderr.lock().unwrap()
+            );
+        }
+        let helper_lines = counter_lines;
         Self {
             name,
             child,
@@ -138,13 +145,14 @@ fn traced_children(engine: &mut StateEngine, parent: u32) -> Vec<(u32, bool)> {
 fn storm_and_leaks_are_exact_beside_exitsnoop_and_bpftrace() {
     let mut exitsnoop = OtherTracer::start(
         "exitsnoop",
-        &mut Command::new("/usr/sbin/exitsnoop"),
+        // Line-buffered: piped, its stdio would hold the header back until 4 KiB of events.
+        Command::new("stdbuf").args(["-oL", "/usr/sbin/exitsnoop"]),
         // The column header comes once the programs are attached.
         |line| line.contains("PID"),
     );
     let mut bpftrace = OtherTracer::start(
         "bpftrace",
-        Command::new("bpftrace").args(["-e", BPFTRACE_SCRIPT]),
+        Command::new("stdbuf").args(["-oL", "bpftrace", "-e", BPFTRACE_SCRIPT]),
         |line| line.starts_with("Attaching"),
     );
     // Loaded after the others, never reconciled: everything it reports, its programs saw.
