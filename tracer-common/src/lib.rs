@@ -50,7 +50,14 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
     pub nsec_per_tick: u32,
+    /// Optional helpers the running kernel has ([`HELPER_CURRENT_TASK_BTF`]). The programs
+    /// call one only when its bit is set; the verifier drops the other branch as dead code,
+    /// so older kernels never see the call.
+    pub helpers: u32,
 }
+
+/// `bpf_get_current_task_btf` (5.11+): the current task as a typed pointer.
+pub const HELPER_CURRENT_TASK_BTF: u32 = 1 << 0;
 
 /// Cgroup ids are the task's unified (v2) cgroup: hosts that run containers on cgroup v2.
 pub const CGROUP_UNIFIED: u32 = 0;
@@ -182,7 +189,11 @@ pub fn lifetime_bucket(lifetime_ns: u64) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitRecord {
     pub start_ticks: u64,
+    /// `CLOCK_MONOTONIC` of the first wait in the kernel tick of the last one: the clock is
+    /// read once a tick, not at every wait of a busy parent.
     pub last_wait_ns: u64,
+    /// `jiffies` when `last_wait_ns` was taken.
+    pub jiffies: u64,
 }
 
 /// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
@@ -281,7 +292,8 @@ mod tests {
     fn shared_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 23 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 24 * 4);
+        assert_eq!(core::mem::size_of::<WaitRecord>(), 3 * 8);
         assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }

@@ -4,19 +4,25 @@ use tracer_common::{Event, EventKind};
 
 use crate::{
     maps::{emit, tracing},
-    task::{now_ns, Task},
+    task::{now_ns, Access, Task},
 };
 
 /// Reports `kind` for the process `process` leads.
 #[inline(always)]
-pub fn report(kind: EventKind, process: Task, exit_status: i32, age_ns: u64, cgroup_id: u64) {
+pub fn report<A: Access>(
+    kind: EventKind,
+    process: Task<A>,
+    exit_status: i32,
+    age_ns: u64,
+    cgroup_id: impl FnOnce() -> Option<u64>,
+) {
     if !tracing() {
         return;
     }
     let event = Event {
         time_ns: now_ns(),
         age_ns,
-        cgroup_id,
+        cgroup_id: cgroup_id().unwrap_or(0),
         kind: kind as u32,
         pid: process.tgid().unwrap_or(0),
         ppid: process.real_parent().and_then(Task::tgid).unwrap_or(0),

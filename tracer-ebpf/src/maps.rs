@@ -21,7 +21,8 @@ static ZOMBIES: HashMap<ProcessKey, Zombie> = HashMap::with_max_entries(65536, 0
 static CGROUP_COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
     PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Last wait per tgid; entries are removed when the process is freed.
+/// Last wait per tgid. Userspace drops the entries of processes that are gone: a parent
+/// waits many times, but most processes never wait, so the free hook does not look here.
 #[map]
 static WAITS: HashMap<u32, WaitRecord> = HashMap::with_max_entries(65536, 0);
 
@@ -109,17 +110,27 @@ pub fn record_lifetime(lifetime_ns: u64) {
     }
 }
 
-pub fn record_wait(tgid: u32, record: &WaitRecord) {
-    if WAITS.insert(tgid, record, 0).is_err() {
-        count_loss(Loss::WaitsMapFull);
-    }
-}
-
-pub fn forget_wait(tgid: u32, start_ticks: u64) {
-    // Only if the entry is this process's: a reused tgid may already have its own.
-    if let Some(record) = unsafe { WAITS.get(tgid) } {
-        if record.start_ticks == start_ticks {
-            let _ = WAITS.remove(tgid);
+/// Notes that `process` waited during tick `jiffies`; `now_ns` reads the clock.
+pub fn record_wait(process: &ProcessKey, jiffies: u64, now_ns: impl FnOnce() -> u64) {
+    // A parent usually waits again and again: its own record is updated in place, which
+    // spares the hash map's locked update, and the clock read (a trap on some virtual
+    // machines) once a tick.
+    if let Some(record) = WAITS.get_ptr_mut(process.tgid) {
+        let record = unsafe { &mut *record };
+        if record.start_ticks == process.start_ticks {
+            if record.jiffies != jiffies {
+                record.last_wait_ns = now_ns();
+                record.jiffies = jiffies;
+            }
+            return;
         }
+    }
+    let record = WaitRecord {
+        start_ticks: process.start_ticks,
+        last_wait_ns: now_ns(),
+        jiffies,
+    };
+    if WAITS.insert(process.tgid, record, 0).is_err() {
+        count_loss(Loss::WaitsMapFull);
     }
 }

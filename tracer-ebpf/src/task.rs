@@ -1,9 +1,22 @@
 //! Reads of kernel struct members at offsets that userspace resolved from BTF.
+//!
+//! Most pointers the hooks follow are typed: a `tp_btf` argument is a `struct task_struct *`
+//! the verifier knows from the kernel's BTF, and so is every pointer loaded from one. Members
+//! of those are read with plain loads ([`Typed`]): the offsets come from a frozen read-only
+//! global, which the verifier treats as constants, checks against the kernel's BTF, and turns
+//! each load into a fault-safe one. That costs a few ns where a `bpf_probe_read_kernel` call
+//! costs about 50 here; the helper ([`Probed`]) remains for the untyped current task of
+//! `sched_process_wait` and for `comm`, a byte array.
 
-use core::mem::MaybeUninit;
+use core::{marker::PhantomData, mem::MaybeUninit};
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_probe_read_kernel};
-use tracer_common::{KernelOffsets, Loss, CGROUP_V1_PIDS, SA_NOCLDWAIT, SIG_IGN};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns,
+    generated::bpf_probe_read_kernel,
+};
+use tracer_common::{
+    KernelOffsets, Loss, ProcessKey, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN,
+};
 
 use crate::maps::count_loss;
 
@@ -34,6 +47,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_kn: 0,
     kernfs_node_id: 0,
     nsec_per_tick: 0,
+    helpers: 0,
 };
 
 /// One member offset. The volatile read keeps the compiler from folding the zeroed default.
@@ -47,80 +61,165 @@ pub fn configured() -> bool {
     offset!(ready) != 0
 }
 
+fn has_helper(bit: u32) -> bool {
+    offset!(helpers) as u32 & bit != 0
+}
+
+/// `CLOCK_MONOTONIC`, exact: for trace events.
 pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Reads a `T` at `base + offset`; a failed read is counted, never silent.
-///
-/// The value is loaded from the stack on both outcomes (the helper zeroes it on failure).
-/// Loaded only on success, the compiler keeps it in a register that the failure path never
-/// writes; the 6.1 verifier cannot tell that later uses only follow success and rejects the
-/// program ("R8 !read_ok"; 6.12 and 6.18 accept it).
-#[inline(always)]
-fn read<T>(base: *const u8, offset: usize) -> Option<T> {
-    if base.is_null() {
-        return None;
-    }
-    let mut value = MaybeUninit::<T>::uninit();
-    let ret = unsafe {
-        bpf_probe_read_kernel(
-            value.as_mut_ptr().cast(),
-            size_of::<T>() as u32,
-            base.wrapping_add(offset).cast(),
-        )
-    };
-    // SAFETY: the helper wrote all size_of::<T>() bytes (the data, or zeroes on failure).
-    let value = unsafe { core::ptr::read_volatile(value.as_ptr()) };
-    if ret == 0 {
-        Some(value)
-    } else {
-        count_loss(Loss::KernelRead);
-        None
+/// The kernel's tick counter: a plain read, where the clock may cost a trap.
+pub fn jiffies() -> u64 {
+    unsafe { bpf_jiffies64() }
+}
+
+/// How a `T` is read at a kernel address.
+pub trait Access: Copy {
+    fn load<T>(address: *const u8) -> T;
+}
+
+/// A plain load through a BTF-typed pointer; a fault reads as zero.
+#[derive(Clone, Copy)]
+pub struct Typed;
+
+impl Access for Typed {
+    #[inline(always)]
+    fn load<T>(address: *const u8) -> T {
+        // Volatile: one load per member, never merged across members (the verifier checks
+        // each load against a single member).
+        unsafe { core::ptr::read_volatile(address.cast()) }
     }
 }
 
-/// A `struct task_struct *`.
+/// `bpf_probe_read_kernel`, for untyped pointers; a fault reads as zero and is counted.
 #[derive(Clone, Copy)]
-pub struct Task(*const u8);
+pub struct Probed;
 
-impl Task {
-    pub fn from_ptr(ptr: *const u8) -> Self {
-        Self(ptr)
+impl Access for Probed {
+    /// The value is loaded from the stack on both outcomes (the helper zeroes it on failure).
+    /// Loaded only on success, the compiler keeps it in a register that the failure path never
+    /// writes; the 6.1 verifier cannot tell that later uses only follow success and rejects the
+    /// program ("R8 !read_ok"; 6.12 and 6.18 accept it).
+    #[inline(always)]
+    fn load<T>(address: *const u8) -> T {
+        let mut value = MaybeUninit::<T>::uninit();
+        let ret = unsafe {
+            bpf_probe_read_kernel(
+                value.as_mut_ptr().cast(),
+                size_of::<T>() as u32,
+                address.cast(),
+            )
+        };
+        if ret != 0 {
+            count_loss(Loss::KernelRead);
+        }
+        // SAFETY: the helper wrote all size_of::<T>() bytes (the data, or zeroes on failure).
+        unsafe { core::ptr::read_volatile(value.as_ptr()) }
+    }
+}
+
+/// Reads a `T` at `base + offset`; `None` for a null `base`.
+#[inline(always)]
+fn read<A: Access, T>(base: *const u8, offset: usize) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    Some(A::load(base.wrapping_add(offset)))
+}
+
+/// Reads a pointer at `base + offset`; a null one is `None`, and counted: every pointer read
+/// here is set for as long as the hooks look at it.
+#[inline(always)]
+fn read_pointer<A: Access>(base: *const u8, offset: usize) -> Option<*const u8> {
+    let pointer: *const u8 = read::<A, _>(base, offset)?;
+    if pointer.is_null() {
+        count_loss(Loss::KernelRead);
+        return None;
+    }
+    Some(pointer)
+}
+
+/// A `struct task_struct *`, read the way `A` says.
+#[derive(Clone, Copy)]
+pub struct Task<A: Access = Typed>(*const u8, PhantomData<A>);
+
+impl Task<Typed> {
+    /// A task pointer from a `tp_btf` argument.
+    pub fn from_arg(ptr: *const u8) -> Self {
+        Self(ptr, PhantomData)
+    }
+}
+
+impl Task<Typed> {
+    /// The current task, typed; only where the kernel has `bpf_get_current_task_btf`.
+    pub fn current_typed() -> Option<Self> {
+        has_helper(HELPER_CURRENT_TASK_BTF).then(|| {
+            Self(
+                unsafe { bpf_get_current_task_btf() } as *const u8,
+                PhantomData,
+            )
+        })
+    }
+}
+
+impl Task<Probed> {
+    pub fn current() -> Self {
+        Self(unsafe { bpf_get_current_task() } as *const u8, PhantomData)
+    }
+}
+
+impl<A: Access> Task<A> {
+    fn read<T>(self, offset: usize) -> Option<T> {
+        read::<A, T>(self.0, offset)
+    }
+
+    fn pointer(self, offset: usize) -> Option<*const u8> {
+        read_pointer::<A>(self.0, offset)
+    }
+
+    /// Whether both are the same task.
+    pub fn is(self, other: Self) -> bool {
+        self.0 == other.0
     }
 
     /// The task's thread id.
     pub fn pid(self) -> Option<u32> {
-        read(self.0, offset!(task_pid))
+        self.read(offset!(task_pid))
     }
 
     pub fn tgid(self) -> Option<u32> {
-        read(self.0, offset!(task_tgid))
+        self.read(offset!(task_tgid))
     }
 
     pub fn exit_code(self) -> Option<i32> {
-        read(self.0, offset!(task_exit_code))
+        self.read(offset!(task_exit_code))
     }
 
     pub fn exit_signal(self) -> Option<i32> {
-        read(self.0, offset!(task_exit_signal))
+        self.read(offset!(task_exit_signal))
     }
 
+    /// Always by the helper: the verifier checks typed loads per member, and `comm` is an
+    /// array of bytes.
     pub fn comm(self) -> Option<[u8; 16]> {
-        read(self.0, offset!(task_comm))
+        read::<Probed, _>(self.0, offset!(task_comm))
     }
 
-    pub fn group_leader(self) -> Option<Task> {
-        read::<*const u8>(self.0, offset!(task_group_leader)).map(Task)
+    pub fn group_leader(self) -> Option<Self> {
+        self.pointer(offset!(task_group_leader))
+            .map(|ptr| Self(ptr, PhantomData))
     }
 
-    pub fn real_parent(self) -> Option<Task> {
-        read::<*const u8>(self.0, offset!(task_real_parent)).map(Task)
+    pub fn real_parent(self) -> Option<Self> {
+        self.pointer(offset!(task_real_parent))
+            .map(|ptr| Self(ptr, PhantomData))
     }
 
     /// Start time in `USER_HZ` ticks since boot, as `/proc/<pid>/stat` field 22 shows it.
     pub fn start_ticks(self) -> Option<u64> {
-        let boottime_ns: u64 = read(self.0, offset!(task_start_boottime))?;
+        let boottime_ns: u64 = self.read(offset!(task_start_boottime))?;
         let per_tick = offset!(nsec_per_tick) as u64;
         if per_tick == 0 {
             return None;
@@ -129,50 +228,49 @@ impl Task {
     }
 
     pub fn is_ptraced(self) -> Option<bool> {
-        Some(read::<u32>(self.0, offset!(task_ptrace))? != 0)
+        Some(self.read::<u32>(offset!(task_ptrace))? != 0)
     }
 
     /// Whether an exit notification to this process reaps the child at once: the rule of
     /// `do_notify_parent()` (SIGCHLD ignored, or `SA_NOCLDWAIT`).
     pub fn autoreaps_children(self) -> Option<bool> {
-        let sighand: *const u8 = read(self.0, offset!(task_sighand))?;
-        let handler: u64 = read(sighand, offset!(sighand_sigchld_handler))?;
-        let flags: u64 = read(sighand, offset!(sighand_sigchld_flags))?;
+        let sighand = self.pointer(offset!(task_sighand))?;
+        let handler: u64 = read::<A, _>(sighand, offset!(sighand_sigchld_handler))?;
+        let flags: u64 = read::<A, _>(sighand, offset!(sighand_sigchld_flags))?;
         Some(handler == SIG_IGN || flags & SA_NOCLDWAIT != 0)
-    }
-
-    fn signal(self) -> Option<*const u8> {
-        read(self.0, offset!(task_signal))
     }
 
     /// Threads of the group that have not yet started `do_exit()`.
     pub fn live_threads(self) -> Option<i32> {
-        read(self.signal()?, offset!(signal_live))
+        let signal = self.pointer(offset!(task_signal))?;
+        read::<A, _>(signal, offset!(signal_live))
+    }
+
+    /// The task's `css_set`: tasks with the same one are in the same cgroups.
+    pub fn css_set(self) -> Option<*const u8> {
+        self.pointer(offset!(task_cgroups))
     }
 
     /// Id (kernfs inode number) of the task's cgroup in the hierarchy userspace chose.
     pub fn cgroup_id(self) -> Option<u64> {
-        let css_set: *const u8 = read(self.0, offset!(task_cgroups))?;
-        let cgroup: *const u8 = if offset!(cgroup_hierarchy) as u32 == CGROUP_V1_PIDS {
-            let css: *const u8 = read(css_set, offset!(css_set_pids_css))?;
-            read(css, offset!(css_cgroup))?
-        } else {
-            read(css_set, offset!(css_set_dfl_cgrp))?
-        };
-        let kernfs_node: *const u8 = read(cgroup, offset!(cgroup_kn))?;
-        read(kernfs_node, offset!(kernfs_node_id))
-    }
-
-    pub fn current() -> Task {
-        Task(unsafe { bpf_get_current_task() } as *const u8)
+        cgroup_id_of::<A>(self.css_set()?)
     }
 
     /// `(tgid, start ticks)` of this task's thread group.
-    pub fn process_key(self) -> Option<tracer_common::ProcessKey> {
+    pub fn process_key(self) -> Option<ProcessKey> {
         let leader = self.group_leader()?;
-        Some(tracer_common::ProcessKey::new(
-            leader.tgid()?,
-            leader.start_ticks()?,
-        ))
+        Some(ProcessKey::new(leader.tgid()?, leader.start_ticks()?))
     }
+}
+
+/// Id of the cgroup a `css_set` puts its tasks in, in the hierarchy userspace chose.
+pub fn cgroup_id_of<A: Access>(css_set: *const u8) -> Option<u64> {
+    let cgroup = if offset!(cgroup_hierarchy) as u32 == CGROUP_V1_PIDS {
+        let css = read_pointer::<A>(css_set, offset!(css_set_pids_css))?;
+        read_pointer::<A>(css, offset!(css_cgroup))?
+    } else {
+        read_pointer::<A>(css_set, offset!(css_set_dfl_cgrp))?
+    };
+    let kernfs_node = read_pointer::<A>(cgroup, offset!(cgroup_kn))?;
+    read::<A, _>(kernfs_node, offset!(kernfs_node_id))
 }

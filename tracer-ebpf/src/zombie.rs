@@ -20,64 +20,61 @@ use tracer_common::{EventKind, ProcessKey, Zombie, SIGCHLD};
 
 use crate::{
     events::report,
-    maps::{insert_zombie, update_cgroup},
+    maps::insert_zombie,
     task::{now_ns, Task},
 };
 
-/// Called for the last thread of a group to exit.
+/// Called for the last thread of a group to exit, with its cgroup id. Returns the parent's
+/// cgroup id if the group left a zombie not recorded before; the caller counts it there.
 #[inline(always)]
-pub fn record_if_left(dying: Task) {
-    let Some(leader) = dying.group_leader() else {
-        return;
-    };
-    if leaves_zombie(leader) == Some(true) {
-        record(leader);
+pub fn record_if_left(dying: Task, dying_cgroup_id: Option<u64>) -> Option<u64> {
+    let leader = dying.group_leader()?;
+    let (exit_signal, parent) = (leader.exit_signal()?, leader.real_parent()?);
+    if leaves_zombie(leader, parent, exit_signal)? {
+        // Almost always the leader itself exits last: its cgroup is known then.
+        let cgroup_id = if leader.is(dying) {
+            dying_cgroup_id
+        } else {
+            leader.cgroup_id()
+        };
+        record(leader, parent, exit_signal, cgroup_id.unwrap_or(0))
+    } else {
+        None
     }
 }
 
 #[inline(always)]
-fn leaves_zombie(leader: Task) -> Option<bool> {
-    let exit_signal = leader.exit_signal()?;
+fn leaves_zombie(leader: Task, parent: Task, exit_signal: i32) -> Option<bool> {
     if leader.is_ptraced()? || exit_signal != SIGCHLD {
         // Never autoreaped: a traced child is reported to its tracer first; any other exit
         // signal (0 included) is not subject to SIGCHLD's disposition.
         return Some(true);
     }
-    Some(!leader.real_parent()?.autoreaps_children()?)
+    Some(!parent.autoreaps_children()?)
 }
 
 #[inline(always)]
-fn record(leader: Task) {
-    let (Some(tgid), Some(start_ticks)) = (leader.tgid(), leader.start_ticks()) else {
-        return;
-    };
-    let Some(parent) = leader.real_parent() else {
-        return;
-    };
-    let Some(parent_key) = parent.process_key() else {
-        return;
-    };
+fn record(leader: Task, parent: Task, exit_signal: i32, cgroup_id: u64) -> Option<u64> {
+    let (tgid, start_ticks) = (leader.tgid()?, leader.start_ticks()?);
+    let parent_key = parent.process_key()?;
     let parent_cgroup_id = parent.cgroup_id().unwrap_or(0);
     let zombie = Zombie {
         parent: parent_key,
         exit_ns: now_ns(),
-        cgroup_id: leader.cgroup_id().unwrap_or(0),
+        cgroup_id,
         parent_cgroup_id,
         exit_status: leader.exit_code().unwrap_or(0),
-        exit_signal: leader.exit_signal().unwrap_or(0),
+        exit_signal,
         flags: 0,
         comm: leader.comm().unwrap_or([0; 16]),
         _pad: 0,
     };
     // Two threads finishing together can both see the group dead: the first insert wins.
-    if insert_zombie(&ProcessKey::new(tgid, start_ticks), &zombie) {
-        update_cgroup(parent_cgroup_id, |c| c.zombies_created += 1);
-        report(
-            EventKind::Zombie,
-            leader,
-            zombie.exit_status,
-            0,
-            zombie.cgroup_id,
-        );
+    if !insert_zombie(&ProcessKey::new(tgid, start_ticks), &zombie) {
+        return None;
     }
+    report(EventKind::Zombie, leader, zombie.exit_status, 0, || {
+        Some(cgroup_id)
+    });
+    Some(parent_cgroup_id)
 }

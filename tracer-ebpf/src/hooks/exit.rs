@@ -18,14 +18,35 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    let task = Task::from_ptr(ctx.arg(0));
-    if task.live_threads() == Some(0) {
-        if let Some(cgroup_id) = task.cgroup_id() {
-            update_cgroup(cgroup_id, |c| c.exits += 1);
-            let status = task.exit_code().unwrap_or(0);
-            report(EventKind::Exit, task, status, 0, cgroup_id);
+    let task = Task::from_arg(ctx.arg(0));
+    if task.live_threads() != Some(0) {
+        return 0;
+    }
+    let cgroup_id = task.cgroup_id();
+    if let Some(cgroup_id) = cgroup_id {
+        report(
+            EventKind::Exit,
+            task,
+            task.exit_code().unwrap_or(0),
+            0,
+            || Some(cgroup_id),
+        );
+    }
+    let zombie_parent_cgroup_id = zombie::record_if_left(task, cgroup_id);
+    // Parent and child usually share a cgroup: one counter update then serves both.
+    match (cgroup_id, zombie_parent_cgroup_id) {
+        (Some(exited), Some(parent)) if exited == parent => update_cgroup(exited, |c| {
+            c.exits += 1;
+            c.zombies_created += 1;
+        }),
+        (exited, parent) => {
+            if let Some(exited) = exited {
+                update_cgroup(exited, |c| c.exits += 1);
+            }
+            if let Some(parent) = parent {
+                update_cgroup(parent, |c| c.zombies_created += 1);
+            }
         }
-        zombie::record_if_left(task);
     }
     0
 }

@@ -15,17 +15,16 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    let child = Task::from_ptr(ctx.arg(1));
+    let parent = Task::from_arg(ctx.arg(0));
+    let child = Task::from_arg(ctx.arg(1));
     // The tracepoint fires for threads too; a new process is its own group leader.
-    let (Some(pid), Some(tgid)) = (child.pid(), child.tgid()) else {
+    if child.pid().is_none() || child.pid() != child.tgid() {
         return 0;
-    };
-    if pid == tgid {
-        // Charged to the parent's cgroup, where the fork happened.
-        if let Some(cgroup_id) = Task::current().cgroup_id() {
-            update_cgroup(cgroup_id, |c| c.forks += 1);
-            report(EventKind::Fork, child, 0, 0, cgroup_id);
-        }
+    }
+    // Charged to the parent's cgroup, where the fork happened.
+    if let Some(cgroup_id) = parent.cgroup_id() {
+        update_cgroup(cgroup_id, |c| c.forks += 1);
+        report(EventKind::Fork, child, 0, 0, || Some(cgroup_id));
     }
     0
 }

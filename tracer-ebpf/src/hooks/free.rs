@@ -12,7 +12,7 @@ use tracer_common::{EventKind, ProcessKey, ZOMBIE_SEEN_LATE};
 
 use crate::{
     events::report,
-    maps::{forget_wait, record_lifetime, take_zombie, update_cgroup},
+    maps::{record_lifetime, take_zombie, update_cgroup},
     task::{configured, now_ns, Task},
 };
 
@@ -21,7 +21,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    let task = Task::from_ptr(ctx.arg(0));
+    let task = Task::from_arg(ctx.arg(0));
     let (Some(pid), Some(tgid)) = (task.pid(), task.tgid()) else {
         return 0;
     };
@@ -32,7 +32,6 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     let Some(start_ticks) = task.start_ticks() else {
         return 0;
     };
-    forget_wait(tgid, start_ticks);
     // A zombie found in /proc rather than seen created is not counted reaped either.
     if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
         let lifetime = now_ns().saturating_sub(zombie.exit_ns);
@@ -40,13 +39,9 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
             update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
             record_lifetime(lifetime);
         }
-        report(
-            EventKind::Reap,
-            task,
-            zombie.exit_status,
-            lifetime,
-            zombie.cgroup_id,
-        );
+        report(EventKind::Reap, task, zombie.exit_status, lifetime, || {
+            Some(zombie.cgroup_id)
+        });
     }
     0
 }

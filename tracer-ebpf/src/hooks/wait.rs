@@ -2,12 +2,12 @@
 //! tells a parent that never waits from one that waits for the wrong children.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{EventKind, WaitRecord};
+use tracer_common::EventKind;
 
 use crate::{
     events::report,
     maps::record_wait,
-    task::{configured, now_ns, Task},
+    task::{configured, jiffies, now_ns, Access, Task},
 };
 
 #[btf_tracepoint(function = "sched_process_wait")]
@@ -15,22 +15,19 @@ pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
-    let current = Task::current();
-    report(
-        EventKind::Wait,
-        current,
-        0,
-        0,
-        current.cgroup_id().unwrap_or(0),
-    );
-    if let Some(process) = current.process_key() {
-        record_wait(
-            process.tgid,
-            &WaitRecord {
-                start_ticks: process.start_ticks,
-                last_wait_ns: now_ns(),
-            },
-        );
+    // The tracepoint's only argument is a `struct pid`: the waiter is the current task, typed
+    // from 5.11 on and read by the helper before.
+    match Task::current_typed() {
+        Some(current) => remember(current),
+        None => remember(Task::current()),
     }
     0
+}
+
+#[inline(always)]
+fn remember<A: Access>(waiter: Task<A>) {
+    report(EventKind::Wait, waiter, 0, 0, || waiter.cgroup_id());
+    if let Some(process) = waiter.process_key() {
+        record_wait(&process, jiffies(), now_ns);
+    }
 }

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Btf, Type};
-use tracer_common::{KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, SIGCHLD};
+use tracer_common::{
+    KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SIGCHLD,
+};
 
 use crate::cgroup::HierarchyKind;
 
@@ -161,6 +163,14 @@ impl KernelBtf {
             cgroup_kn: self.member_offset("cgroup", "kn")?,
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             nsec_per_tick,
+            helpers: if self
+                .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+                .is_ok()
+            {
+                HELPER_CURRENT_TASK_BTF
+            } else {
+                0
+            },
         })
     }
 }
@@ -204,6 +214,8 @@ mod tests {
         // The pids css pointer lies inside css_set's leading subsys[] array.
         assert!(offsets.css_set_pids_css < offsets.css_set_dfl_cgrp);
         assert_eq!(offsets.cgroup_hierarchy, CGROUP_V1_PIDS);
+        // Every kernel the suite runs on (6.1 and later) has it; 5.5 to 5.10 do not.
+        assert_eq!(offsets.helpers, HELPER_CURRENT_TASK_BTF);
         let unified = btf
             .kernel_offsets(10_000_000, HierarchyKind::Unified)
             .unwrap();
