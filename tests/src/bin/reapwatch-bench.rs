@@ -7,12 +7,14 @@
 //!
 //!   Both print `wall_ns W cpu_ns C`: elapsed time, and the CPU time (user + system) of the
 //!   workload's processes, which other load on the machine barely changes.
-//! - `reapwatch-bench hold [stats]`: loads reapwatch's programs and state engine and
+//! - `reapwatch-bench hold [stats] [idle]`: loads reapwatch's programs and state engine and
 //!   refreshes it every second, as a resident agent would; prints `ready`, answers each
 //!   `stats` line on stdin with `run_ns T run_cnt C` (time spent in its programs and their
 //!   runs so far: with `stats`, it turns on the kernel's BPF run-time statistics while it
 //!   runs), and at end of stdin prints `rss_kib PEAK map_bytes M prog_bytes P` (kernel
-//!   memory charged to its maps and programs).
+//!   memory charged to its maps and programs). With `idle`, the programs are attached
+//!   unconfigured (each returns at its first check) and no state engine runs: the baseline
+//!   of what the statistics themselves add to a program run.
 
 use std::{
     io,
@@ -21,7 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reapwatch::{cgroup::HierarchyChoice, kernel::MapSizes, state::StateEngine};
+use reapwatch::{
+    cgroup::HierarchyChoice,
+    kernel::{MapSizes, Tracer},
+    state::StateEngine,
+};
 
 fn fail(message: &str) -> ! {
     eprintln!("reapwatch-bench: {message}");
@@ -43,8 +49,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("storm") => report(storm, count()),
         Some("pingpong") => report(pingpong, count()),
-        Some("hold") => hold(args.get(1).is_some_and(|a| a == "stats")),
-        _ => fail("usage: reapwatch-bench storm N | pingpong N | hold"),
+        Some("hold") => {
+            let flag = |name: &str| args[1..].iter().any(|a| a == name);
+            hold(flag("stats"), flag("idle"))
+        }
+        _ => fail("usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle]"),
     }
 }
 
@@ -137,19 +146,27 @@ fn pingpong(n: u64) {
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
 }
 
-fn hold(stats: bool) {
+fn hold(stats: bool, idle: bool) {
     // The kernel keeps statistics while this file descriptor is open.
     let _stats_fd = stats.then(enable_bpf_stats);
-    let mut engine = StateEngine::load(
-        MapSizes::default(),
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
-        HierarchyChoice::Auto,
-    )
-    .unwrap_or_else(|err| fail(&format!("{err:#}")));
-    engine
-        .reconcile()
-        .unwrap_or_else(|err| fail(&format!("{err:#}")));
+    let (mut engine, _idle_programs) = if idle {
+        (
+            None,
+            Some(Tracer::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
+        )
+    } else {
+        let mut engine = StateEngine::load(
+            MapSizes::default(),
+            Path::new("/proc"),
+            Path::new("/sys/fs/cgroup"),
+            HierarchyChoice::Auto,
+        )
+        .unwrap_or_else(|e| fail(&format!("{e:#}")));
+        engine
+            .reconcile()
+            .unwrap_or_else(|e| fail(&format!("{e:#}")));
+        (Some(engine), None)
+    };
     println!("ready");
     let (done, stop) = mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -163,9 +180,9 @@ fn hold(stats: bool) {
         let _ = done.send(());
     });
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
-        engine
-            .refresh()
-            .unwrap_or_else(|err| fail(&format!("{err:#}")));
+        if let Some(engine) = engine.as_mut() {
+            engine.refresh().unwrap_or_else(|e| fail(&format!("{e:#}")));
+        }
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let peak_rss_kib = fdinfo_field(&status, "VmHWM:");

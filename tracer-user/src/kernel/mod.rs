@@ -13,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS, LOSS_KINDS,
+    CgroupCounters, KernelOffsets, LifetimeHistogram, ProcessKey, WaitRecord, Zombie,
+    LIFETIME_BUCKETS, LOSS_KINDS,
 };
 
 use self::btf::KernelBtf;
@@ -78,6 +79,17 @@ impl Tracer {
         // parses it again, so that the two never add up in the peak RSS.
         let offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
             .kernel_offsets(nsec_per_tick()?, hierarchy)?;
+        Self::load_with(&offsets, sizes)
+    }
+
+    /// The same programs on the same tracepoints, left unconfigured: each returns at its
+    /// first check. The benchmark's baseline for what measuring a program run costs.
+    pub fn load_unconfigured() -> Result<Self> {
+        preflight::check_all()?;
+        Self::load_with(&KernelOffsets::default(), MapSizes::default())
+    }
+
+    fn load_with(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Self> {
         let hooks = [
             ("sched_process_fork", "sched_process_fork"),
             ("sched_process_exit", "sched_process_exit"),
@@ -93,7 +105,7 @@ impl Tracer {
         // A ring buffer is a power-of-two number of pages.
         let ring_bytes = sizes.event_buffer.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
+            .override_global("OFFSETS", offsets, true)
             .override_global("TRACE_EVENTS", &tracing, true)
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("ZOMBIES", sizes.zombies)
