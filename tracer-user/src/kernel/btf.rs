@@ -1,10 +1,14 @@
 //! Struct member offsets and tracepoint layouts from the running kernel's BTF, so that nothing
 //! about one kernel's layout is baked into the programs.
 
-use std::path::Path;
+use std::{
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use tracer_common::{
     KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SIGCHLD,
 };
@@ -16,9 +20,26 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
+    /// Opens BTF with btf-rs's mmap backend, which decodes types on demand: a few MiB, where
+    /// decoding all of a kernel's takes about 40 (the tracer's peak RSS). The kernel lets
+    /// `/sys/kernel/btf/*` be mapped only from 6.16 on, so the data is copied to a memfd.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path)
-            .map_err(|err| anyhow!("cannot parse BTF in {}: {err}", path.display()))?;
+        let context = || format!("cannot read BTF in {}", path.display());
+        let mut source = File::open(path).with_context(context)?;
+        // SAFETY: a NUL-terminated name and valid flags.
+        let fd = unsafe { libc::memfd_create(c"reapwatch-btf".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("memfd_create");
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        std::io::copy(&mut source, &mut copy).with_context(context)?;
+        // The mapping outlives the descriptor.
+        let btf = Btf::from_file_with_backend(
+            format!("/proc/self/fd/{}", copy.as_raw_fd()),
+            Backend::Mmap,
+        )
+        .map_err(|err| anyhow!("cannot parse BTF in {}: {err}", path.display()))?;
         Ok(Self { btf })
     }
 

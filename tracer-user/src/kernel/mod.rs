@@ -75,8 +75,8 @@ impl Tracer {
     /// `hierarchy`.
     pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
         preflight::check_all()?;
-        // Each parse of the kernel's BTF takes tens of MiB: this one is freed before aya
-        // parses it again, so that the two never add up in the peak RSS.
+        // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
+        // BTF, twice (to load the object, and to find each tracepoint), one at a time.
         let offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
             .kernel_offsets(nsec_per_tick()?, hierarchy)?;
         Self::load_with(&offsets, sizes)
