@@ -39,12 +39,8 @@ pub struct SnapshotArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// cgroup hierarchy the per-cgroup counters are keyed by.
-    #[arg(long, value_enum, default_value_t)]
-    pub cgroup_hierarchy: HierarchyChoice,
-
     #[command(flatten)]
-    pub maps: MapArgs,
+    pub tracer: TracerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -57,16 +53,11 @@ pub struct TopArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub iterations: Option<u64>,
 
-    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
-    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
-    pub pod_logs_dir: PathBuf,
-
-    /// cgroup hierarchy the per-cgroup counters are keyed by.
-    #[arg(long, value_enum, default_value_t)]
-    pub cgroup_hierarchy: HierarchyChoice,
+    #[command(flatten)]
+    pub pods: PodLogsArgs,
 
     #[command(flatten)]
-    pub maps: MapArgs,
+    pub tracer: TracerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -83,9 +74,8 @@ pub struct ScanArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: std::time::Duration,
 
-    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
-    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
-    pub pod_logs_dir: PathBuf,
+    #[command(flatten)]
+    pub pods: PodLogsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -97,9 +87,8 @@ pub struct WhyArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub watch: std::time::Duration,
 
-    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
-    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
-    pub pod_logs_dir: PathBuf,
+    #[command(flatten)]
+    pub pods: PodLogsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,16 +125,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub buffer_mib: u32,
 
-    /// kubelet's pod log directory as mounted here, for container names.
-    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
-    pub pod_logs_dir: PathBuf,
-
-    /// cgroup hierarchy the cgroup paths come from.
-    #[arg(long, value_enum, default_value_t)]
-    pub cgroup_hierarchy: HierarchyChoice,
+    #[command(flatten)]
+    pub pods: PodLogsArgs,
 
     #[command(flatten)]
-    pub maps: MapArgs,
+    pub tracer: TracerArgs,
 }
 
 /// Every setting can also come from `--config`; a flag given here wins over the file.
@@ -208,6 +192,25 @@ pub struct ServeArgs {
     /// Processes whose last wait() is remembered [default: 65536].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_waits: Option<u32>,
+}
+
+/// Where container names come from.
+#[derive(Debug, Args)]
+pub struct PodLogsArgs {
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+}
+
+/// How the ad-hoc commands load the tracer.
+#[derive(Debug, Args)]
+pub struct TracerArgs {
+    /// cgroup hierarchy that per-cgroup counters and cgroup paths refer to.
+    #[arg(long, value_enum, default_value_t)]
+    pub cgroup_hierarchy: HierarchyChoice,
+
+    #[command(flatten)]
+    pub maps: MapArgs,
 }
 
 /// Kernel map capacities. When a map is full, what does not fit is counted as lost.

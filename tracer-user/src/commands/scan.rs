@@ -194,7 +194,7 @@ fn build(
     };
 
     // Cgroups with zombies or with a pids.max: the ones with something to say.
-    let mut pods = PodDirectory::new(&args.pod_logs_dir);
+    let mut pods = PodDirectory::new(&args.pods.pod_logs_dir);
     let mut paths: Vec<&String> = zombies_by_cgroup.keys().collect();
     paths.extend(
         last.pids

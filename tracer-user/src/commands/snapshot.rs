@@ -15,10 +15,10 @@ use crate::{
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
     let mut engine = StateEngine::load(
-        args.maps.sizes(),
+        args.tracer.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.cgroup_hierarchy,
+        args.tracer.cgroup_hierarchy,
     )?;
     engine.reconcile()?;
     let report = Report::collect(&mut engine)?;

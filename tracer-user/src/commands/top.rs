@@ -58,12 +58,12 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
 
 pub fn run(args: &TopArgs) -> Result<()> {
     let engine = StateEngine::load(
-        args.maps.sizes(),
+        args.tracer.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.cgroup_hierarchy,
+        args.tracer.cgroup_hierarchy,
     )?;
-    let mut collector = Collector::new(engine, &args.pod_logs_dir)?;
+    let mut collector = Collector::new(engine, &args.pods.pod_logs_dir)?;
     handle_stop_signals()?;
     if io::stdout().is_terminal() {
         full_screen(&mut collector, args)

@@ -30,13 +30,13 @@ const REFRESH: Duration = Duration::from_secs(1);
 pub fn run(args: &TraceArgs) -> Result<()> {
     let sizes = MapSizes {
         event_buffer: args.buffer_mib * 1024 * 1024,
-        ..args.maps.sizes()
+        ..args.tracer.maps.sizes()
     };
     let mut engine = StateEngine::load(
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.cgroup_hierarchy,
+        args.tracer.cgroup_hierarchy,
     )?;
     engine.record_changes();
     let ring = engine.tracer_mut().take_events()?;
@@ -47,7 +47,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         .context("cannot start the runtime")?;
     let mut tracer = Trace {
         args,
-        pods: PodDirectory::new(&args.pod_logs_dir),
+        pods: PodDirectory::new(&args.pods.pod_logs_dir),
         paths: HashMap::new(),
         wall_offset_ns: wall_clock_ns().saturating_sub(monotonic_ns()),
         out: BufWriter::new(io::stdout().lock()),

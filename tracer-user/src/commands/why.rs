@@ -74,7 +74,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
     let mut hierarchy = cgroup::CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
     let path = cgroup::select_host_path(hierarchy.as_mut(), &cgroups).unwrap_or_default();
-    let labels = PodDirectory::new(&args.pod_logs_dir).labels(&kubernetes::parse_path(&path));
+    let labels = PodDirectory::new(&args.pods.pod_logs_dir).labels(&kubernetes::parse_path(&path));
 
     let mut zombies: Vec<ProcStat> = Vec::new();
     let mut live_children = 0;
