@@ -201,10 +201,14 @@ impl<A: Access> Task<A> {
         self.read(offset!(task_exit_signal))
     }
 
-    /// Always by the helper: the verifier checks typed loads per member, and `comm` is an
-    /// array of bytes.
+    /// As two 8-byte loads: the verifier takes loads within an array of bytes.
     pub fn comm(self) -> Option<[u8; 16]> {
-        read::<Probed, _>(self.0, offset!(task_comm))
+        let low: u64 = self.read(offset!(task_comm))?;
+        let high: u64 = self.read(offset!(task_comm) + 8)?;
+        let mut comm = [0; 16];
+        comm[..8].copy_from_slice(&low.to_ne_bytes());
+        comm[8..].copy_from_slice(&high.to_ne_bytes());
+        Some(comm)
     }
 
     pub fn group_leader(self) -> Option<Self> {
