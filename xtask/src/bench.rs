@@ -107,7 +107,13 @@ impl Running {
                 cmd.args(["-e", BPFTRACE_EXIT_FREE]);
                 cmd
             }
-            Tracer::Exitsnoop => Command::new(EXITSNOOP),
+            Tracer::Exitsnoop => {
+                // Line-buffered: piped, its stdio holds the header back until 4 KiB of events,
+                // which a quiet machine may take minutes to produce.
+                let mut cmd = Command::new("stdbuf");
+                cmd.args(["-oL", EXITSNOOP]);
+                cmd
+            }
         };
         let mut child = cmd
             .stdin(Stdio::piped())
