@@ -94,7 +94,7 @@ pub const ZOMBIE_SEEN_LATE: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Zombie {
     pub parent: ProcessKey,
-    /// `CLOCK_MONOTONIC` nanoseconds of the exit (see `ZOMBIE_SEEN_LATE`).
+    /// `CLOCK_MONOTONIC` nanoseconds of the exit, to the kernel tick (see `ZOMBIE_SEEN_LATE`).
     pub exit_ns: u64,
     /// Cgroup id (see `KernelOffsets::cgroup_hierarchy`) of the zombie itself.
     pub cgroup_id: u64,
@@ -189,11 +189,8 @@ pub fn lifetime_bucket(lifetime_ns: u64) -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitRecord {
     pub start_ticks: u64,
-    /// `CLOCK_MONOTONIC` of the first wait in the kernel tick of the last one: the clock is
-    /// read once a tick, not at every wait of a busy parent.
+    /// `CLOCK_MONOTONIC` of the last wait, to the kernel tick.
     pub last_wait_ns: u64,
-    /// `jiffies` when `last_wait_ns` was taken.
-    pub jiffies: u64,
 }
 
 /// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
@@ -293,7 +290,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
         assert_eq!(core::mem::size_of::<KernelOffsets>(), 24 * 4);
-        assert_eq!(core::mem::size_of::<WaitRecord>(), 3 * 8);
+        assert_eq!(core::mem::size_of::<WaitRecord>(), 2 * 8);
         assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }

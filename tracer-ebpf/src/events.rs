@@ -3,8 +3,9 @@
 use tracer_common::{Event, EventKind};
 
 use crate::{
+    clock::now_ns,
     maps::{emit, tracing},
-    task::{now_ns, Access, Task},
+    task::{Access, Task},
 };
 
 /// Reports `kind` for the process `process` leads.

@@ -110,25 +110,20 @@ pub fn record_lifetime(lifetime_ns: u64) {
     }
 }
 
-/// Notes that `process` waited during tick `jiffies`; `now_ns` reads the clock.
-pub fn record_wait(process: &ProcessKey, jiffies: u64, now_ns: impl FnOnce() -> u64) {
+/// Notes that `process` waited at `now_ns`.
+pub fn record_wait(process: &ProcessKey, now_ns: u64) {
     // A parent usually waits again and again: its own record is updated in place, which
-    // spares the hash map's locked update, and the clock read (a trap on some virtual
-    // machines) once a tick.
+    // spares the hash map's locked update.
     if let Some(record) = WAITS.get_ptr_mut(process.tgid) {
         let record = unsafe { &mut *record };
         if record.start_ticks == process.start_ticks {
-            if record.jiffies != jiffies {
-                record.last_wait_ns = now_ns();
-                record.jiffies = jiffies;
-            }
+            record.last_wait_ns = now_ns;
             return;
         }
     }
     let record = WaitRecord {
         start_ticks: process.start_ticks,
-        last_wait_ns: now_ns(),
-        jiffies,
+        last_wait_ns: now_ns,
     };
     if WAITS.insert(process.tgid, record, 0).is_err() {
         count_loss(Loss::WaitsMapFull);

@@ -11,8 +11,7 @@
 use core::{marker::PhantomData, mem::MaybeUninit};
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns,
-    generated::bpf_probe_read_kernel,
+    bpf_get_current_task, bpf_get_current_task_btf, generated::bpf_probe_read_kernel,
 };
 use tracer_common::{
     KernelOffsets, Loss, ProcessKey, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN,
@@ -63,16 +62,6 @@ pub fn configured() -> bool {
 
 fn has_helper(bit: u32) -> bool {
     offset!(helpers) as u32 & bit != 0
-}
-
-/// `CLOCK_MONOTONIC`, exact: for trace events.
-pub fn now_ns() -> u64 {
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// The kernel's tick counter: a plain read, where the clock may cost a trap.
-pub fn jiffies() -> u64 {
-    unsafe { bpf_jiffies64() }
 }
 
 /// How a `T` is read at a kernel address.

@@ -18,11 +18,7 @@
 
 use tracer_common::{EventKind, ProcessKey, Zombie, SIGCHLD};
 
-use crate::{
-    events::report,
-    maps::insert_zombie,
-    task::{now_ns, Task},
-};
+use crate::{clock::tick_ns, events::report, maps::insert_zombie, task::Task};
 
 /// Called for the last thread of a group to exit, with its cgroup id. Returns the parent's
 /// cgroup id if the group left a zombie not recorded before; the caller counts it there.
@@ -60,7 +56,7 @@ fn record(leader: Task, parent: Task, exit_signal: i32, cgroup_id: u64) -> Optio
     let parent_cgroup_id = parent.cgroup_id().unwrap_or(0);
     let zombie = Zombie {
         parent: parent_key,
-        exit_ns: now_ns(),
+        exit_ns: tick_ns(),
         cgroup_id,
         parent_cgroup_id,
         exit_status: leader.exit_code().unwrap_or(0),

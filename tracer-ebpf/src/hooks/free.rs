@@ -11,9 +11,10 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{EventKind, ProcessKey, ZOMBIE_SEEN_LATE};
 
 use crate::{
+    clock::tick_ns,
     events::report,
     maps::{record_lifetime, take_zombie, update_cgroup},
-    task::{configured, now_ns, Task},
+    task::{configured, Task},
 };
 
 #[btf_tracepoint(function = "sched_process_free")]
@@ -34,7 +35,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     };
     // A zombie found in /proc rather than seen created is not counted reaped either.
     if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
-        let lifetime = now_ns().saturating_sub(zombie.exit_ns);
+        let lifetime = tick_ns().saturating_sub(zombie.exit_ns);
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
             update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
             record_lifetime(lifetime);

@@ -5,9 +5,10 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::EventKind;
 
 use crate::{
+    clock::tick_ns,
     events::report,
     maps::record_wait,
-    task::{configured, jiffies, now_ns, Access, Task},
+    task::{configured, Access, Task},
 };
 
 #[btf_tracepoint(function = "sched_process_wait")]
@@ -28,6 +29,6 @@ pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {
 fn remember<A: Access>(waiter: Task<A>) {
     report(EventKind::Wait, waiter, 0, 0, || waiter.cgroup_id());
     if let Some(process) = waiter.process_key() {
-        record_wait(&process, jiffies(), now_ns);
+        record_wait(&process, tick_ns());
     }
 }

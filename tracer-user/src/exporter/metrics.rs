@@ -270,7 +270,9 @@ fn lifetime_histogram(model: &Model) -> MetricFamily {
     metric.set_histogram(value);
     let mut family = MetricFamily::default();
     family.set_name("reapwatch_zombie_lifetime_seconds".to_owned());
-    family.set_help("Time from exit to reap of the zombies the kernel saw created.".to_owned());
+    family.set_help(
+        "Time from exit to release (the reap, then an RCU grace period) of the zombies the kernel saw created, to the kernel tick.".to_owned(),
+    );
     family.set_field_type(MetricType::HISTOGRAM);
     family.set_metric(vec![metric]);
     family
