@@ -14,8 +14,12 @@ use reapwatch_tests::{eventually, proc_unreaped_children, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
 fn engine() -> StateEngine {
+    engine_with(MapSizes::default())
+}
+
+fn engine_with(sizes: MapSizes) -> StateEngine {
     StateEngine::load(
-        MapSizes::default(),
+        sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
         HierarchyChoice::Auto,
@@ -101,6 +105,35 @@ fn unreaped_children_are_zombies_of_their_parent() {
     let traced = traced_children(&mut engine, helper.parent);
     assert!(traced.values().all(|c| c.exit_code() == Some(7)));
     assert_eq!(counters(&engine, &cgroup).forks, 5);
+}
+
+#[test]
+fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
+    // Room for 4 zombies: a table of one slot, and the hash map for the rest.
+    let mut engine = engine_with(MapSizes {
+        zombies: 4,
+        ..MapSizes::default()
+    });
+    let cgroup = TestCgroup::new("overflow");
+    let mut helper = Helper::start("leak", 5, &cgroup);
+    // 1 in the slot, 4 in the hash map, which is then full.
+    assert_matches_proc(&mut engine, helper.parent, 5);
+    assert_created(&engine, &cgroup, 5);
+    helper.step();
+    let reaped = eventually(Duration::from_secs(10), || {
+        engine.refresh().expect("refresh");
+        traced_children(&mut engine, helper.parent).is_empty()
+            && engine
+                .cgroups()
+                .expect("counters")
+                .iter()
+                .any(|c| c.id == cgroup.id() && c.counters.zombies_reaped == 5)
+    });
+    assert!(reaped, "{:?}", counters(&engine, &cgroup));
+    assert_eq!(
+        engine.tracer().losses().unwrap(),
+        [0; tracer_common::LOSS_KINDS as usize]
+    );
 }
 
 #[test]

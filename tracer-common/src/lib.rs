@@ -50,6 +50,9 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
     pub nsec_per_tick: u32,
+    /// Entries of the `ZOMBIE_SLOTS` table (a power of two), or 0 where the kernel has no
+    /// BPF compare-and-swap (before 5.12): every zombie then goes to the hash map.
+    pub zombie_slots: u32,
     /// Optional helpers the running kernel has ([`HELPER_CURRENT_TASK_BTF`]). The programs
     /// call one only when its bit is set; the verifier drops the other branch as dead code,
     /// so older kernels never see the call.
@@ -83,6 +86,44 @@ impl ProcessKey {
             start_ticks,
         }
     }
+
+    /// The key as one word, for [`ZombieSlot::owner`]: never 0 (tgids start at 1). Start
+    /// times are kept modulo 2^32 ticks (497 days at 100 Hz): two processes with the same
+    /// tgid alive that far apart, both unreaped, is not a case.
+    pub const fn owner(&self) -> u64 {
+        (self.tgid as u64) << 32 | (self.start_ticks & 0xffff_ffff)
+    }
+
+    /// Index of this process's slot in a table of `slots` (a power of two).
+    pub const fn slot(&self, slots: u32) -> u32 {
+        self.tgid & (slots - 1)
+    }
+}
+
+/// One entry of the `ZOMBIE_SLOTS` table: the zombies of processes whose tgid maps to this
+/// index. Most zombies live here, written and taken with atomic instructions on a memory-mapped
+/// array, which costs a fraction of a hash map update. A zombie whose slot is taken goes to the
+/// `ZOMBIES` hash map instead.
+///
+/// Protocol, the same for the programs and for userspace (over the mapping), with `o` the
+/// key's [`ProcessKey::owner`]:
+/// - claim: compare-and-swap `owner` from 0 to `o`; write `key` and `zombie`; set
+///   `published` to `o`.
+/// - take (reaped, or proven gone): compare-and-swap `published` from `o` to 0. Only the side
+///   that wins counts the reap; it then sets `owner` to 0, freeing the slot. Swapping from
+///   `o`, not from "ready", means a slot freed and claimed again by another process in
+///   between is never taken by mistake.
+/// - rewrite (the parent changed): take, write, set `published` to `o` again.
+///
+/// A reader uses a slot only while `owner` and `published` both equal its key's owner, before
+/// and after copying it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZombieSlot {
+    pub owner: u64,
+    pub published: u64,
+    pub key: ProcessKey,
+    pub zombie: Zombie,
 }
 
 /// `Zombie::flags`: the exit time is unknown; `exit_ns` is when the zombie was first seen
@@ -261,6 +302,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::Zombie {}
+    unsafe impl aya::Pod for super::ZombieSlot {}
     unsafe impl aya::Pod for super::CgroupCounters {}
     unsafe impl aya::Pod for super::LifetimeHistogram {}
     unsafe impl aya::Pod for super::WaitRecord {}
@@ -289,7 +331,11 @@ mod tests {
     fn shared_layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
         assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 24 * 4);
+        assert_eq!(core::mem::size_of::<KernelOffsets>(), 25 * 4);
+        assert_eq!(
+            core::mem::size_of::<ZombieSlot>(),
+            8 + 8 + 16 + core::mem::size_of::<Zombie>()
+        );
         assert_eq!(core::mem::size_of::<WaitRecord>(), 2 * 8);
         assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }

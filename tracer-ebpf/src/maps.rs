@@ -1,19 +1,28 @@
 //! The maps the hooks share. Sizes here are defaults; userspace sets them from flags.
 
+use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering::SeqCst};
+
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
     lifetime_bucket, CgroupCounters, Event, LifetimeHistogram, Loss, ProcessKey, WaitRecord,
-    Zombie, LOSS_KINDS,
+    Zombie, ZombieSlot, LOSS_KINDS,
 };
+
+use crate::task::zombie_slots;
 
 const EEXIST: i32 = 17;
 
-/// Unreaped zombies by process identity. A plain hash, not LRU: an LRU would evict zombies
-/// silently when full, and a full map must be counted instead.
+/// Unreaped zombies, indexed by tgid (see `ZombieSlot`); userspace maps it to read and close
+/// records without a system call each.
+#[map]
+static ZOMBIE_SLOTS: Array<ZombieSlot> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Unreaped zombies whose slot was taken, by process identity. A plain hash, not LRU: an LRU
+/// would evict zombies silently when full, and a full map must be counted instead.
 #[map]
 static ZOMBIES: HashMap<ProcessKey, Zombie> = HashMap::with_max_entries(65536, 0);
 
@@ -77,9 +86,47 @@ pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
     update(unsafe { &mut *counters });
 }
 
+/// Compare-and-swap on a word of map memory (`BPF_CMPXCHG`, 5.12+); whether it swapped, and
+/// the word's value before.
+fn compare_and_swap(word: *mut u64, expected: u64, new: u64) -> (bool, u64) {
+    let (before, swapped) =
+        unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(word, expected, new) };
+    (swapped, before)
+}
+
+/// Stores with a full barrier (`BPF_XCHG`): what was written before is seen first.
+fn publish(word: *mut u64, value: u64) {
+    unsafe { atomic_xchg::<u64, { SeqCst }>(word, value) };
+}
+
+/// This process's slot, where the kernel has the table.
+fn slot_of(key: &ProcessKey) -> Option<*mut ZombieSlot> {
+    let slots = zombie_slots();
+    if slots == 0 {
+        return None;
+    }
+    ZOMBIE_SLOTS.get_ptr_mut(key.slot(slots))
+}
+
 /// Records a new zombie unless the kernel already told us about it (several threads of a
 /// group may each observe the moment it became reapable). Returns whether it was new.
 pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
+    if let Some(slot) = slot_of(key) {
+        let owner = key.owner();
+        match compare_and_swap(unsafe { &raw mut (*slot).owner }, 0, owner) {
+            (true, _) => {
+                unsafe {
+                    (*slot).key = *key;
+                    (*slot).zombie = *zombie;
+                }
+                publish(unsafe { &raw mut (*slot).published }, owner);
+                return true;
+            }
+            (false, current) if current == owner => return false,
+            // Another process's zombie holds the slot.
+            (false, _) => {}
+        }
+    }
     match ZOMBIES.insert(key, zombie, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(err) if err == -EEXIST => false,
@@ -92,6 +139,20 @@ pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
 
 /// Forgets a reaped process; returns its zombie record if it was one.
 pub fn take_zombie(key: &ProcessKey) -> Option<Zombie> {
+    if let Some(slot) = slot_of(key) {
+        let owner = key.owner();
+        if unsafe { core::ptr::read_volatile(&raw const (*slot).owner) } == owner {
+            // Only the side that takes it accounts for it: userspace may close the same
+            // record concurrently. A record being rewritten is not published: userspace
+            // closes it later.
+            if !compare_and_swap(unsafe { &raw mut (*slot).published }, owner, 0).0 {
+                return None;
+            }
+            let zombie = unsafe { core::ptr::read_volatile(&raw const (*slot).zombie) };
+            publish(unsafe { &raw mut (*slot).owner }, 0);
+            return Some(zombie);
+        }
+    }
     let zombie = unsafe { *ZOMBIES.get(key)? };
     // Only the remover accounts for it: userspace may close the same record concurrently.
     ZOMBIES.remove(key).ok()?;

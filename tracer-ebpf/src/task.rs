@@ -46,6 +46,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_kn: 0,
     kernfs_node_id: 0,
     nsec_per_tick: 0,
+    zombie_slots: 0,
     helpers: 0,
 };
 
@@ -58,6 +59,11 @@ macro_rules! offset {
 
 pub fn configured() -> bool {
     offset!(ready) != 0
+}
+
+/// Entries of the zombie slot table; 0 when the kernel cannot use it.
+pub fn zombie_slots() -> u32 {
+    offset!(zombie_slots) as u32
 }
 
 fn has_helper(bit: u32) -> bool {

@@ -165,10 +165,14 @@ fn main() {
     let mut parent = me;
 
     match shape.as_str() {
-        // N children exit and are never waited for.
+        // N children exit and are not waited for; a `step` reaps them all.
         "leak" => {
             let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(7)).collect();
-            pids.into_iter().for_each(wait_exited);
+            pids.iter().copied().for_each(wait_exited);
+            stages.ready();
+            if stages.next() {
+                pids.into_iter().for_each(reap);
+            }
         }
         // Parent and child name themselves with quotes, a newline, braces and a terminal
         // escape; the child exits unreaped: every output must escape the name.

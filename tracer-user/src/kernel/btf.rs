@@ -184,6 +184,8 @@ impl KernelBtf {
             cgroup_kn: self.member_offset("cgroup", "kn")?,
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             nsec_per_tick,
+            // Set by the loader, which knows the map sizes.
+            zombie_slots: 0,
             helpers: if self
                 .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
                 .is_ok()

@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod preflight;
 mod programs;
+mod slots;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -17,7 +18,10 @@ use tracer_common::{
     LIFETIME_BUCKETS, LOSS_KINDS,
 };
 
-use self::btf::KernelBtf;
+use self::{
+    btf::KernelBtf,
+    slots::{Claim, SlotTable},
+};
 use crate::cgroup::HierarchyKind;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
@@ -68,6 +72,8 @@ pub type Losses = [u64; LOSS_KINDS as usize];
 pub struct Tracer {
     ebpf: Ebpf,
     hooks: Vec<Hook>,
+    /// The zombie slot table, where the kernel has one (5.12+).
+    slots: Option<SlotTable>,
 }
 
 impl Tracer {
@@ -77,8 +83,13 @@ impl Tracer {
         preflight::check_all()?;
         // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
         // BTF, twice (to load the object, and to find each tracepoint), one at a time.
-        let offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
+        let mut offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
             .kernel_offsets(nsec_per_tick()?, hierarchy)?;
+        let release = preflight::kernel_release()?;
+        offsets.zombie_slots = slots::slots_for(
+            sizes.zombies,
+            preflight::parse_release(&release).unwrap_or_default(),
+        );
         Self::load_with(&offsets, sizes)
     }
 
@@ -108,6 +119,7 @@ impl Tracer {
             .override_global("OFFSETS", offsets, true)
             .override_global("TRACE_EVENTS", &tracing, true)
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("ZOMBIE_SLOTS", offsets.zombie_slots.max(1))
             .map_max_entries("ZOMBIES", sizes.zombies)
             .map_max_entries("CGROUP_COUNTERS", sizes.cgroups)
             .map_max_entries("WAITS", sizes.waits)
@@ -130,9 +142,18 @@ impl Tracer {
                 )
             })?;
         }
+        let slots = match offsets.zombie_slots {
+            0 => None,
+            slots => Some(SlotTable::map(
+                ebpf.map("ZOMBIE_SLOTS")
+                    .context("ZOMBIE_SLOTS map missing")?,
+                slots,
+            )?),
+        };
         Ok(Self {
             ebpf,
             hooks: hooks.to_vec(),
+            slots,
         })
     }
 
@@ -180,7 +201,11 @@ impl Tracer {
     /// missing or (rarely) listed although gone; the next read corrects it.
     pub fn zombies(&self) -> Result<Vec<(ProcessKey, Zombie)>> {
         let map = self.zombie_map()?;
-        let mut zombies = Vec::new();
+        let mut zombies = self
+            .slots
+            .as_ref()
+            .map(SlotTable::entries)
+            .unwrap_or_default();
         for entry in map.iter() {
             match entry {
                 Ok(entry) => zombies.push(entry),
@@ -196,6 +221,19 @@ impl Tracer {
     /// false if the kernel recorded it meanwhile.
     pub fn add_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<bool> {
         const BPF_NOEXIST: u64 = 1;
+        if let Some(slots) = &self.slots {
+            // One record per process: not in its slot if the hash map has it already.
+            match self.zombie_map()?.get(&key, 0) {
+                Ok(_) => return Ok(false),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("cannot read the ZOMBIES map"),
+            }
+            match slots.claim(&key, &zombie) {
+                Claim::Claimed => return Ok(true),
+                Claim::AlreadyThere => return Ok(false),
+                Claim::Taken => {}
+            }
+        }
         match self.zombie_map_mut()?.insert(key, zombie, BPF_NOEXIST) {
             Ok(()) => Ok(true),
             Err(aya::maps::MapError::SyscallError(err))
@@ -210,6 +248,13 @@ impl Tracer {
     /// Rewrites a known zombie (its parent changed). No-op if it was reaped meanwhile.
     pub fn update_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<()> {
         const BPF_EXIST: u64 = 2;
+        if self
+            .slots
+            .as_ref()
+            .is_some_and(|slots| slots.rewrite(&key, &zombie))
+        {
+            return Ok(());
+        }
         match self.zombie_map_mut()?.insert(key, zombie, BPF_EXIST) {
             Ok(()) => Ok(()),
             Err(aya::maps::MapError::SyscallError(err))
@@ -223,6 +268,9 @@ impl Tracer {
 
     /// Drops a record that `/proc` proves wrong. Returns whether it was still there.
     pub fn remove_zombie(&mut self, key: &ProcessKey) -> Result<bool> {
+        if let Some(taken) = self.slots.as_ref().and_then(|slots| slots.take(key)) {
+            return Ok(taken);
+        }
         match self.zombie_map_mut()?.remove(key) {
             Ok(()) => Ok(true),
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
