@@ -174,11 +174,6 @@ impl<A: Access> Task<A> {
         read_pointer::<A>(self.0, offset)
     }
 
-    /// Whether both are the same task.
-    pub fn is(self, other: Self) -> bool {
-        self.0 == other.0
-    }
-
     /// The task's thread id.
     pub fn pid(self) -> Option<u32> {
         self.read(offset!(task_pid))
@@ -255,11 +250,37 @@ impl<A: Access> Task<A> {
         cgroup_id_of::<A>(self.css_set()?)
     }
 
+    /// The task's cgroup, with the `css_set` it was found by.
+    pub fn cgroup(self) -> Option<Cgroup> {
+        let css_set = self.css_set()?;
+        Some(Cgroup {
+            css_set,
+            id: cgroup_id_of::<A>(css_set)?,
+        })
+    }
+
+    /// The task's cgroup id, without walking to it when the task shares `known`'s `css_set`
+    /// (a parent and its child, usually).
+    pub fn cgroup_id_near(self, known: Option<Cgroup>) -> Option<u64> {
+        let css_set = self.css_set()?;
+        match known {
+            Some(known) if known.css_set == css_set => Some(known.id),
+            _ => cgroup_id_of::<A>(css_set),
+        }
+    }
+
     /// `(tgid, start ticks)` of this task's thread group.
     pub fn process_key(self) -> Option<ProcessKey> {
         let leader = self.group_leader()?;
         Some(ProcessKey::new(leader.tgid()?, leader.start_ticks()?))
     }
+}
+
+/// A cgroup id and a `css_set` whose tasks are in it.
+#[derive(Clone, Copy)]
+pub struct Cgroup {
+    css_set: *const u8,
+    pub id: u64,
 }
 
 /// Id of the cgroup a `css_set` puts its tasks in, in the hierarchy userspace chose.

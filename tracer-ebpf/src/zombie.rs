@@ -18,22 +18,23 @@
 
 use tracer_common::{EventKind, ProcessKey, Zombie, SIGCHLD};
 
-use crate::{clock::tick_ns, events::report, maps::insert_zombie, task::Task};
+use crate::{
+    clock::tick_ns,
+    events::report,
+    maps::insert_zombie,
+    task::{Cgroup, Task},
+};
 
-/// Called for the last thread of a group to exit, with its cgroup id. Returns the parent's
+/// Called for the last thread of a group to exit, with its cgroup. Returns the parent's
 /// cgroup id if the group left a zombie not recorded before; the caller counts it there.
 #[inline(always)]
-pub fn record_if_left(dying: Task, dying_cgroup_id: Option<u64>) -> Option<u64> {
+pub fn record_if_left(dying: Task, dying_cgroup: Option<Cgroup>) -> Option<u64> {
     let leader = dying.group_leader()?;
     let (exit_signal, parent) = (leader.exit_signal()?, leader.real_parent()?);
     if leaves_zombie(leader, parent, exit_signal)? {
-        // Almost always the leader itself exits last: its cgroup is known then.
-        let cgroup_id = if leader.is(dying) {
-            dying_cgroup_id
-        } else {
-            leader.cgroup_id()
-        };
-        record(leader, parent, exit_signal, cgroup_id.unwrap_or(0))
+        let cgroup_id = leader.cgroup_id_near(dying_cgroup).unwrap_or(0);
+        let parent_cgroup_id = parent.cgroup_id_near(dying_cgroup).unwrap_or(0);
+        record(leader, parent, exit_signal, cgroup_id, parent_cgroup_id)
     } else {
         None
     }
@@ -50,10 +51,15 @@ fn leaves_zombie(leader: Task, parent: Task, exit_signal: i32) -> Option<bool> {
 }
 
 #[inline(always)]
-fn record(leader: Task, parent: Task, exit_signal: i32, cgroup_id: u64) -> Option<u64> {
+fn record(
+    leader: Task,
+    parent: Task,
+    exit_signal: i32,
+    cgroup_id: u64,
+    parent_cgroup_id: u64,
+) -> Option<u64> {
     let (tgid, start_ticks) = (leader.tgid()?, leader.start_ticks()?);
     let parent_key = parent.process_key()?;
-    let parent_cgroup_id = parent.cgroup_id().unwrap_or(0);
     let zombie = Zombie {
         parent: parent_key,
         exit_ns: tick_ns(),

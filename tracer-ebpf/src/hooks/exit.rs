@@ -22,7 +22,8 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     if task.live_threads() != Some(0) {
         return 0;
     }
-    let cgroup_id = task.cgroup_id();
+    let cgroup = task.cgroup();
+    let cgroup_id = cgroup.map(|c| c.id);
     if let Some(cgroup_id) = cgroup_id {
         report(
             EventKind::Exit,
@@ -32,7 +33,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
             || Some(cgroup_id),
         );
     }
-    let zombie_parent_cgroup_id = zombie::record_if_left(task, cgroup_id);
+    let zombie_parent_cgroup_id = zombie::record_if_left(task, cgroup);
     // Parent and child usually share a cgroup: one counter update then serves both.
     match (cgroup_id, zombie_parent_cgroup_id) {
         (Some(exited), Some(parent)) if exited == parent => update_cgroup(exited, |c| {
