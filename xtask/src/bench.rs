@@ -15,7 +15,7 @@
 //!
 //! Last, with the kernel's BPF run-time statistics on, the time spent inside reapwatch's
 //! programs per round trip: the direct cost, which the machine's noise does not blur. The
-//! statistics read the clock around every run, which costs a trap on this virtual machine;
+//! statistics read the clock around every run, which is slow on this virtual machine;
 //! the same programs attached unconfigured (each returns at once), measured over the same
 //! runs, give that baseline, and the net figure is the difference. It leaves out the
 //! tracepoint's dispatch, a few ns per run.
