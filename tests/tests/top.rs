@@ -175,6 +175,13 @@ impl Tmux {
     }
 
     /// Polls the screen until `ready` holds; returns that screen.
+    /// Clears the screen and prints `marker` on it. Waits for it: a command typed while the
+    /// shell still runs is echoed ahead of the marker, on its line.
+    fn print_marker(&self, marker: &str) {
+        self.type_line(&format!("clear; echo {marker}"));
+        self.wait_for("the marker", |s| s.lines().any(|l| l == marker));
+    }
+
     fn wait_for(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
         let mut last = String::new();
         let found = eventually(PATIENCE, || {
@@ -253,8 +260,7 @@ fn terminal_keys_sort_group_and_quit() {
     let helper = Helper::start("leak", 3, &cgroup);
     let pid = helper.parent.to_string();
     let tmux = Tmux::start("keys");
-    tmux.type_line("echo before-top");
-    tmux.wait_for("the marker", |s| s.lines().any(|l| l == "before-top"));
+    tmux.print_marker("before-top");
 
     tmux.start_top();
     let screen = tmux.wait_for("the helper's row", |s| {
@@ -301,12 +307,12 @@ fn terminal_keys_sort_group_and_quit() {
 #[test]
 fn ctrl_c_and_sigterm_restore_the_terminal() {
     let tmux = Tmux::start("signals");
-    tmux.type_line("echo before-ctrl-c");
+    tmux.print_marker("before-ctrl-c");
     tmux.start_top();
     tmux.key("C-c");
     tmux.assert_restored("before-ctrl-c");
 
-    tmux.type_line("clear; echo before-sigterm");
+    tmux.print_marker("before-sigterm");
     tmux.start_top();
     let pid = tmux.foreground_reapwatch();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
