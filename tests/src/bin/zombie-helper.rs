@@ -24,6 +24,15 @@ fn check(ret: libc::c_long, what: &str) -> libc::c_long {
     ret
 }
 
+/// One line to the test, at once. A test that stopped reading needs nothing more: the helper
+/// then ends quietly.
+fn say(line: &str) {
+    let mut out = io::stdout();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// Forks a child that exits at once with `code`.
 fn spawn_exiting(code: i32) -> i32 {
     match unsafe { libc::fork() } {
@@ -128,8 +137,7 @@ struct Stages {
 
 impl Stages {
     fn ready(&self) {
-        println!("ready");
-        io::stdout().flush().unwrap_or_else(|_| die("stdout"));
+        say("ready");
     }
 
     /// Waits for the next `step`; false at end of input.
@@ -349,7 +357,7 @@ fn main() {
             unsafe { libc::close(read_fd) };
             parent = init;
             poll_until(|| count_zombie_children(init) == n as usize + 2);
-            println!("parent {parent}");
+            say(&format!("parent {parent}"));
             stages.ready();
             while stages.next() {
                 stages.ready();
@@ -361,7 +369,7 @@ fn main() {
         "wait-wrong" => {
             let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(4)).collect();
             pids.into_iter().for_each(wait_exited);
-            println!("parent {parent}");
+            say(&format!("parent {parent}"));
             stages.ready();
             let mut stdin_poll = libc::pollfd {
                 fd: 0,
@@ -400,7 +408,7 @@ fn main() {
                 }
             };
             wait_exited(first);
-            println!("child {pid}");
+            say(&format!("child {pid}"));
             stages.ready();
             if stages.next() {
                 reap(first);
@@ -413,7 +421,7 @@ fn main() {
         }
         other => die(&format!("unknown shape {other}")),
     }
-    println!("parent {parent}");
+    say(&format!("parent {parent}"));
     stages.ready();
     while stages.next() {
         stages.ready();

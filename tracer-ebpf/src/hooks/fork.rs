@@ -18,8 +18,9 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let parent = Task::from_arg(ctx.arg(0));
     let child = Task::from_arg(ctx.arg(1));
     // The tracepoint fires for threads too; a new process is its own group leader.
-    if child.pid().is_none() || child.pid() != child.tgid() {
-        return 0;
+    match (child.pid(), child.tgid()) {
+        (Some(pid), Some(tgid)) if pid == tgid => {}
+        _ => return 0,
     }
     // Charged to the parent's cgroup, where the fork happened.
     if let Some(cgroup_id) = parent.cgroup_id() {
