@@ -14,8 +14,22 @@ use std::{
 
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
+    kernel::MapSizes,
     procfs,
+    state::StateEngine,
 };
+
+/// The tracer with maps of `sizes`, loaded on the host's /proc and cgroups, never reconciled:
+/// everything it reports, its programs saw.
+pub fn load_engine(sizes: MapSizes) -> StateEngine {
+    StateEngine::load(
+        sizes,
+        Path::new("/proc"),
+        Path::new("/sys/fs/cgroup"),
+        HierarchyChoice::Auto,
+    )
+    .expect("load the tracer (run as root)")
+}
 
 /// A cgroup of its own, in the hierarchy reapwatch counts by (unified on v2 hosts, v1 `pids`
 /// on hybrid ones), so that per-cgroup counters count only one test's work.

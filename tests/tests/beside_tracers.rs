@@ -8,7 +8,6 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -17,8 +16,8 @@ use std::{
     time::Duration,
 };
 
-use reapwatch::{cgroup::HierarchyChoice, kernel::MapSizes, state::StateEngine};
-use reapwatch_tests::{eventually, proc_unreaped_children, Helper, TestCgroup};
+use reapwatch::{kernel::MapSizes, state::StateEngine};
+use reapwatch_tests::{eventually, load_engine, proc_unreaped_children, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
 const ROUND_TRIPS: u64 = 5000;
@@ -156,13 +155,7 @@ fn storm_and_leaks_are_exact_beside_exitsnoop_and_bpftrace() {
         |line| line.starts_with("Attaching"),
     );
     // Loaded after the others, never reconciled: everything it reports, its programs saw.
-    let mut engine = StateEngine::load(
-        MapSizes::default(),
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
-        HierarchyChoice::Auto,
-    )
-    .expect("load the tracer (run as root)");
+    let mut engine = load_engine(MapSizes::default());
 
     // Every round trip makes a zombie that is reaped at once: all counted, none left.
     let storm_cgroup = TestCgroup::new("beside-storm");

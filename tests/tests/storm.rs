@@ -1,22 +1,16 @@
 //! Thousands of fork/exit/wait round trips: every zombie created is reaped, exactly once.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use reapwatch::{cgroup::HierarchyChoice, kernel::MapSizes, state::StateEngine};
-use reapwatch_tests::{eventually, Helper, TestCgroup};
+use reapwatch::{kernel::MapSizes, state::StateEngine};
+use reapwatch_tests::{eventually, load_engine, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
 const ROUND_TRIPS: u64 = 5000;
 
 #[test]
 fn fork_storm_counts_exactly() {
-    let mut engine = StateEngine::load(
-        MapSizes::default(),
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
-        HierarchyChoice::Auto,
-    )
-    .expect("load the tracer (run as root)");
+    let mut engine = load_engine(MapSizes::default());
     let cgroup = TestCgroup::new("storm");
     let helper = Helper::start("storm", ROUND_TRIPS as u32, &cgroup);
 

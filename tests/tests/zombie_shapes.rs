@@ -3,28 +3,17 @@
 //! Every test loads its own tracer *before* the workload starts and never reconciles, so
 //! everything it reports was seen by the kernel programs (none of it is `/proc` seeding).
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use reapwatch::{
-    cgroup::HierarchyChoice,
     kernel::MapSizes,
     state::{ChildState, StateEngine},
 };
-use reapwatch_tests::{eventually, proc_unreaped_children, Helper, TestCgroup};
+use reapwatch_tests::{eventually, load_engine, proc_unreaped_children, Helper, TestCgroup};
 use tracer_common::CgroupCounters;
 
 fn engine() -> StateEngine {
-    engine_with(MapSizes::default())
-}
-
-fn engine_with(sizes: MapSizes) -> StateEngine {
-    StateEngine::load(
-        sizes,
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
-        HierarchyChoice::Auto,
-    )
-    .expect("load the tracer (run as root)")
+    load_engine(MapSizes::default())
 }
 
 fn traced_children(engine: &mut StateEngine, parent: u32) -> BTreeMap<u32, ChildState> {
@@ -110,7 +99,7 @@ fn unreaped_children_are_zombies_of_their_parent() {
 #[test]
 fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
     // Room for 4 zombies: a table of one slot, and the hash map for the rest.
-    let mut engine = engine_with(MapSizes {
+    let mut engine = load_engine(MapSizes {
         zombies: 4,
         ..MapSizes::default()
     });

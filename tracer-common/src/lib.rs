@@ -241,7 +241,7 @@ pub enum Loss {
     ZombiesMapFull = 0,
     CgroupsMapFull = 1,
     WaitsMapFull = 2,
-    /// A `bpf_probe_read_kernel` of a task field failed.
+    /// A kernel pointer the programs follow was null, or a `bpf_probe_read_kernel` failed.
     KernelRead = 3,
     /// `reapwatch trace` fell behind: the event ring buffer was full.
     EventsDropped = 4,
