@@ -121,11 +121,17 @@ pub struct Helper {
 
 impl Helper {
     pub fn start(shape: &str, n: u32, cgroup: &TestCgroup) -> Self {
+        Self::start_with(shape, n, &[], cgroup)
+    }
+
+    /// A shape that takes arguments after N.
+    pub fn start_with(shape: &str, n: u32, args: &[&str], cgroup: &TestCgroup) -> Self {
         let mut child = Command::new(workspace_binary("zombie-helper"))
             .arg("--cgroup")
             .arg(&cgroup.path)
             .arg(shape)
             .arg(n.to_string())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -210,6 +216,7 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 pub fn proc_unreaped_children(ppid: u32) -> BTreeMap<u32, procfs::ProcStat> {
     procfs::scan(Path::new("/proc"))
         .expect("scan /proc")
+        .processes
         .into_iter()
         .filter(|p| p.ppid == ppid && p.is_unreaped_zombie())
         .map(|p| (p.pid, p))
@@ -240,11 +247,26 @@ pub struct Daemon {
 impl Daemon {
     /// Starts it and waits until `/readyz` answers 200.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_wrapped(&[], extra)
+    }
+
+    /// Starts it under `wrapper` (a command that execs its arguments, such as `unshare -m`),
+    /// and waits until `/readyz` answers 200.
+    pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(workspace_binary("reapwatch"))
+        let reapwatch = workspace_binary("reapwatch");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&reapwatch);
+                command
+            }
+            None => Command::new(&reapwatch),
+        };
+        let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--sample-interval",

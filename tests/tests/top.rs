@@ -212,6 +212,7 @@ impl Tmux {
         let shell: u32 = self.show("#{pane_pid}").parse().expect("pane pid");
         procfs::scan(Path::new("/proc"))
             .expect("scan /proc")
+            .processes
             .into_iter()
             .find(|p| p.ppid == shell && p.comm == b"reapwatch")
             .expect("reapwatch runs in the pane")

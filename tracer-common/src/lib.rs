@@ -139,7 +139,8 @@ pub struct Zombie {
     pub exit_ns: u64,
     /// Cgroup id (see `KernelOffsets::cgroup_hierarchy`) of the zombie itself.
     pub cgroup_id: u64,
-    /// Cgroup id of its parent: the cgroup the zombie is charged to.
+    /// Cgroup id of its parent when it was created: the cgroup its creation and its reap are
+    /// charged to, even after it is reparented.
     pub parent_cgroup_id: u64,
     /// Raw wait status: `(code << 8) | signal`, as `waitpid` would return it.
     pub exit_status: i32,

@@ -67,6 +67,17 @@ pub struct PodLabels {
     pub container: String,
 }
 
+impl PodLabels {
+    /// Whether every name the container's path calls for was found.
+    pub fn complete_for(&self, container: &ContainerRef) -> bool {
+        let pod_missing = container.pod_uid.is_some() && self.pod.is_empty();
+        let container_missing = container.container_id.is_some()
+            && container.pod_uid.is_some()
+            && self.container.is_empty();
+        !(pod_missing || container_missing)
+    }
+}
+
 /// Names from kubelet's log layout: `<pods_dir>/<namespace>_<pod>_<uid>/<container>/` and the
 /// `<containers_dir>/<pod>_<namespace>_<container>-<id>.log` symlinks beside it.
 pub struct PodDirectory {
@@ -100,11 +111,7 @@ impl PodDirectory {
 
     pub fn labels(&mut self, container: &ContainerRef) -> PodLabels {
         let mut labels = self.lookup(container);
-        let incomplete = container.pod_uid.is_some() && labels.pod.is_empty()
-            || container.container_id.is_some()
-                && container.pod_uid.is_some()
-                && labels.container.is_empty();
-        if incomplete
+        if !labels.complete_for(container)
             && self
                 .scanned_at
                 .is_none_or(|at| at.elapsed() >= RESCAN_AFTER)

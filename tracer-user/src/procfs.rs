@@ -119,15 +119,30 @@ pub fn list_pids(proc_root: &Path) -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// Every process in `proc_root`, skipping those that exit while being read.
-pub fn scan(proc_root: &Path) -> Result<Vec<ProcStat>> {
-    let mut stats = Vec::new();
+/// Every process of a `/proc` scan, and how many could not be read.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    pub processes: Vec<ProcStat>,
+    /// Entries skipped because they could not be read or parsed (a process exiting while it
+    /// is read is not one: it is simply gone).
+    pub skipped: u64,
+}
+
+/// Every process in `proc_root`. One unreadable or malformed entry is skipped and counted,
+/// never an error: only a `/proc` that cannot be listed is.
+pub fn scan(proc_root: &Path) -> Result<Scan> {
+    let mut scan = Scan::default();
     for pid in list_pids(proc_root)? {
-        if let Some(stat) = read_stat(proc_root, pid)? {
-            stats.push(stat);
+        match read_stat(proc_root, pid) {
+            Ok(Some(stat)) => scan.processes.push(stat),
+            Ok(None) => {}
+            Err(err) => {
+                log::debug!("skipped: {err:#}");
+                scan.skipped += 1;
+            }
         }
     }
-    Ok(stats)
+    Ok(scan)
 }
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controller-list:path`.
@@ -305,6 +320,27 @@ mod tests {
         assert!(parse_stat(b"1 (init) S 0 1").is_err());
         assert!(parse_stat(b"1 init S").is_err());
         assert!(parse_stat(b"").is_err());
+    }
+
+    #[test]
+    fn scan_skips_and_counts_what_it_cannot_parse() {
+        let root = std::env::temp_dir().join(format!("reapwatch-proc-{}", std::process::id()));
+        for (pid, stat) in [
+            ("10", format!("10 (good) {STAT_TAIL}")),
+            ("11", "11 (cut short) S".to_owned()),
+            ("12", format!("12 (also good) {STAT_TAIL}")),
+        ] {
+            fs::create_dir_all(root.join(pid)).unwrap();
+            fs::write(root.join(pid).join("stat"), stat).unwrap();
+        }
+        // Listed, then gone before it is read: not a failure.
+        fs::create_dir_all(root.join("13")).unwrap();
+        let scan = scan(&root).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        let mut pids: Vec<u32> = scan.processes.iter().map(|p| p.pid).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, [10, 12]);
+        assert_eq!(scan.skipped, 1);
     }
 
     #[test]

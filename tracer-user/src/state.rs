@@ -8,7 +8,15 @@
 //!   do it first (it sometimes never fires); one whose parent changed was reparented (the
 //!   kernel moves zombies to a new reaper when a parent dies, and no tracepoint says so).
 //! - [`StateEngine::reconcile`] scans all of `/proc` for zombies the programs never saw (they
-//!   predate the programs, or a map was full) and adds them, with ages as lower bounds.
+//!   predate the programs, or a map was full) and adds them, with ages as lower bounds. Those
+//!   the kernel maps have no room for are kept here and followed the same way: a full map is
+//!   a counted loss, never a blind spot.
+//!
+//! Per cgroup, a zombie counts as created when the kernel sees it exit or, if it did not,
+//! when it is first seen in `/proc`, and as reaped when its record is closed, whichever side
+//! closes it; both are charged to the cgroup its parent was in when it was created. So
+//! `created - reaped` is the number still unreaped that the cgroup made. A `/proc` entry that
+//! cannot be read is skipped and counted, never an error.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,12 +25,12 @@ use std::{
 
 use anyhow::Result;
 use serde::Serialize;
-use tracer_common::{CgroupCounters, ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
+use tracer_common::{CgroupCounters, Loss, ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
 
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
-    kernel::{monotonic_ns, MapSizes, Tracer},
-    procfs::{self, ProcStat},
+    kernel::{monotonic_ns, Added, Losses, MapSizes, Tracer},
+    procfs::{self, CgroupLine, ProcStat},
 };
 
 /// How long a zombie record may precede its `Z` in /proc (it is made as the process starts
@@ -42,6 +50,11 @@ pub struct RepairTotals {
     pub healed: u64,
     /// Zombies whose parent changed (it died; they moved to a new reaper).
     pub reparented: u64,
+    /// Zombies the kernel maps had no room for, followed from `/proc` alone.
+    pub overflowed: u64,
+    /// `/proc` entries that could not be read or parsed, skipped (an exiting process is not
+    /// one of them: it is gone).
+    pub skipped: u64,
 }
 
 /// One unreaped child.
@@ -50,6 +63,9 @@ pub struct ChildState {
     pub key: ProcessKey,
     pub zombie: Zombie,
     pub age_ns: u64,
+    /// Cgroup of its current parent, which the gauges follow (`zombie.parent_cgroup_id` is
+    /// the parent's when it was created, which the counters stay charged to).
+    pub parent_cgroup_id: u64,
 }
 
 impl ChildState {
@@ -129,11 +145,23 @@ pub struct StateEngine {
     proc_root: PathBuf,
     /// The hierarchy cgroup ids refer to; None on a host without cgroupfs.
     cgroups: Option<CgroupHierarchy>,
-    /// Reaps closed by userspace, per parent cgroup id: added to the kernel's counters.
-    late_reaps: HashMap<u64, u64>,
+    /// What userspace adds to the kernel's per-cgroup counters: zombies first seen in `/proc`
+    /// (created when first seen) and the reaps it closed.
+    counted_here: HashMap<u64, CgroupCounters>,
+    /// Zombies no kernel map had room for, followed from `/proc` alone.
+    overflow: HashMap<ProcessKey, Zombie>,
+    /// Cgroup of the current parent of each zombie that was reparented.
+    reparented_to: HashMap<ProcessKey, u64>,
     totals: RepairTotals,
     /// Kept only when asked for (`record_changes`), drained by the caller.
     changes: Option<Vec<Change>>,
+}
+
+/// A `/proc/<pid>/stat` read that failed is not a process that is gone.
+enum Proc {
+    Stat(ProcStat),
+    Gone,
+    Unreadable,
 }
 
 impl StateEngine {
@@ -152,7 +180,9 @@ impl StateEngine {
             tracer: Tracer::load(sizes, kind)?,
             proc_root: proc_root.to_path_buf(),
             cgroups,
-            late_reaps: HashMap::new(),
+            counted_here: HashMap::new(),
+            overflow: HashMap::new(),
+            reparented_to: HashMap::new(),
             totals: RepairTotals::default(),
             changes: None,
         })
@@ -192,45 +222,99 @@ impl StateEngine {
         self.totals
     }
 
+    /// What could not be recorded, by cause: the kernel's losses, plus the zombies userspace
+    /// found no room for in the kernel maps.
+    pub fn losses(&self) -> Result<Losses> {
+        let mut losses = self.tracer.losses()?;
+        losses[Loss::ZombiesMapFull as usize] += self.totals.overflowed;
+        Ok(losses)
+    }
+
+    /// Zombies followed from `/proc` alone because the kernel maps were full.
+    pub fn overflowed_zombies(&self) -> usize {
+        self.overflow.len()
+    }
+
+    fn read_stat(&mut self, pid: u32) -> Proc {
+        match procfs::read_stat(&self.proc_root, pid) {
+            Ok(Some(stat)) => Proc::Stat(stat),
+            Ok(None) => Proc::Gone,
+            Err(err) => {
+                log::debug!("skipped: {err:#}");
+                self.totals.skipped += 1;
+                Proc::Unreadable
+            }
+        }
+    }
+
     /// Checks every recorded zombie against `/proc` and returns those still unreaped, with
     /// their current parent.
     pub fn refresh(&mut self) -> Result<Vec<(ProcessKey, Zombie)>> {
         let now = monotonic_ns();
         let mut live = Vec::new();
-        let mut parent_starts: HashMap<u32, u64> = HashMap::new();
-        for (key, mut zombie) in self.tracer.zombies()? {
-            let stat = procfs::read_stat(&self.proc_root, key.tgid)?
-                .filter(|s| s.start_ticks == key.start_ticks);
-            let Some(stat) = stat else {
-                // Released: reaped while nobody closed the record.
-                if self.tracer.remove_zombie(&key)? && zombie.flags & ZOMBIE_SEEN_LATE == 0 {
-                    *self.late_reaps.entry(zombie.parent_cgroup_id).or_default() += 1;
-                    self.totals.reaped_late += 1;
-                    self.note(Change::ReapedLate { child: key, zombie });
+        let mut parent_starts: HashMap<u32, Option<u64>> = HashMap::new();
+        let in_kernel = self
+            .tracer
+            .zombies()?
+            .into_iter()
+            .map(|(k, z)| (k, z, true));
+        let overflow: Vec<_> = self.overflow.iter().map(|(&k, &z)| (k, z, false)).collect();
+        for (key, mut zombie, kernel) in in_kernel.chain(overflow) {
+            let stat = match self.read_stat(key.tgid) {
+                Proc::Stat(stat) if stat.start_ticks == key.start_ticks => stat,
+                // Unreadable this time: kept as it was.
+                Proc::Unreadable => {
+                    live.push((key, zombie));
+                    continue;
                 }
-                continue;
+                Proc::Stat(_) | Proc::Gone => {
+                    // Released: reaped while nobody closed the record.
+                    if self.close(&key, &zombie, kernel)? {
+                        self.totals.reaped_late += 1;
+                        self.note(Change::ReapedLate { child: key, zombie });
+                    }
+                    continue;
+                }
             };
             if !stat.is_unreaped_zombie() {
                 // The programs record a zombie as its last thread starts exiting, moments
                 // before /proc shows it: a young record leads /proc, an old one is wrong.
                 if now.saturating_sub(zombie.exit_ns) < RECORD_LEADS_PROC_NS {
                     live.push((key, zombie));
-                } else if self.tracer.remove_zombie(&key)? {
+                } else if self.close(&key, &zombie, kernel)? {
                     self.totals.healed += 1;
                 }
                 continue;
             }
-            if stat.ppid != zombie.parent.tgid
-                || !self.started_at(&mut parent_starts, &zombie.parent)?
-            {
-                let from = zombie.parent.tgid;
-                zombie.parent =
-                    ProcessKey::new(stat.ppid, self.start_of(&mut parent_starts, stat.ppid)?);
-                // Counters stay charged where the zombie was created; the gauge follows it.
-                if let Some(id) = self.cgroup_id(stat.ppid)? {
-                    zombie.parent_cgroup_id = id;
+            let parent_now = match parent_starts.get(&stat.ppid) {
+                Some(&start) => start,
+                None => {
+                    let start = match self.read_stat(stat.ppid) {
+                        Proc::Stat(parent) => Some(parent.start_ticks),
+                        Proc::Gone => Some(0),
+                        Proc::Unreadable => None,
+                    };
+                    parent_starts.insert(stat.ppid, start);
+                    start
                 }
-                self.tracer.update_zombie(key, zombie)?;
+            };
+            // A parent that cannot be read is not taken for a new one.
+            let Some(parent_start) = parent_now else {
+                live.push((key, zombie));
+                continue;
+            };
+            if stat.ppid != zombie.parent.tgid || parent_start != zombie.parent.start_ticks {
+                let from = zombie.parent.tgid;
+                zombie.parent = ProcessKey::new(stat.ppid, parent_start);
+                // The counters stay charged where it was created; the gauges follow it.
+                if let Some(id) = self.cgroup_id(stat.ppid) {
+                    self.reparented_to.insert(key, id);
+                }
+                if kernel {
+                    self.tracer.update_zombie(key, zombie)?;
+                } else {
+                    self.overflow.insert(key, zombie);
+                }
                 self.totals.reparented += 1;
                 self.note(Change::Reparented {
                     child: key,
@@ -240,31 +324,41 @@ impl StateEngine {
             }
             live.push((key, zombie));
         }
+        if !self.reparented_to.is_empty() {
+            let keys: HashSet<ProcessKey> = live.iter().map(|(k, _)| *k).collect();
+            self.reparented_to.retain(|k, _| keys.contains(k));
+        }
         Ok(live)
     }
 
-    fn start_of(&self, cache: &mut HashMap<u32, u64>, pid: u32) -> Result<u64> {
-        if let Some(&start) = cache.get(&pid) {
-            return Ok(start);
+    /// Drops a record and, if this side won it (the kernel may close it concurrently),
+    /// counts it reaped where it was created.
+    fn close(&mut self, key: &ProcessKey, zombie: &Zombie, in_kernel: bool) -> Result<bool> {
+        let won = if in_kernel {
+            self.tracer.remove_zombie(key)?
+        } else {
+            self.overflow.remove(key).is_some()
+        };
+        if won {
+            self.counted_here
+                .entry(zombie.parent_cgroup_id)
+                .or_default()
+                .zombies_reaped += 1;
         }
-        let start = procfs::read_stat(&self.proc_root, pid)?.map_or(0, |s| s.start_ticks);
-        cache.insert(pid, start);
-        Ok(start)
+        Ok(won)
     }
 
-    /// Whether the recorded parent is the process now holding its pid.
-    fn started_at(&self, cache: &mut HashMap<u32, u64>, parent: &ProcessKey) -> Result<bool> {
-        Ok(self.start_of(cache, parent.tgid)? == parent.start_ticks)
-    }
-
-    /// Scans all of `/proc` and records the unreaped zombies the kernel side does not know.
-    /// Returns how many it added.
+    /// Scans all of `/proc` and records the unreaped zombies the kernel side does not know;
+    /// each counts as created when first seen. Returns how many it added.
     pub fn reconcile(&mut self) -> Result<u64> {
         let now = monotonic_ns();
-        let processes = procfs::scan(&self.proc_root)?;
+        let scan = procfs::scan(&self.proc_root)?;
+        self.totals.skipped += scan.skipped;
+        let processes = scan.processes;
         let by_pid: HashMap<u32, &ProcStat> = processes.iter().map(|p| (p.pid, p)).collect();
-        let known: HashSet<ProcessKey> =
+        let mut known: HashSet<ProcessKey> =
             self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
+        known.extend(self.overflow.keys());
         let mut added = 0;
         for stat in processes.iter().filter(|p| p.is_unreaped_zombie()) {
             let key = ProcessKey::new(stat.pid, stat.start_ticks);
@@ -273,18 +367,28 @@ impl StateEngine {
             }
             // Narrow the window in which a zombie reaped since the scan would be re-added
             // (refresh drops such a record anyway).
-            let still = procfs::read_stat(&self.proc_root, stat.pid)?;
-            if !still.is_some_and(|s| s.start_ticks == stat.start_ticks && s.is_unreaped_zombie()) {
-                continue;
+            match self.read_stat(stat.pid) {
+                Proc::Stat(s) if s.start_ticks == stat.start_ticks && s.is_unreaped_zombie() => {}
+                _ => continue,
             }
             let parent = ProcessKey::new(
                 stat.ppid,
                 by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks),
             );
-            let zombie = self.late_zombie(stat, parent, now)?;
-            if self.tracer.add_zombie(key, zombie)? {
-                added += 1;
+            let zombie = self.late_zombie(stat, parent, now);
+            match self.tracer.add_zombie(key, zombie)? {
+                Added::Recorded => {}
+                Added::AlreadyKnown => continue,
+                Added::NoRoom => {
+                    self.overflow.insert(key, zombie);
+                    self.totals.overflowed += 1;
+                }
             }
+            self.counted_here
+                .entry(zombie.parent_cgroup_id)
+                .or_default()
+                .zombies_created += 1;
+            added += 1;
         }
         let alive: HashSet<ProcessKey> = processes
             .iter()
@@ -297,36 +401,42 @@ impl StateEngine {
     }
 
     /// A record for a zombie the programs did not see exit: its age counts from now.
-    fn late_zombie(&mut self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Result<Zombie> {
+    fn late_zombie(&mut self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Zombie {
         let mut comm = [0u8; 16];
         let len = stat.comm.len().min(15);
         comm[..len].copy_from_slice(&stat.comm[..len]);
-        Ok(Zombie {
+        Zombie {
             parent,
             exit_ns: now,
-            cgroup_id: self.cgroup_id(stat.pid)?.unwrap_or(0),
-            parent_cgroup_id: self.cgroup_id(parent.tgid)?.unwrap_or(0),
+            cgroup_id: self.cgroup_id(stat.pid).unwrap_or(0),
+            parent_cgroup_id: self.cgroup_id(parent.tgid).unwrap_or(0),
             exit_status: stat.exit_status.unwrap_or(0),
             exit_signal: stat.exit_signal.unwrap_or(0),
             flags: ZOMBIE_SEEN_LATE,
             comm,
             _pad: 0,
-        })
+        }
+    }
+
+    /// The `/proc/<pid>/cgroup` lines of a process; None when it is gone or unreadable (then
+    /// counted as skipped).
+    fn read_cgroups(&mut self, pid: u32) -> Option<Vec<CgroupLine>> {
+        procfs::read_cgroups(&self.proc_root, pid)
+            .map_err(|err| {
+                log::debug!("skipped: {err:#}");
+                self.totals.skipped += 1;
+            })
+            .ok()
+            .flatten()
     }
 
     /// The id of a process's cgroup in the counted hierarchy, as the programs would read it.
-    pub fn cgroup_id(&mut self, pid: u32) -> Result<Option<u64>> {
-        let Some(lines) = procfs::read_cgroups(&self.proc_root, pid)? else {
-            return Ok(None);
-        };
-        let Some(hierarchy) = &mut self.cgroups else {
-            return Ok(None);
-        };
-        let Some(line) = hierarchy.line(&lines) else {
-            return Ok(None);
-        };
+    pub fn cgroup_id(&mut self, pid: u32) -> Option<u64> {
+        let lines = self.read_cgroups(pid)?;
+        let hierarchy = self.cgroups.as_mut()?;
+        let line = hierarchy.line(&lines)?;
         let path = hierarchy.host_path(&line.path);
-        Ok(hierarchy.id_of(&path))
+        hierarchy.id_of(&path)
     }
 
     /// Every parent with unreaped children, most children first.
@@ -337,17 +447,23 @@ impl StateEngine {
             groups.entry(zombie.parent).or_default().push(ChildState {
                 key,
                 age_ns: now.saturating_sub(zombie.exit_ns),
+                parent_cgroup_id: self
+                    .reparented_to
+                    .get(&key)
+                    .copied()
+                    .unwrap_or(zombie.parent_cgroup_id),
                 zombie,
             });
         }
         let mut parents = Vec::with_capacity(groups.len());
         for (key, mut children) in groups {
             children.sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
-            let comm = procfs::read_stat(&self.proc_root, key.tgid)?
-                .filter(|s| s.start_ticks == key.start_ticks)
-                .map(|s| s.comm)
-                .unwrap_or_default();
-            let cgroup = procfs::read_cgroups(&self.proc_root, key.tgid)?
+            let comm = match self.read_stat(key.tgid) {
+                Proc::Stat(s) if s.start_ticks == key.start_ticks => s.comm,
+                _ => Vec::new(),
+            };
+            let cgroup = self
+                .read_cgroups(key.tgid)
                 .and_then(|lines| cgroup::select_host_path(self.cgroups.as_mut(), &lines));
             let last_wait_age_ns = self
                 .tracer
@@ -382,16 +498,18 @@ impl StateEngine {
 
     /// Forgets a removed cgroup's counters, in the kernel and here.
     pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
-        self.late_reaps.remove(&id);
+        self.counted_here.remove(&id);
         self.tracer.forget_cgroup(id)
     }
 
-    /// Counters of every cgroup the programs charged (plus reaps closed in userspace), with
+    /// Counters of every cgroup the programs charged (plus what userspace counted), with
     /// the path while the cgroup exists.
     pub fn cgroups(&mut self) -> Result<Vec<CgroupState>> {
         let mut counters = self.tracer.cgroup_counters()?;
-        for (&id, &reaped) in &self.late_reaps {
-            counters.entry(id).or_default().zombies_reaped += reaped;
+        for (&id, here) in &self.counted_here {
+            let total = counters.entry(id).or_default();
+            total.zombies_created += here.zombies_created;
+            total.zombies_reaped += here.zombies_reaped;
         }
         Ok(counters
             .into_iter()

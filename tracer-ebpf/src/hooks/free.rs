@@ -33,11 +33,12 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     let Some(start_ticks) = task.start_ticks() else {
         return 0;
     };
-    // A zombie found in /proc rather than seen created is not counted reaped either.
     if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
         let lifetime = tick_ns().saturating_sub(zombie.exit_ns);
+        // Charged where it was created, even if it was reparented since; a zombie found in
+        // /proc was counted created by userspace when found. Only a seen exit has a lifetime.
+        update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
-            update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
             record_lifetime(lifetime);
         }
         report(EventKind::Reap, task, zombie.exit_status, lifetime, || {

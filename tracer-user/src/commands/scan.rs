@@ -72,7 +72,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     let take = || -> Result<Sample> {
         Ok(Sample {
             at: Instant::now(),
-            processes: procfs::scan(proc_root)?,
+            processes: procfs::scan(proc_root)?.processes,
             limits: procfs::read_node_limits(proc_root)?,
             pids: hierarchy.as_ref().map_or_else(BTreeMap::new, |h| {
                 h.walk()
@@ -149,6 +149,7 @@ fn build(
                         key,
                         zombie: late_zombie(c),
                         age_ns: last.at.duration_since(first_seen[&key]).as_nanos() as u64,
+                        parent_cgroup_id: 0,
                     }
                 })
                 .collect(),

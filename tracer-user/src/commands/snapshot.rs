@@ -189,7 +189,7 @@ impl Report {
             })
             .filter(|b| b.le_seconds.is_finite())
             .collect();
-        let losses = tracer.losses()?;
+        let losses = engine.losses()?;
         Ok(Self {
             parents: parents.iter().map(ParentReport::from_state).collect(),
             cgroups: cgroups.iter().map(CgroupReport::from_state).collect(),

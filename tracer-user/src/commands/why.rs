@@ -79,6 +79,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let mut zombies: Vec<ProcStat> = Vec::new();
     let mut live_children = 0;
     for p in procfs::scan(proc_root)?
+        .processes
         .into_iter()
         .filter(|p| p.ppid == pid)
     {

@@ -3,7 +3,7 @@
 use std::{
     convert::Infallible,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -23,19 +23,59 @@ const MAX_CONNECTIONS: usize = 32;
 /// A client that sends no complete request head in this time is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The latest sample, shared between the sampler and the connections.
-#[derive(Default)]
+/// The latest sample, encoded once for every scrape, shared between the sampler thread and
+/// the connections.
 pub struct Published {
-    model: Mutex<Option<Arc<Model>>>,
+    latest: Mutex<Option<Arc<Exposition>>>,
+    /// Not ready once the last good sample is older than this.
+    stale_after: Duration,
+}
+
+struct Exposition {
+    text: Bytes,
+    openmetrics: Bytes,
+    sampled_at: Instant,
 }
 
 impl Published {
-    pub fn publish(&self, model: Model) {
-        *self.model.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(model));
+    pub fn new(sample_interval: Duration) -> Self {
+        Self {
+            latest: Mutex::new(None),
+            stale_after: sample_interval * 3,
+        }
     }
 
-    fn latest(&self) -> Option<Arc<Model>> {
-        self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Encodes `model`, the sample taken at `sampled_at`, for every scrape until the next.
+    pub fn publish(&self, model: &Model, sampled_at: Instant) -> anyhow::Result<()> {
+        let families = metrics::families(model);
+        let exposition = Exposition {
+            text: Bytes::from(metrics::encode_text(&families)?),
+            openmetrics: Bytes::from(metrics::encode_openmetrics(&families)),
+            sampled_at,
+        };
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(exposition));
+        Ok(())
+    }
+
+    fn latest(&self) -> Option<Arc<Exposition>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why it is not ready, if it is not: no sample yet, or none for too long.
+    fn unready(&self, now: Instant) -> Option<String> {
+        let Some(latest) = self.latest() else {
+            return Some("programs loading".to_owned());
+        };
+        let age = now.saturating_duration_since(latest.sampled_at);
+        (age > self.stale_after).then(|| {
+            format!(
+                "stale: the last good sample is {:.1}s old",
+                age.as_secs_f64()
+            )
+        })
     }
 }
 
@@ -78,13 +118,13 @@ async fn respond(
     }
     Ok(match request.uri().path() {
         "/metrics" => match published.latest() {
-            Some(model) => metrics_response(&model, wants_openmetrics(&request)),
+            Some(exposition) => metrics_response(&exposition, wants_openmetrics(&request)),
             None => plain(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n"),
         },
         "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/readyz" => match published.latest() {
-            Some(_) => plain(StatusCode::OK, "ready\n"),
-            None => plain(StatusCode::SERVICE_UNAVAILABLE, "programs loading\n"),
+        "/readyz" => match published.unready(Instant::now()) {
+            None => plain(StatusCode::OK, "ready\n"),
+            Some(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
         },
         _ => plain(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
     })
@@ -99,25 +139,13 @@ fn wants_openmetrics(request: &Request<Incoming>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
-fn metrics_response(model: &Model, openmetrics: bool) -> Response<Full<Bytes>> {
-    let families = metrics::families(model);
+fn metrics_response(exposition: &Exposition, openmetrics: bool) -> Response<Full<Bytes>> {
     let (body, content_type) = if openmetrics {
-        (
-            metrics::encode_openmetrics(&families),
-            metrics::OPENMETRICS_CONTENT_TYPE,
-        )
+        (&exposition.openmetrics, metrics::OPENMETRICS_CONTENT_TYPE)
     } else {
-        match metrics::encode_text(&families) {
-            Ok(body) => (body, metrics::TEXT_CONTENT_TYPE),
-            Err(err) => {
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("encoding failed: {err}\n"),
-                )
-            }
-        }
+        (&exposition.text, metrics::TEXT_CONTENT_TYPE)
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(body.clone()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),

@@ -119,10 +119,12 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
     for series in &model.cgroups {
         let labels = cgroup_labels(&series.labels);
         zombies.push(labels.clone(), series.zombies as f64);
-        created.push(labels.clone(), series.zombies_created as f64);
-        reaped.push(labels.clone(), series.zombies_reaped as f64);
-        forks.push(labels.clone(), series.forks as f64);
-        exits.push(labels.clone(), series.exits as f64);
+        if let Some(counters) = &series.counters {
+            created.push(labels.clone(), counters.zombies_created as f64);
+            reaped.push(labels.clone(), counters.zombies_reaped as f64);
+            forks.push(labels.clone(), counters.forks as f64);
+            exits.push(labels.clone(), counters.exits as f64);
+        }
         if let Some(age) = series.oldest_seconds {
             oldest.push(labels.clone(), age);
         }
@@ -203,6 +205,19 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         full.push(vec![("map", (*map).to_owned())], *overflows as f64);
     }
 
+    let mut failures = Family::new(
+        "reapwatch_sample_failures_total",
+        "Samples that failed; the last good one is served meanwhile.",
+        COUNTER,
+    );
+    failures.push(Vec::new(), model.health.sample_failures as f64);
+    let mut skipped = Family::new(
+        "reapwatch_proc_skipped_total",
+        "/proc entries that could not be read or parsed, skipped.",
+        COUNTER,
+    );
+    skipped.push(Vec::new(), model.proc_skipped as f64);
+
     let families = vec![
         zombies,
         created,
@@ -241,6 +256,13 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         lost,
         entries,
         full,
+        failures,
+        gauge(
+            "reapwatch_last_sample_timestamp_seconds",
+            "Unix time of the last good sample.",
+            model.health.last_sample_unix_seconds,
+        ),
+        skipped,
     ];
     // A family with no sample is left out: Prometheus has nothing to learn from it.
     families
@@ -397,10 +419,12 @@ mod tests {
                 labels: ["/kubepods/x".into(), "ns".into(), "pod".into(), "c".into()],
                 zombies: 3,
                 oldest_seconds: Some(12.5),
-                zombies_created: 5,
-                zombies_reaped: 2,
-                forks: 9,
-                exits: 8,
+                counters: Some(tracer_common::CgroupCounters {
+                    zombies_created: 5,
+                    zombies_reaped: 2,
+                    forks: 9,
+                    exits: 8,
+                }),
                 pids: None,
             }],
             parents: vec![ParentSeries {
@@ -422,6 +446,8 @@ mod tests {
             kernel: "6.1.0".into(),
             events_lost: 0,
             maps: vec![("zombies", 3, 0)],
+            proc_skipped: 0,
+            health: Default::default(),
         }
     }
 

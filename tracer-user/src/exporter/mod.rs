@@ -1,25 +1,35 @@
 //! `reapwatch serve`: the Prometheus exporter.
 //!
-//! It must keep answering while the node is out of PIDs, which is when it is needed: all its
-//! work runs on one thread, in a current-thread tokio runtime built at start-up, with no
-//! blocking pool and no child process. Nothing after start-up needs a new task.
+//! It must keep answering while the node is out of PIDs, which is when it is needed, so it
+//! makes every task it will ever need at start-up: the main thread runs a current-thread
+//! tokio runtime (no blocking pool) that answers HTTP, and one sampler thread loads the
+//! programs, then samples and reconciles with `/proc`. A full `/proc` scan on a busy node
+//! takes long; it never holds up a probe or a scrape, which are served from the last
+//! encoded sample. No child process, and nothing after start-up needs a new task.
 
 mod http;
+mod ledger;
 mod logger;
 mod metrics;
 mod model;
 mod sampler;
 pub mod settings;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::{anyhow, Context, Result};
 use tokio::{
     net::TcpListener,
     signal::unix::{signal, SignalKind},
+    sync::oneshot,
 };
 
-use self::{http::Published, sampler::Sampler, settings::Settings};
+use self::{http::Published, model::Health, sampler::Sampler, settings::Settings};
 use crate::{cli::ServeArgs, state::StateEngine};
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -41,34 +51,125 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let published = Arc::new(Published::default());
+    let published = Arc::new(Published::new(settings.sample_interval));
     let server = tokio::spawn(http::serve(listener, published.clone()));
     log::info!("listening on {}", settings.listen);
 
+    let stop = Arc::new(Stop::default());
+    let (loaded_tx, loaded) = oneshot::channel();
+    let sampler = {
+        let (published, stop) = (published.clone(), stop.clone());
+        thread::Builder::new()
+            .name("sampler".to_owned())
+            .spawn(move || sample_until_stopped(settings, &published, &stop, loaded_tx))
+            .context("cannot start the sampler thread")?
+    };
+
+    let outcome = tokio::select! {
+        loaded = loaded => match loaded {
+            Ok(Ok(())) => {
+                log::info!("programs attached");
+                tokio::select! {
+                    _ = terminate.recv() => Ok(()),
+                    _ = interrupt.recv() => Ok(()),
+                }
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(anyhow!("the sampler thread ended")),
+        },
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    };
+    log::info!("shutting down");
+    stop.request();
+    server.abort();
+    // The sampler drops the programs' links and maps as it ends: nothing is left attached.
+    if sampler.join().is_err() {
+        return Err(anyhow!("the sampler thread panicked"));
+    }
+    outcome
+}
+
+/// The sampler thread: loads the programs, says how that went, then samples every interval
+/// until stopped. A failed sample keeps the last good one served, with the failure counted.
+fn sample_until_stopped(
+    settings: Settings,
+    published: &Published,
+    stop: &Stop,
+    loaded: oneshot::Sender<Result<()>>,
+) {
+    let interval = settings.sample_interval;
     let engine = StateEngine::load(
         settings.map_sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
         settings.cgroup_hierarchy,
-    )?;
-    let mut sampler = Sampler::new(engine, settings)?;
-    let mut ticks = tokio::time::interval(sampler.sample_interval());
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    log::info!("programs attached");
+    );
+    let mut sampler = match engine.and_then(|engine| Sampler::new(engine, settings)) {
+        Ok(sampler) => sampler,
+        Err(err) => {
+            let _ = loaded.send(Err(err));
+            return;
+        }
+    };
+    if loaded.send(Ok(())).is_err() {
+        return;
+    }
+    let mut health = Health::default();
+    let mut last_good = None;
     loop {
-        tokio::select! {
-            _ = ticks.tick() => match sampler.sample() {
-                Ok(model) => published.publish(model),
-                // A failed sample keeps serving the previous one.
-                Err(err) => log::warn!("sample failed: {err:#}"),
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+        let began = Instant::now();
+        let published_now = match sampler.sample() {
+            Ok(mut model) => {
+                health.last_sample_unix_seconds = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                model.health = health;
+                let published_now = published.publish(&model, began);
+                last_good = Some((model, began));
+                published_now
+            }
+            Err(err) => {
+                health.sample_failures += 1;
+                log::warn!("sample failed: {err:#}");
+                match &mut last_good {
+                    Some((model, sampled_at)) => {
+                        model.health = health;
+                        published.publish(model, *sampled_at)
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(err) = published_now {
+            log::warn!("cannot encode the sample: {err:#}");
+        }
+        if stop.wait(interval.saturating_sub(began.elapsed())) {
+            return;
         }
     }
-    log::info!("shutting down");
-    server.abort();
-    // Dropping the sampler drops the programs' links and maps: nothing is left attached.
-    drop(sampler);
-    Ok(())
+}
+
+/// Asks the sampler thread to end, waking it from its wait between samples.
+#[derive(Default)]
+struct Stop {
+    requested: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Stop {
+    fn request(&self) {
+        *self.requested.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `timeout`; true if stopping was requested.
+    fn wait(&self, timeout: Duration) -> bool {
+        let requested = self.requested.lock().unwrap_or_else(|e| e.into_inner());
+        let (requested, _) = self
+            .wake
+            .wait_timeout_while(requested, timeout, |requested| !*requested)
+            .unwrap_or_else(|e| e.into_inner());
+        *requested
+    }
 }

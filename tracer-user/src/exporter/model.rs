@@ -1,6 +1,6 @@
 //! What one sample of the tracer's state exports: plain data, rendered by `metrics`.
 
-use tracer_common::LifetimeHistogram;
+use tracer_common::{CgroupCounters, LifetimeHistogram};
 
 /// Values of the per-cgroup labels, in `settings::CGROUP_LABELS` order; dropped labels are
 /// empty strings and not rendered.
@@ -11,10 +11,8 @@ pub struct CgroupSeries {
     pub labels: CgroupLabels,
     pub zombies: u64,
     pub oldest_seconds: Option<f64>,
-    pub zombies_created: u64,
-    pub zombies_reaped: u64,
-    pub forks: u64,
-    pub exits: u64,
+    /// Absent until the series' attribution has settled (see `sampler`).
+    pub counters: Option<CgroupCounters>,
     pub pids: Option<PidsSeries>,
 }
 
@@ -54,4 +52,16 @@ pub struct Model {
     pub events_lost: u64,
     /// `(map, entries, times it was full)`.
     pub maps: Vec<(&'static str, u64, u64)>,
+    /// `/proc` entries that could not be read or parsed, skipped.
+    pub proc_skipped: u64,
+    pub health: Health,
+}
+
+/// Whether sampling keeps up: set when a sample is published, not by the sample itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Health {
+    /// Samples that failed since start; the last good one is served meanwhile.
+    pub sample_failures: u64,
+    /// Unix time of the last good sample.
+    pub last_sample_unix_seconds: f64,
 }

@@ -2,16 +2,17 @@
 //! allow-list, series garbage collection, and the exhaustion forecasts.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use tracer_common::Loss;
+use tracer_common::{CgroupCounters, Loss};
 
 use super::{
-    model::{CgroupLabels, CgroupSeries, Model, NodeSeries, ParentSeries, PidsSeries},
+    ledger::CounterLedger,
+    model::{CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries},
     settings::Settings,
 };
 use crate::{
@@ -29,17 +30,40 @@ pub struct Sampler {
     pods: PodDirectory,
     started: Instant,
     last_reconcile: Option<Instant>,
+    /// The kernel's zombie-map losses at the last reconcile: more since means zombies the
+    /// maps missed, which only a `/proc` scan finds.
+    zombie_losses_at_reconcile: u64,
     /// Last known path of each cgroup id, and since when it is gone.
     known: HashMap<u64, KnownCgroup>,
+    counters: CounterLedger,
     node_growth: GrowthTracker,
     cgroup_growth: HashMap<u64, GrowthTracker>,
     wait_entries: u64,
     kernel: String,
 }
 
+/// A new cgroup's attribution can lag: its path comes from a walk of the hierarchy (at most
+/// every second), its pod names from a rescan of kubelet's logs (at most every 10 s). Its
+/// counters wait for both this long, so that its first counts are not left behind under
+/// labels it is about to lose; its gauges are exported at once.
+const ATTRIBUTION_SETTLES: Duration = Duration::from_secs(12);
+
+#[derive(Clone)]
 struct KnownCgroup {
+    /// Last known path; empty if never found.
     path: String,
+    resolved: bool,
+    first_seen: Instant,
     gone_since: Option<Instant>,
+}
+
+/// One cgroup id in a sample.
+#[derive(Default)]
+struct IdSample {
+    series: CgroupSeries,
+    raw: CgroupCounters,
+    /// Live zombies it created (their reaps will be charged to it).
+    created_alive: u64,
 }
 
 impl Sampler {
@@ -48,9 +72,11 @@ impl Sampler {
             engine,
             pods: PodDirectory::new(&settings.pod_logs_dir),
             node_growth: GrowthTracker::new(settings.eta_window.as_secs_f64()),
+            counters: CounterLedger::new(settings.map_sizes.cgroups as usize),
             settings,
             started: Instant::now(),
             last_reconcile: None,
+            zombie_losses_at_reconcile: 0,
             known: HashMap::new(),
             cgroup_growth: HashMap::new(),
             wait_entries: 0,
@@ -60,47 +86,64 @@ impl Sampler {
 
     pub fn sample(&mut self) -> Result<Model> {
         let now = Instant::now();
-        if self
-            .last_reconcile
-            .is_none_or(|at| now.duration_since(at) >= self.settings.reconcile_interval)
+        let zombie_losses = self.engine.tracer().losses()?[Loss::ZombiesMapFull as usize];
+        if zombie_losses > self.zombie_losses_at_reconcile
+            || self
+                .last_reconcile
+                .is_none_or(|at| now.duration_since(at) >= self.settings.reconcile_interval)
         {
             self.engine.reconcile()?;
             self.wait_entries = self.engine.tracer().wait_entries()? as u64;
             self.last_reconcile = Some(now);
+            self.zombie_losses_at_reconcile = zombie_losses;
         }
         let elapsed = now.duration_since(self.started).as_secs_f64();
         let parents = self.engine.parents()?;
 
         // Live zombies per parent cgroup: the gauge follows reparented zombies.
-        let mut by_cgroup: BTreeMap<u64, CgroupSeries> = BTreeMap::new();
+        let mut by_id: BTreeMap<u64, IdSample> = BTreeMap::new();
         let mut node_zombies = 0;
-        for parent in &parents {
-            for child in &parent.children {
-                let series = by_cgroup.entry(child.zombie.parent_cgroup_id).or_default();
-                series.zombies += 1;
-                let age = child.age_ns as f64 / 1e9;
-                series.oldest_seconds =
-                    Some(series.oldest_seconds.map_or(age, |o: f64| o.max(age)));
-                node_zombies += 1;
-            }
+        for child in parents.iter().flat_map(|p| &p.children) {
+            let series = &mut by_id.entry(child.parent_cgroup_id).or_default().series;
+            series.zombies += 1;
+            let age = child.age_ns as f64 / 1e9;
+            series.oldest_seconds = Some(series.oldest_seconds.map_or(age, |o: f64| o.max(age)));
+            by_id
+                .entry(child.zombie.parent_cgroup_id)
+                .or_default()
+                .created_alive += 1;
+            node_zombies += 1;
         }
         for cgroup in self.engine.cgroups()? {
-            let series = by_cgroup.entry(cgroup.id).or_default();
-            series.zombies_created = cgroup.counters.zombies_created;
-            series.zombies_reaped = cgroup.counters.zombies_reaped;
-            series.forks = cgroup.counters.forks;
-            series.exits = cgroup.counters.exits;
+            by_id.entry(cgroup.id).or_default().raw = cgroup.counters;
         }
 
+        self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
-        for (id, mut series) in by_cgroup {
-            let Some(path) = self.path_of(id, series.zombies, now)? else {
+        let (mut seen, mut fed) = (HashSet::new(), HashSet::new());
+        for (id, sample) in by_id {
+            let pinned = sample.series.zombies + sample.created_alive;
+            let Some(known) = self.attribution(id, pinned, now)? else {
                 continue;
             };
-            series.pids = self.pids(id, &path, elapsed);
-            series.labels = self.labels(&path);
+            seen.insert(id);
+            let mut series = sample.series;
+            series.pids = self.pids(id, &known.path, elapsed);
+            let (labels, complete) = self.labels(&known.path);
+            series.labels = labels;
+            // Counts fed under labels about to be completed would stay behind with them.
+            let settled = known.resolved && complete
+                || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
+            if settled {
+                fed.insert(id);
+                series.counters = Some(self.counters.feed(id, sample.raw, &series.labels));
+            }
             merge(merged.entry(series.labels.clone()).or_default(), series);
         }
+        self.counters.end(|id| fed.contains(&id));
+        // Ids that left the sample without being collected leave nothing behind either.
+        self.known.retain(|id, _| seen.contains(id));
+        self.cgroup_growth.retain(|id, _| seen.contains(id));
 
         let limits = procfs::read_node_limits(Path::new("/proc"))?;
         self.node_growth.push(elapsed, limits.tasks as f64);
@@ -114,17 +157,14 @@ impl Sampler {
 
         let mut top = Vec::new();
         for parent in parents.iter().take(self.settings.top_parents) {
-            let cgroup_id = parent
-                .children
-                .first()
-                .map_or(0, |c| c.zombie.parent_cgroup_id);
+            let cgroup_id = parent.children.first().map_or(0, |c| c.parent_cgroup_id);
             let path = self
                 .known
                 .get(&cgroup_id)
                 .map(|k| k.path.clone())
                 .unwrap_or_default();
             top.push(ParentSeries {
-                labels: self.labels(&path),
+                labels: self.labels(&path).0,
                 pid: parent.pid(),
                 comm: escape::lossy(&parent.comm),
                 zombies: parent.children.len() as u64,
@@ -132,14 +172,15 @@ impl Sampler {
             });
         }
 
+        let losses = self.engine.losses()?;
         let tracer = self.engine.tracer();
-        let losses = tracer.losses()?;
         let misses: u64 = tracer
             .hook_stats()?
             .iter()
             .map(|h| h.recursion_misses)
             .sum();
         let counters = tracer.cgroup_counters()?.len() as u64;
+        let in_maps = node_zombies.saturating_sub(self.engine.overflowed_zombies() as u64);
         Ok(Model {
             cgroups: merged.into_values().collect(),
             parents: top,
@@ -149,11 +190,7 @@ impl Sampler {
             kernel: self.kernel.clone(),
             events_lost: losses.iter().sum::<u64>() + misses,
             maps: vec![
-                (
-                    "zombies",
-                    node_zombies,
-                    losses[Loss::ZombiesMapFull as usize],
-                ),
+                ("zombies", in_maps, losses[Loss::ZombiesMapFull as usize]),
                 (
                     "cgroup_counters",
                     counters,
@@ -165,36 +202,41 @@ impl Sampler {
                     losses[Loss::WaitsMapFull as usize],
                 ),
             ],
+            proc_skipped: self.engine.totals().skipped,
+            health: Health::default(),
         })
     }
 
-    /// The path to label a cgroup with; None once a removed cgroup with nothing unreaped has
-    /// outlived the grace period (its counters are then dropped).
-    fn path_of(&mut self, id: u64, zombies: u64, now: Instant) -> Result<Option<String>> {
-        if let Some(path) = self.engine.cgroup_path(id) {
-            self.known.insert(
-                id,
-                KnownCgroup {
-                    path: path.clone(),
-                    gone_since: None,
-                },
-            );
-            return Ok(Some(path));
-        }
-        let grace = self.settings.gc_grace;
+    /// What is known of a cgroup id; None once a removed cgroup with nothing unreaped
+    /// (`pinned`: zombies of its processes, or that it created) has outlived the grace
+    /// period. Its kernel counters are then dropped; its series keeps its totals.
+    fn attribution(&mut self, id: u64, pinned: u64, now: Instant) -> Result<Option<KnownCgroup>> {
+        let path = self.engine.cgroup_path(id);
         let known = self.known.entry(id).or_insert_with(|| KnownCgroup {
-            // Created and removed between two samples: never seen by path.
+            // Not found yet (the hierarchy is walked at most every second), or created and
+            // removed between two samples.
             path: String::new(),
+            resolved: false,
+            first_seen: now,
             gone_since: None,
         });
-        let gone_since = *known.gone_since.get_or_insert(now);
-        if zombies == 0 && now.duration_since(gone_since) >= grace {
-            self.known.remove(&id);
-            self.cgroup_growth.remove(&id);
-            self.engine.forget_cgroup(id)?;
-            return Ok(None);
+        match path {
+            Some(path) => {
+                known.path = path;
+                known.resolved = true;
+                known.gone_since = None;
+            }
+            None => {
+                let gone_since = *known.gone_since.get_or_insert(now);
+                if pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
+                    self.known.remove(&id);
+                    self.cgroup_growth.remove(&id);
+                    self.engine.forget_cgroup(id)?;
+                    return Ok(None);
+                }
+            }
         }
-        Ok(Some(self.known[&id].path.clone()))
+        Ok(Some(known.clone()))
     }
 
     fn pids(&mut self, id: u64, path: &str, elapsed: f64) -> Option<PidsSeries> {
@@ -213,34 +255,34 @@ impl Sampler {
         })
     }
 
-    fn labels(&mut self, path: &str) -> CgroupLabels {
-        let pod = self.pods.labels(&kubernetes::parse_path(path));
+    /// The kept labels of a cgroup path, and whether every pod name it calls for was found.
+    fn labels(&mut self, path: &str) -> (CgroupLabels, bool) {
+        let container = kubernetes::parse_path(path);
+        let pod = self.pods.labels(&container);
+        let complete = pod.complete_for(&container);
         let mut labels = [path.to_owned(), pod.namespace, pod.pod, pod.container];
         for (value, keep) in labels.iter_mut().zip(self.settings.keep_labels) {
             if !keep {
                 value.clear();
             }
         }
-        labels
-    }
-
-    pub fn sample_interval(&self) -> Duration {
-        self.settings.sample_interval
+        (labels, complete)
     }
 }
 
-/// Series whose kept labels coincide are summed (their oldest zombie is the oldest of all).
+/// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
+/// of all); their counters come from the ledger.
 fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
     into.labels = series.labels;
+    // Every id of a series shares its ledger totals: the last one fed has them all.
+    if series.counters.is_some() {
+        into.counters = series.counters;
+    }
     into.zombies += series.zombies;
     into.oldest_seconds = match (into.oldest_seconds, series.oldest_seconds) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    into.zombies_created += series.zombies_created;
-    into.zombies_reaped += series.zombies_reaped;
-    into.forks += series.forks;
-    into.exits += series.exits;
     into.pids = match (into.pids, series.pids) {
         (Some(a), Some(b)) => Some(PidsSeries {
             current: a.current + b.current,

@@ -64,6 +64,16 @@ pub struct HookStats {
     pub recursion_misses: u64,
 }
 
+/// What became of a zombie offered to the kernel maps by [`Tracer::add_zombie`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    Recorded,
+    /// The kernel recorded it meanwhile.
+    AlreadyKnown,
+    /// The maps are full: the caller keeps it.
+    NoRoom,
+}
+
 /// What the kernel side could not record, by cause (index: `tracer_common::Loss`).
 pub type Losses = [u64; LOSS_KINDS as usize];
 
@@ -217,30 +227,30 @@ impl Tracer {
         Ok(zombies)
     }
 
-    /// Adds a zombie the programs did not see (it predates them, or a map was full). Returns
-    /// false if the kernel recorded it meanwhile.
-    pub fn add_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<bool> {
+    /// Adds a zombie the programs did not see (it predates them, or a map was full).
+    pub fn add_zombie(&mut self, key: ProcessKey, zombie: Zombie) -> Result<Added> {
         const BPF_NOEXIST: u64 = 1;
         if let Some(slots) = &self.slots {
             // One record per process: not in its slot if the hash map has it already.
             match self.zombie_map()?.get(&key, 0) {
-                Ok(_) => return Ok(false),
+                Ok(_) => return Ok(Added::AlreadyKnown),
                 Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(err) => return Err(err).context("cannot read the ZOMBIES map"),
             }
             match slots.claim(&key, &zombie) {
-                Claim::Claimed => return Ok(true),
-                Claim::AlreadyThere => return Ok(false),
+                Claim::Claimed => return Ok(Added::Recorded),
+                Claim::AlreadyThere => return Ok(Added::AlreadyKnown),
                 Claim::Taken => {}
             }
         }
         match self.zombie_map_mut()?.insert(key, zombie, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::SyscallError(err))
-                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(false)
-            }
+            Ok(()) => Ok(Added::Recorded),
+            Err(aya::maps::MapError::SyscallError(err)) => match err.io_error.raw_os_error() {
+                Some(libc::EEXIST) => Ok(Added::AlreadyKnown),
+                // A hash map at max_entries refuses with E2BIG (ENOMEM if preallocation failed).
+                Some(libc::E2BIG | libc::ENOMEM) => Ok(Added::NoRoom),
+                _ => Err(err).context("cannot add to the ZOMBIES map"),
+            },
             Err(err) => Err(err).context("cannot add to the ZOMBIES map"),
         }
     }
