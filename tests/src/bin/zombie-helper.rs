@@ -326,6 +326,35 @@ fn main() {
                 poll_until(|| count_zombie_children(me) == 2 * n as usize + 1);
             }
         }
+        // A child in another cgroup (the directory after N) makes N zombies and dies: they
+        // move to us, a subreaper in our cgroup. Step: we reap them.
+        "orphans-from" => {
+            let elsewhere = args
+                .get(2)
+                .cloned()
+                .unwrap_or_else(|| die("orphans-from needs a cgroup directory"));
+            check(
+                unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long,
+                "prctl",
+            );
+            let middle = match unsafe { libc::fork() } {
+                0 => {
+                    std::fs::write(format!("{elsewhere}/cgroup.procs"), "0")
+                        .unwrap_or_else(|_| die("join the other cgroup"));
+                    let dead: Vec<i32> = (0..n).map(|_| spawn_exiting(5)).collect();
+                    dead.into_iter().for_each(wait_exited);
+                    unsafe { libc::_exit(0) };
+                }
+                -1 => die("fork"),
+                pid => pid,
+            };
+            reap(middle);
+            poll_until(|| count_zombie_children(me) == n as usize);
+            stages.ready();
+            if stages.next() {
+                (0..n).for_each(|_| reap(-1));
+            }
+        }
         // PID 1 of a new pid namespace that never waits: N children and an orphaned grandchild
         // pile up under it (the datadog-agent shape).
         "pidns-init" => {

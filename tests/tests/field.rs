@@ -1,0 +1,380 @@
+//! The incident's own conditions, end to end: more zombies than the kernel maps hold, cgroups
+//! that come and go, zombies reaped by another cgroup after their parent died, a sampler that
+//! stalls or fails, and a restart in the middle of a leak.
+
+use std::{
+    collections::HashMap,
+    fs,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use reapwatch_tests::{
+    eventually, parent_entry, proc_unreaped_children, sample_value, workspace_binary, Daemon,
+    Helper, TestCgroup,
+};
+
+/// Every counter series seen so far, to catch one that falls between two scrapes.
+#[derive(Default)]
+struct CounterWatch {
+    last: HashMap<String, f64>,
+}
+
+impl CounterWatch {
+    fn scrape(&mut self, daemon: &Daemon) -> String {
+        let text = daemon.scrape();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = series.split('{').next().unwrap_or(series);
+            if !name.ends_with("_total") {
+                continue;
+            }
+            let value: f64 = value.parse().expect("a number");
+            if let Some(&before) = self.last.get(series) {
+                assert!(value >= before, "{series} fell from {before} to {value}");
+            }
+            self.last.insert(series.to_owned(), value);
+        }
+        text
+    }
+}
+
+fn removed(cgroup: &TestCgroup) -> bool {
+    // Zombies on their way out still hold a v1 cgroup for a moment.
+    eventually(Duration::from_secs(10), || {
+        fs::remove_dir(&cgroup.path).is_ok()
+    })
+}
+
+#[test]
+fn more_zombies_than_the_maps_hold_are_counted_from_proc() {
+    let cgroup = TestCgroup::new("overflow");
+    let mut helper = Helper::start("leak", 500, &cgroup);
+    assert_eq!(proc_unreaped_children(helper.parent).len(), 500);
+    // 64 slots and 64 hash entries at most: most of the 500 cannot be held in the kernel.
+    let daemon = Daemon::start(&["--max-zombies", "64"]);
+    let pid = helper.parent.to_string();
+    let path = cgroup.host_path();
+    let labels = [("cgroup", path.as_str())];
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_parent_zombies", &[("pid", &pid)]) == Some(500.0)
+            && sample_value(&text, "reapwatch_zombies", &labels) == Some(500.0)
+    });
+    assert!(seen, "{text}");
+    // Found in /proc, each counts as created once.
+    assert_eq!(
+        sample_value(&text, "reapwatch_zombies_created_total", &labels),
+        Some(500.0)
+    );
+    assert_eq!(
+        sample_value(&text, "reapwatch_zombies_reaped_total", &labels),
+        Some(0.0)
+    );
+    let full = sample_value(&text, "reapwatch_map_full_total", &[("map", "zombies")]);
+    assert!(full.is_some_and(|f| f >= 372.0), "{full:?}");
+
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["snapshot", "--json", "--max-zombies", "64"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(parent_entry(&report, helper.parent)["unreaped"], 500);
+    let lost = report["tracer"]["losses"]["zombies_map_full"].as_u64();
+    assert!(lost.is_some_and(|l| l >= 372), "{lost:?}");
+
+    // Reaps of the zombies only userspace holds are counted too.
+    helper.step();
+    let reaped = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_zombies_reaped_total", &labels) == Some(500.0)
+            && sample_value(&text, "reapwatch_zombies", &labels) == Some(0.0)
+    });
+    assert!(reaped, "{text}");
+    assert_eq!(
+        sample_value(&text, "reapwatch_zombies_created_total", &labels),
+        Some(500.0)
+    );
+}
+
+#[test]
+fn counters_continue_when_a_cgroup_is_made_again_under_the_same_path() {
+    let daemon = Daemon::start(&["--gc-grace", "1s"]);
+    let cgroup = TestCgroup::new("remade");
+    let path = cgroup.host_path();
+    let labels = [("cgroup", path.as_str())];
+    let mut watch = CounterWatch::default();
+    let exits = |text: &str| sample_value(text, "reapwatch_process_exits_total", &labels);
+
+    // Three children and the helper itself exit in the cgroup.
+    drop(Helper::start("leak", 3, &cgroup));
+    assert!(eventually(Duration::from_secs(10), || exits(
+        &watch.scrape(&daemon)
+    ) == Some(4.0)));
+    assert!(removed(&cgroup));
+    // Collected after the grace period: its series goes.
+    assert!(eventually(Duration::from_secs(10), || exits(
+        &watch.scrape(&daemon)
+    )
+    .is_none()));
+
+    fs::create_dir(&cgroup.path).unwrap();
+    drop(Helper::start("leak", 3, &cgroup));
+    let mut text = String::new();
+    let continued = eventually(Duration::from_secs(10), || {
+        text = watch.scrape(&daemon);
+        exits(&text) == Some(8.0)
+    });
+    assert!(continued, "{text}");
+    // And it stays there.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(exits(&watch.scrape(&daemon)), Some(8.0));
+}
+
+#[test]
+fn merged_series_never_fall_when_a_member_is_collected() {
+    let daemon = Daemon::start(&[
+        "--gc-grace",
+        "1s",
+        "--label-allow-list",
+        "namespace,pod,container",
+    ]);
+    let mut watch = CounterWatch::default();
+    // Everything outside Kubernetes sums into the series with empty labels.
+    let merged = |text: &str| sample_value(text, "reapwatch_process_exits_total", &[]);
+    for round in 0..3 {
+        let cgroup = TestCgroup::new(&format!("merged-{round}"));
+        drop(Helper::start("leak", 3, &cgroup));
+        assert!(removed(&cgroup));
+    }
+    // Long enough for each removed cgroup to be collected.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(merged(&watch.scrape(&daemon)).is_some());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reap_after_reparenting_is_charged_to_the_cgroup_that_created_the_zombie() {
+    let daemon = Daemon::start(&[]);
+    let reaper = TestCgroup::new("rp-reaper");
+    let creator = TestCgroup::new("rp-a");
+    let creator_dir = creator.path.to_str().unwrap().to_owned();
+    let mut helper = Helper::start_with("orphans-from", 5, &[&creator_dir], &reaper);
+    let (a, b) = (creator.host_path(), reaper.host_path());
+    let (a, b) = ([("cgroup", a.as_str())], [("cgroup", b.as_str())]);
+    let value = |text: &str, name: &str, labels: &[(&str, &str)]| sample_value(text, name, labels);
+
+    let mut text = String::new();
+    // Created by rp-a; the gauge follows them to their new parent.
+    let moved = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        value(&text, "reapwatch_zombies_created_total", &a) == Some(5.0)
+            && value(&text, "reapwatch_zombies", &a) == Some(0.0)
+            && value(&text, "reapwatch_zombies", &b) == Some(5.0)
+    });
+    assert!(moved, "{text}");
+
+    helper.step();
+    let reaped = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        value(&text, "reapwatch_zombies_reaped_total", &a) == Some(5.0)
+            && value(&text, "reapwatch_zombies", &b) == Some(0.0)
+    });
+    assert!(reaped, "{text}");
+    // The reaper's cgroup made one zombie of its own (the child that died) and reaped it.
+    assert_eq!(
+        value(&text, "reapwatch_zombies_created_total", &b),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "reapwatch_zombies_reaped_total", &b),
+        Some(1.0)
+    );
+}
+
+/// The thread of `pid` named `name`.
+fn thread_named(pid: u32, name: &str) -> Option<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+}
+
+/// Stops one thread of another process (ptrace stops threads one by one) until dropped.
+struct StoppedThread(i32);
+
+impl StoppedThread {
+    fn stop(tid: i32) -> Self {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        assert_eq!(
+            unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) },
+            0,
+            "seize"
+        );
+        assert_eq!(
+            unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) },
+            0,
+            "interrupt"
+        );
+        let mut status = 0;
+        assert_eq!(
+            unsafe { libc::waitpid(tid, &mut status, libc::__WALL) },
+            tid,
+            "wait for the stop"
+        );
+        Self(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
+    }
+}
+
+#[test]
+fn probes_and_scrapes_answer_while_sampling_is_stalled() {
+    let daemon = Daemon::start(&[]);
+    let sampler = thread_named(daemon.pid(), "sampler").expect("sampling has a thread of its own");
+    let stalled = StoppedThread::stop(sampler);
+    for _ in 0..5 {
+        assert_eq!(daemon.get("/healthz").map(|r| r.0), Some(200));
+        assert_eq!(daemon.get("/metrics").map(|r| r.0), Some(200));
+    }
+    // Three sample intervals (200 ms here) without a sample: not ready.
+    let mut readyz = None;
+    let unready = eventually(Duration::from_secs(5), || {
+        readyz = daemon.get("/readyz");
+        readyz.as_ref().is_some_and(|(status, _)| *status == 503)
+    });
+    assert!(unready, "{readyz:?}");
+    assert!(readyz.unwrap().1.starts_with("stale"));
+    drop(stalled);
+    assert!(eventually(Duration::from_secs(5), || daemon
+        .get("/readyz")
+        .is_some_and(|(status, _)| status == 200)));
+}
+
+#[test]
+fn failed_samples_are_counted_and_readiness_follows_them() {
+    // A private mount namespace, to make /proc/loadavg unreadable for the daemon alone.
+    let daemon = Daemon::start_wrapped(&["unshare", "--mount", "--propagation", "private"], &[]);
+    let failures = |text: &str| sample_value(text, "reapwatch_sample_failures_total", &[]);
+    let stamp = |text: &str| sample_value(text, "reapwatch_last_sample_timestamp_seconds", &[]);
+    let text = daemon.scrape();
+    assert_eq!(failures(&text), Some(0.0));
+    let good = stamp(&text).expect("a last sample time");
+
+    let garbage = std::env::temp_dir().join(format!("reapwatch-loadavg-{}", std::process::id()));
+    fs::write(&garbage, "garbage\n").unwrap();
+    let pid = daemon.pid().to_string();
+    let in_daemon_ns = |args: &[&str]| {
+        let status = Command::new("nsenter")
+            .args(["--target", &pid, "--mount", "--"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    };
+    in_daemon_ns(&[
+        "mount",
+        "--bind",
+        garbage.to_str().unwrap(),
+        "/proc/loadavg",
+    ]);
+
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        text = daemon.scrape();
+        failures(&text).is_some_and(|f| f >= 3.0)
+            && daemon.get("/readyz").is_some_and(|(s, _)| s == 503)
+    });
+    assert!(counted, "{text}");
+    // The last good sample is still served, with its time.
+    let stale = stamp(&text).unwrap();
+    assert!(stale >= good);
+    assert!(sample_value(&text, "reapwatch_node_tasks", &[]).is_some());
+
+    in_daemon_ns(&["umount", "/proc/loadavg"]);
+    let recovered = eventually(Duration::from_secs(5), || {
+        text = daemon.scrape();
+        stamp(&text).is_some_and(|t| t > stale)
+            && daemon.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let _ = fs::remove_file(&garbage);
+    assert!(recovered, "{text}");
+}
+
+#[test]
+fn a_restart_neither_loses_nor_double_counts_zombies() {
+    let cgroup = TestCgroup::new("restart");
+    let path = cgroup.host_path();
+    let labels = [("cgroup", path.as_str())];
+    let value = |text: &str, name: &str| sample_value(text, name, &labels);
+
+    let first = Daemon::start(&[]);
+    let mut early = Helper::start("leak", 3, &cgroup);
+    assert!(eventually(Duration::from_secs(10), || value(
+        &first.scrape(),
+        "reapwatch_zombies_created_total"
+    ) == Some(3.0)));
+    assert_eq!(first.terminate().code(), Some(0));
+
+    // Made while nothing watched.
+    let late = Helper::start("leak", 2, &cgroup);
+    let restarted = Instant::now();
+    let second = Daemon::start(&[]);
+    let (early_pid, late_pid) = (early.parent.to_string(), late.parent.to_string());
+    let per_parent =
+        |text: &str, pid: &str| sample_value(text, "reapwatch_parent_zombies", &[("pid", pid)]);
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(10), || {
+        text = second.scrape();
+        per_parent(&text, &early_pid) == Some(3.0) && per_parent(&text, &late_pid) == Some(2.0)
+    });
+    assert!(seen, "{text}");
+    assert_eq!(proc_unreaped_children(early.parent).len(), 3);
+    assert_eq!(proc_unreaped_children(late.parent).len(), 2);
+    // Each of the five counted once, when first seen.
+    assert_eq!(value(&text, "reapwatch_zombies_created_total"), Some(5.0));
+    assert_eq!(value(&text, "reapwatch_zombies_reaped_total"), Some(0.0));
+    assert_eq!(value(&text, "reapwatch_zombies"), Some(5.0));
+    // Their exits were not seen: ages count from the restart at most.
+    let oldest = value(&text, "reapwatch_zombie_oldest_seconds").unwrap();
+    assert!(oldest <= restarted.elapsed().as_secs_f64(), "{oldest}");
+
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["snapshot", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    for parent in [early.parent, late.parent] {
+        let children = parent_entry(&report, parent)["children"]
+            .as_array()
+            .unwrap();
+        assert!(children.iter().all(|c| c["age_is_lower_bound"] == true));
+    }
+
+    early.step();
+    let reaped = eventually(Duration::from_secs(10), || {
+        text = second.scrape();
+        value(&text, "reapwatch_zombies_reaped_total") == Some(3.0)
+            && value(&text, "reapwatch_zombies") == Some(2.0)
+    });
+    assert!(reaped, "{text}");
+    assert_eq!(value(&text, "reapwatch_zombies_created_total"), Some(5.0));
+}
