@@ -130,8 +130,8 @@ fn keeps_answering_when_no_task_can_be_created() {
     fs::write(jail.path.join("cgroup.procs"), daemon.pid().to_string()).unwrap();
     let current = fs::read_to_string(jail.path.join("pids.current")).unwrap();
     fs::write(jail.path.join("pids.max"), current.trim()).unwrap();
-    // One thread: everything runs on it.
-    assert_eq!(current.trim(), "1");
+    // Two threads, both made at start-up: the one that answers and the sampler.
+    assert_eq!(current.trim(), "2");
 
     let workload = TestCgroup::new("starved-leak");
     let helper = Helper::start("leak", 4, &workload);

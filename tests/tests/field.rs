@@ -298,7 +298,7 @@ fn failed_samples_are_counted_and_readiness_follows_them() {
     ]);
 
     let mut text = String::new();
-    let counted = eventually(Duration::from_secs(5), || {
+    let counted = eventually(Duration::from_secs(15), || {
         text = daemon.scrape();
         failures(&text).is_some_and(|f| f >= 3.0)
             && daemon.get("/readyz").is_some_and(|(s, _)| s == 503)
@@ -310,7 +310,7 @@ fn failed_samples_are_counted_and_readiness_follows_them() {
     assert!(sample_value(&text, "reapwatch_node_tasks", &[]).is_some());
 
     in_daemon_ns(&["umount", "/proc/loadavg"]);
-    let recovered = eventually(Duration::from_secs(5), || {
+    let recovered = eventually(Duration::from_secs(15), || {
         text = daemon.scrape();
         stamp(&text).is_some_and(|t| t > stale)
             && daemon.get("/readyz").is_some_and(|(s, _)| s == 200)
