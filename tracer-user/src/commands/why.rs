@@ -105,7 +105,9 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         let _ = writeln!(
             out,
             "  pod {}/{}, container {}",
-            labels.namespace, labels.pod, labels.container
+            escape::for_terminal(labels.namespace.as_bytes()),
+            escape::for_terminal(labels.pod.as_bytes()),
+            escape::for_terminal(labels.container.as_bytes())
         );
     }
     let _ = writeln!(out, "  cgroup {}", escape::for_terminal(path.as_bytes()));
