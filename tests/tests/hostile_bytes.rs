@@ -4,6 +4,7 @@
 
 use std::{
     ffi::OsStr,
+    fs,
     os::unix::ffi::OsStrExt,
     process::{Command, Output},
     time::Duration,
@@ -73,20 +74,25 @@ fn snapshot_counts_a_leak_in_a_non_utf8_cgroup() {
 #[test]
 fn serve_labels_a_non_utf8_cgroup_lossily() {
     let cgroup = TestCgroup::with_raw_name(bad_name());
+    // A pids.max makes the exporter read the cgroup's pids.* files: from the raw directory.
+    fs::write(cgroup.path.join("pids.max"), "100").unwrap();
     let daemon = Daemon::start(&[]);
     let helper = Helper::start("leak", 3, &cgroup);
     assert_eq!(proc_unreaped_children(helper.parent).len(), 3);
     let lossy = cgroup.host_path();
+    let labels = [("cgroup", lossy.as_str())];
 
     let mut last = (0, String::new());
     let seen = eventually(Duration::from_secs(15), || {
         last = daemon.get("/metrics").unwrap_or((0, "no answer".into()));
         last.0 == 200
-            && sample_value(&last.1, "reapwatch_zombies", &[("cgroup", &lossy)]) == Some(3.0)
+            && sample_value(&last.1, "reapwatch_zombies", &labels) == Some(3.0)
+            && sample_value(&last.1, "reapwatch_cgroup_pids_max", &labels) == Some(100.0)
+            && sample_value(&last.1, "reapwatch_cgroup_pids_current", &labels) == Some(4.0)
     });
     assert!(
         seen,
-        "no reapwatch_zombies 3 for {lossy:?}: last answer {} {}",
+        "no zombies 3, pids 4/100 for {lossy:?}: last answer {} {}",
         last.0,
         last.1.lines().next().unwrap_or_default()
     );

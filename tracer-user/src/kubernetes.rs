@@ -4,9 +4,12 @@
 use std::{
     collections::HashMap,
     fs,
+    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use crate::escape;
 
 /// What a cgroup path says about the container in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,30 +141,40 @@ impl PodDirectory {
     fn scan(&mut self) {
         self.scanned_at = Some(Instant::now());
         self.pods = entries(&self.pods_dir)
-            .filter_map(|name| {
-                // Namespaces and pod names cannot contain '_', UIDs neither.
-                let mut parts = name.splitn(3, '_');
-                let (namespace, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
-                Some((uid.to_owned(), (namespace.to_owned(), pod.to_owned())))
-            })
+            .filter_map(|name| parse_pod_dir(&name))
             .collect();
         self.containers = entries(&self.containers_dir)
-            .filter_map(|name| {
-                let stem = name.strip_suffix(".log")?;
-                let (rest, id) = stem.rsplit_once('-')?;
-                let container = rest.splitn(3, '_').nth(2)?;
-                Some((id.to_owned(), container.to_owned()))
-            })
+            .filter_map(|name| parse_container_log(&name))
             .collect();
     }
 }
 
-fn entries(dir: &Path) -> impl Iterator<Item = String> {
+/// A pod's log directory, `<namespace>_<pod>_<uid>`, as `(uid, (namespace, pod))`.
+/// Namespaces and pod names cannot contain '_', UIDs neither.
+fn parse_pod_dir(name: &[u8]) -> Option<(String, (String, String))> {
+    let name = escape::lossy(name);
+    let mut parts = name.splitn(3, '_');
+    let (namespace, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((uid.to_owned(), (namespace.to_owned(), pod.to_owned())))
+}
+
+/// A container's log link, `<pod>_<namespace>_<container>-<id>.log`, as `(id, container)`.
+fn parse_container_log(name: &[u8]) -> Option<(String, String)> {
+    let name = escape::lossy(name);
+    let stem = name.strip_suffix(".log")?;
+    let (rest, id) = stem.rsplit_once('-')?;
+    let container = rest.splitn(3, '_').nth(2)?;
+    Some((id.to_owned(), container.to_owned()))
+}
+
+/// Raw names: kubelet names these after what a tenant chose, and a name that is not UTF-8
+/// is still shown (lossily) rather than dropped.
+fn entries(dir: &Path) -> impl Iterator<Item = Vec<u8>> {
     fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|e| e.file_name().into_vec())
 }
 
 #[cfg(test)]

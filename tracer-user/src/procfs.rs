@@ -4,6 +4,8 @@ use std::{fs, io, path::Path};
 
 use anyhow::{bail, Context, Result};
 
+use crate::escape;
+
 /// The fields of `/proc/<pid>/stat` reapwatch uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcStat {
@@ -136,7 +138,9 @@ pub struct CgroupLine {
     pub hierarchy_id: u32,
     /// Empty for the unified (v2) hierarchy; `name=systemd` for named v1 hierarchies.
     pub controllers: Vec<String>,
-    pub path: String,
+    /// Raw bytes: a cgroup may be named with any byte but `/` and NUL, so the path reaches
+    /// the filesystem as is and becomes text (lossily) only to be shown or used as a label.
+    pub path: Vec<u8>,
 }
 
 impl CgroupLine {
@@ -149,35 +153,51 @@ impl CgroupLine {
     }
 }
 
-pub fn parse_cgroup_file(text: &str) -> Result<Vec<CgroupLine>> {
-    text.lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                bail!("malformed cgroup line {line:?}");
-            };
-            Ok(CgroupLine {
-                hierarchy_id: id
-                    .parse()
-                    .with_context(|| format!("bad hierarchy id in {line:?}"))?,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                path: path.to_owned(),
-            })
-        })
-        .collect()
+/// Parses `/proc/<pid>/cgroup`. The kernel prints paths unescaped, so a cgroup named with a
+/// newline splits its line: a line that is not `id:controllers:path` continues the path
+/// before it, instead of failing every reader of that process.
+pub fn parse_cgroup_file(text: &[u8]) -> Result<Vec<CgroupLine>> {
+    let mut lines: Vec<CgroupLine> = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        match parse_cgroup_line(line) {
+            Some(parsed) => lines.push(parsed),
+            None => match lines.last_mut() {
+                Some(previous) => {
+                    previous.path.push(b'\n');
+                    previous.path.extend_from_slice(line);
+                }
+                None if line.is_empty() => {}
+                None => bail!("malformed cgroup line {:?}", escape::lossy(line)),
+            },
+        }
+    }
+    // The file ends with a newline, which is not part of the last path.
+    if let Some(last) = lines.last_mut() {
+        if text.ends_with(b"\n") {
+            last.path.pop();
+        }
+    }
+    Ok(lines)
+}
+
+fn parse_cgroup_line(line: &[u8]) -> Option<CgroupLine> {
+    let mut parts = line.splitn(3, |&b| b == b':');
+    let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(CgroupLine {
+        hierarchy_id: std::str::from_utf8(id).ok()?.parse().ok()?,
+        controllers: escape::lossy(controllers)
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        path: path.to_vec(),
+    })
 }
 
 /// Reads `/proc/<pid>/cgroup`; `Ok(None)` when the process is gone.
 pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>>> {
     let path = proc_root.join(pid.to_string()).join("cgroup");
-    match fs::read_to_string(&path) {
+    match fs::read(&path) {
         Ok(text) => parse_cgroup_file(&text)
             .map(Some)
             .with_context(|| format!("cannot parse {}", path.display())),
@@ -313,24 +333,33 @@ mod tests {
                     1:name=systemd:/system.slice/containerd.service\n\
                     3:cpu,cpuacct:/\n\
                     0::/system.slice/containerd.service\n";
-        let lines = parse_cgroup_file(text).unwrap();
+        let lines = parse_cgroup_file(text.as_bytes()).unwrap();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].has_controller("pids"));
         assert!(lines[1].has_controller("name=systemd"));
         assert_eq!(lines[2].controllers, ["cpu", "cpuacct"]);
         assert!(lines[3].is_unified());
-        assert_eq!(lines[3].path, "/system.slice/containerd.service");
+        assert_eq!(lines[3].path, b"/system.slice/containerd.service");
     }
 
     #[test]
     fn cgroup_path_may_contain_colons() {
-        let lines = parse_cgroup_file("0::/a:b:c\n").unwrap();
-        assert_eq!(lines[0].path, "/a:b:c");
+        let lines = parse_cgroup_file(b"0::/a:b:c\n").unwrap();
+        assert_eq!(lines[0].path, b"/a:b:c");
+    }
+
+    #[test]
+    fn cgroup_path_may_hold_any_byte() {
+        let lines = parse_cgroup_file(b"12:pids:/bad\xffname\n0::/x\ny\n\n").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].path, b"/bad\xffname");
+        assert_eq!(lines[1].path, b"/x\ny\n");
     }
 
     #[test]
     fn cgroup_file_malformed() {
-        assert!(parse_cgroup_file("garbage\n").is_err());
-        assert!(parse_cgroup_file("x::/\n").is_err());
+        assert!(parse_cgroup_file(b"garbage\n").is_err());
+        assert!(parse_cgroup_file(b"x::/\n").is_err());
+        assert!(parse_cgroup_file(b"").unwrap().is_empty());
     }
 }

@@ -26,7 +26,10 @@ pub struct ReapingFacts {
 }
 
 impl ReapingFacts {
-    pub fn parse(status: &str) -> Self {
+    /// `status` is raw `/proc/<pid>/status`: its `Name:` line is the process's own choice of
+    /// bytes, so it is read lossily.
+    pub fn parse(status: &[u8]) -> Self {
+        let status = escape::lossy(status);
         let mask = |field: &str| {
             status
                 .lines()
@@ -68,7 +71,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
     let pid = args.pid;
     let stat = procfs::read_stat(proc_root, pid)?.with_context(|| format!("no process {pid}"))?;
-    let status = fs::read_to_string(proc_root.join(format!("{pid}/status")))
+    let status = fs::read(proc_root.join(format!("{pid}/status")))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let facts = ReapingFacts::parse(&status);
     let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
@@ -276,12 +279,12 @@ mod tests {
     fn status_facts() {
         let status =
             "Name:\tagent\nSigIgn:\t0000000000010000\nSigCgt:\t0000000000000000\nNSpid:\t4242\t1\n";
-        let facts = ReapingFacts::parse(status);
+        let facts = ReapingFacts::parse(status.as_bytes());
         assert!(facts.sigchld_ignored && !facts.sigchld_handled);
         assert_eq!(facts.ns_pids, [4242, 1]);
         assert!(facts.is_namespace_init());
 
-        let host = ReapingFacts::parse("SigIgn:\t0\nSigCgt:\t0000000000010000\nNSpid:\t1\n");
+        let host = ReapingFacts::parse(b"SigIgn:\t0\nSigCgt:\t0000000000010000\nNSpid:\t1\n");
         assert!(!host.sigchld_ignored && host.sigchld_handled);
         // The host's own PID 1 is no container init.
         assert!(!host.is_namespace_init());
