@@ -122,3 +122,30 @@ mod tests {
         }
     }
 }
+
+/// Random and hostile bytes: nothing a terminal would act on or hide gets through.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn nothing_invisible_reaches_the_terminal(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let shown = for_terminal(&bytes);
+            prop_assert!(!shown.chars().any(|c| c.is_control() || is_invisible(c)), "{:?}", shown);
+        }
+
+        #[test]
+        fn hostile_text_never_hides(text in any::<String>()) {
+            let shown = for_terminal(text.as_bytes());
+            prop_assert!(!shown.chars().any(|c| c.is_control() || is_invisible(c)), "{:?}", shown);
+        }
+
+        #[test]
+        fn printable_ascii_is_unchanged(text in "[ -\\[\\]-~]{0,64}") {
+            prop_assert_eq!(for_terminal(text.as_bytes()), text);
+        }
+    }
+}

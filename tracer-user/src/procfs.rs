@@ -363,3 +363,129 @@ mod tests {
         assert!(parse_cgroup_file(b"").unwrap().is_empty());
     }
 }
+
+/// Random and hostile bytes against the `/proc` parsers: they never panic, and what they
+/// parse comes back as it was written.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A stat line as the kernel prints it: 52 fields, `comm` between parentheses.
+    #[allow(clippy::too_many_arguments)]
+    fn stat_line(
+        pid: u32,
+        comm: &[u8],
+        state: u8,
+        ppid: u32,
+        threads: u32,
+        start: u64,
+        exit_signal: i32,
+        exit_status: i32,
+    ) -> Vec<u8> {
+        let mut fields: Vec<String> = (3..=52).map(|n| (n * 7).to_string()).collect();
+        fields[0] = (state as char).to_string();
+        fields[1] = ppid.to_string();
+        fields[20 - 3] = threads.to_string();
+        fields[22 - 3] = start.to_string();
+        fields[38 - 3] = exit_signal.to_string();
+        fields[52 - 3] = exit_status.to_string();
+        let mut line = format!("{pid} (").into_bytes();
+        line.extend_from_slice(comm);
+        line.extend_from_slice(format!(") {}\n", fields.join(" ")).as_bytes());
+        line
+    }
+
+    /// One line of a cgroup file: unified, or v1 with a controller list.
+    fn cgroup_line() -> impl Strategy<Value = CgroupLine> {
+        (
+            any::<u32>(),
+            prop::collection::vec("[a-z_=]{1,12}", 0..4),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(id, controllers, path)| CgroupLine {
+                hierarchy_id: if controllers.is_empty() { 0 } else { id },
+                controllers,
+                path,
+            })
+    }
+
+    fn cgroup_file(lines: &[CgroupLine]) -> Vec<u8> {
+        let mut text = Vec::new();
+        for line in lines {
+            text.extend_from_slice(
+                format!("{}:{}:", line.hierarchy_id, line.controllers.join(",")).as_bytes(),
+            );
+            text.extend_from_slice(&line.path);
+            text.push(b'\n');
+        }
+        text
+    }
+
+    proptest! {
+        #[test]
+        fn stat_never_panics(text in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_stat(&text);
+        }
+
+        #[test]
+        fn stat_with_hostile_comm_never_panics(
+            comm in prop::collection::vec(any::<u8>(), 0..32),
+            tail in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut text = b"42 (".to_vec();
+            text.extend_from_slice(&comm);
+            text.extend_from_slice(b") ");
+            text.extend_from_slice(&tail);
+            let _ = parse_stat(&text);
+        }
+
+        #[test]
+        fn stat_round_trips(
+            pid in any::<u32>(),
+            comm in prop::collection::vec(any::<u8>(), 0..32),
+            state in prop::sample::select(b"RSDZTtXxIPWK".to_vec()),
+            ppid in any::<u32>(),
+            threads in any::<u32>(),
+            start in any::<u64>(),
+            exit_signal in any::<i32>(),
+            exit_status in any::<i32>(),
+        ) {
+            let text = stat_line(pid, &comm, state, ppid, threads, start, exit_signal, exit_status);
+            let stat = parse_stat(&text).unwrap();
+            prop_assert_eq!(stat, ProcStat {
+                pid,
+                comm,
+                state,
+                ppid,
+                num_threads: threads,
+                start_ticks: start,
+                exit_signal: Some(exit_signal),
+                exit_status: Some(exit_status),
+            });
+        }
+
+        #[test]
+        fn cgroup_file_never_panics(text in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_cgroup_file(&text);
+        }
+
+        #[test]
+        fn cgroup_file_round_trips(lines in prop::collection::vec(cgroup_line(), 1..6)) {
+            // A path with a newline followed by something shaped like a line of its own
+            // cannot be told from two lines: the kernel does not escape them.
+            prop_assume!(lines.iter().all(|l| l
+                .path
+                .split(|&b| b == b'\n')
+                .skip(1)
+                .all(|rest| parse_cgroup_line(rest).is_none())));
+            prop_assert_eq!(parse_cgroup_file(&cgroup_file(&lines)).unwrap(), lines);
+        }
+
+        #[test]
+        fn loadavg_never_panics(text in any::<String>()) {
+            let _ = parse_loadavg_tasks(&text);
+        }
+    }
+}

@@ -290,3 +290,47 @@ mod tests {
         assert!(!host.is_namespace_init());
     }
 }
+
+/// Random and hostile `/proc/<pid>/status` contents: never a panic, and the facts come back
+/// whatever the process named itself.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn status_never_panics(status in prop::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = ReapingFacts::parse(&status);
+        }
+
+        #[test]
+        fn status_round_trips(
+            name in prop::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..32),
+            ignored in any::<u64>(),
+            caught in any::<u64>(),
+            ns_pids in prop::collection::vec(any::<u32>(), 1..4),
+        ) {
+            let mut status = b"Name:\t".to_vec();
+            status.extend_from_slice(&name);
+            let ids: Vec<String> = ns_pids.iter().map(u32::to_string).collect();
+            status.extend_from_slice(
+                format!(
+                    "\nUmask:\t0022\nState:\tZ (zombie)\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\nNSpid:\t{}\n",
+                    ids.join("\t")
+                )
+                .as_bytes(),
+            );
+            let sigchld = 1u64 << (SIGCHLD - 1);
+            prop_assert_eq!(
+                ReapingFacts::parse(&status),
+                ReapingFacts {
+                    sigchld_ignored: ignored & sigchld != 0,
+                    sigchld_handled: caught & sigchld != 0,
+                    ns_pids,
+                }
+            );
+        }
+    }
+}
