@@ -181,7 +181,8 @@ impl CgroupHierarchy {
         [b"/".as_slice(), &parts.join(&b'/')].concat()
     }
 
-    /// The directory of a path: raw bytes, or the lossy text of a walked path.
+    /// The directory of a path: raw bytes, or the lossy text of a walked path. (A valid
+    /// name that holds U+FFFD and equals another's lossy text is taken for that other.)
     fn dir(&self, path: &[u8]) -> PathBuf {
         let raw = std::str::from_utf8(path)
             .ok()
