@@ -72,6 +72,37 @@ fn snapshot_counts_a_leak_in_a_non_utf8_cgroup() {
 }
 
 #[test]
+fn scan_counts_a_leak_in_a_non_utf8_cgroup() {
+    let cgroup = TestCgroup::with_raw_name(bad_name());
+    fs::write(cgroup.path.join("pids.max"), "100").unwrap();
+    let helper = Helper::start("leak", 3, &cgroup);
+    assert_eq!(proc_unreaped_children(helper.parent).len(), 3);
+    let lossy = cgroup.host_path();
+
+    let output = reapwatch(&["scan", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(
+        parent_entry(&report, helper.parent)["cgroup"],
+        lossy.as_str()
+    );
+    let entry = report["cgroups"]
+        .as_array()
+        .expect("a cgroups array")
+        .iter()
+        .find(|c| c["cgroup"] == lossy.as_str())
+        .unwrap_or_else(|| panic!("{lossy:?} not in {}", report["cgroups"]));
+    assert_eq!(entry["zombies"], 3, "{entry}");
+    // Read from the raw directory: the parent and its 3 zombies.
+    assert_eq!(entry["pids_max"], 100, "{entry}");
+    assert_eq!(entry["pids_current"], 4, "{entry}");
+}
+
+#[test]
 fn serve_labels_a_non_utf8_cgroup_lossily() {
     let cgroup = TestCgroup::with_raw_name(bad_name());
     // A pids.max makes the exporter read the cgroup's pids.* files: from the raw directory.
