@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::{OsStr, OsString},
     fs,
     io::{BufRead, BufReader, Write},
     os::unix::fs::MetadataExt,
@@ -43,17 +44,28 @@ impl TestCgroup {
         Self::in_hierarchy(HierarchyChoice::Auto, name)
     }
 
+    /// A cgroup named with any bytes a directory name can hold, as tenants may name theirs.
+    pub fn with_raw_name(name: &OsStr) -> Self {
+        Self::create(HierarchyChoice::Auto, name)
+    }
+
     /// A cgroup in the hierarchy `choice` names (to test attribution by each).
     pub fn in_hierarchy(choice: HierarchyChoice, name: &str) -> Self {
+        Self::create(choice, name.as_ref())
+    }
+
+    fn create(choice: HierarchyChoice, name: &OsStr) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let hierarchy = hierarchy(choice);
         let root = hierarchy.root().join("reapwatch-tests");
         fs::create_dir_all(&root).expect("create the tests' cgroup");
-        let path = root.join(format!(
-            "{name}-{}-{}",
+        let mut unique = OsString::from(name);
+        unique.push(format!(
+            "-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
+        let path = root.join(unique);
         fs::create_dir(&path).expect("create a test cgroup");
         Self {
             path,
@@ -71,7 +83,8 @@ impl TestCgroup {
         }
     }
 
-    /// The path as `/proc/<pid>/cgroup` shows it.
+    /// The path as `/proc/<pid>/cgroup` shows it, decoded lossily (U+FFFD for invalid bytes),
+    /// as reapwatch shows and labels it.
     pub fn host_path(&self) -> String {
         let relative = self.path.strip_prefix(&self.root).expect("under the root");
         format!("/{}", relative.display())

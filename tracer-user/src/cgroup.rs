@@ -2,48 +2,50 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsStr,
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use crate::procfs::CgroupLine;
+use crate::{escape, procfs::CgroupLine};
 
 /// Picks the line of `/proc/<pid>/cgroup` that best names the process's container or unit:
 /// a path that looks like a container first, then a non-root unified (v2) path, then the v1
 /// `pids` or `name=systemd` path, then whatever is left.
-pub fn select_path(lines: &[CgroupLine]) -> Option<&str> {
+pub fn select_path(lines: &[CgroupLine]) -> Option<&[u8]> {
     let pick = |wanted: &dyn Fn(&CgroupLine) -> bool| {
-        lines.iter().find(|l| wanted(l)).map(|l| l.path.as_str())
+        lines.iter().find(|l| wanted(l)).map(|l| l.path.as_slice())
     };
     pick(&|l| looks_like_container(&l.path))
-        .or_else(|| pick(&|l| l.is_unified() && l.path != "/"))
+        .or_else(|| pick(&|l| l.is_unified() && l.path != b"/"))
         .or_else(|| pick(&|l| l.has_controller("pids")))
         .or_else(|| pick(&|l| l.has_controller("name=systemd")))
-        .or_else(|| lines.first().map(|l| l.path.as_str()))
+        .or_else(|| lines.first().map(|l| l.path.as_slice()))
 }
 
-/// [`select_path`], as a host path where this process is in a private cgroup namespace.
+/// [`select_path`], as a host path where this process is in a private cgroup namespace,
+/// decoded lossily: for display and labels.
 pub fn select_host_path(
     hierarchy: Option<&mut CgroupHierarchy>,
     lines: &[CgroupLine],
 ) -> Option<String> {
     let path = select_path(lines)?;
     Some(match hierarchy {
-        Some(hierarchy) => hierarchy.host_path(path),
-        None => path.to_owned(),
+        Some(hierarchy) => escape::lossy(&hierarchy.host_path(path)),
+        None => escape::lossy(path),
     })
 }
 
 /// Container runtimes name their cgroups after a 64-hex container id (Docker, containerd,
 /// CRI-O, podman), and kubelet puts pods under `kubepods`.
-pub fn looks_like_container(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        segment.starts_with("kubepods")
+pub fn looks_like_container(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|segment| {
+        segment.starts_with(b"kubepods")
             || segment
-                .split(['-', '.'])
-                .any(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+                .split(|&b| b == b'-' || b == b'.')
+                .any(|part| part.len() == 64 && part.iter().all(u8::is_ascii_hexdigit))
     })
 }
 
@@ -72,10 +74,14 @@ pub enum HierarchyChoice {
 pub struct CgroupHierarchy {
     kind: HierarchyKind,
     root: PathBuf,
-    paths_by_id: HashMap<u64, String>,
+    /// Raw paths (`/a/b`) from the last walk.
+    paths_by_id: HashMap<u64, Vec<u8>>,
+    /// The raw path of each walked path that is not UTF-8, by its lossy text: callers that
+    /// hold only the text (a label) still reach the directory.
+    raw_by_text: HashMap<String, Vec<u8>>,
     walked_at: Option<Instant>,
     /// Where this process's cgroup namespace is rooted, once looked up.
-    namespace_root: Option<Option<String>>,
+    namespace_root: Option<Option<Vec<u8>>>,
 }
 
 const WALK_AT_MOST_EVERY: Duration = Duration::from_secs(1);
@@ -116,6 +122,7 @@ impl CgroupHierarchy {
             kind,
             root,
             paths_by_id: HashMap::new(),
+            raw_by_text: HashMap::new(),
             walked_at: None,
             namespace_root: None,
         }))
@@ -136,6 +143,7 @@ impl CgroupHierarchy {
             kind,
             root: root.to_path_buf(),
             paths_by_id: HashMap::new(),
+            raw_by_text: HashMap::new(),
             walked_at: None,
             namespace_root: None,
         }
@@ -145,35 +153,43 @@ impl CgroupHierarchy {
     /// reader's cgroup namespace: in a pod with a private one (the default on cgroup v2) they
     /// read `/../../kubepods.slice/...`. The host's hierarchy mounted here says where that
     /// namespace is rooted: the directory listing this process.
-    pub fn host_path(&mut self, proc_path: &str) -> String {
-        if !proc_path.starts_with("/..") {
-            return proc_path.to_owned();
+    pub fn host_path(&mut self, proc_path: &[u8]) -> Vec<u8> {
+        if !proc_path.starts_with(b"/..") {
+            return proc_path.to_vec();
         }
         if self.namespace_root.is_none() {
             let own = std::process::id().to_string();
             let found = self.walk().into_iter().map(|(_, path)| path).find(|path| {
-                let procs = self
-                    .root
-                    .join(path.trim_start_matches('/'))
-                    .join("cgroup.procs");
-                fs::read_to_string(procs).is_ok_and(|procs| procs.lines().any(|p| p == own))
+                fs::read_to_string(self.dir(path).join("cgroup.procs"))
+                    .is_ok_and(|procs| procs.lines().any(|p| p == own))
             });
             self.namespace_root = Some(found);
         }
-        let root = self
-            .namespace_root
-            .clone()
-            .flatten()
-            .unwrap_or_else(|| "/".to_owned());
-        let mut parts: Vec<&str> = root.split('/').filter(|p| !p.is_empty()).collect();
-        for part in proc_path.split('/').filter(|p| !p.is_empty()) {
-            if part == ".." {
+        let root = self.namespace_root.clone().flatten().unwrap_or_default();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in root
+            .split(|&b| b == b'/')
+            .chain(proc_path.split(|&b| b == b'/'))
+            .filter(|p| !p.is_empty())
+        {
+            if part == b".." {
                 parts.pop();
             } else {
                 parts.push(part);
             }
         }
-        format!("/{}", parts.join("/"))
+        [b"/".as_slice(), &parts.join(&b'/')].concat()
+    }
+
+    /// The directory of a path: raw bytes, or the lossy text of a walked path. (A valid
+    /// name that holds U+FFFD and equals another's lossy text is taken for that other.)
+    fn dir(&self, path: &[u8]) -> PathBuf {
+        let raw = std::str::from_utf8(path)
+            .ok()
+            .and_then(|text| self.raw_by_text.get(text))
+            .map_or(path, Vec::as_slice);
+        let relative = &raw[raw.iter().take_while(|&&b| b == b'/').count()..];
+        self.root.join(OsStr::from_bytes(relative))
     }
 
     /// The line of `/proc/<pid>/cgroup` that belongs to this hierarchy.
@@ -185,16 +201,14 @@ impl CgroupHierarchy {
     }
 
     /// The cgroup id (kernfs inode) of a path such as `/system.slice/x.service`.
-    pub fn id_of(&self, path: &str) -> Option<u64> {
-        fs::metadata(self.root.join(path.trim_start_matches('/')))
-            .ok()
-            .map(|m| m.ino())
+    pub fn id_of(&self, path: &[u8]) -> Option<u64> {
+        fs::metadata(self.dir(path)).ok().map(|m| m.ino())
     }
 
     /// `pids.current` and `pids.max` (None for "max") of a cgroup, where the pids controller
-    /// is active for it.
-    pub fn pids(&self, path: &str) -> Option<(u64, Option<u64>)> {
-        let dir = self.root.join(path.trim_start_matches('/'));
+    /// is active for it. `path` is raw, or the text [`CgroupHierarchy::path_of`] gave.
+    pub fn pids(&self, path: impl AsRef<[u8]>) -> Option<(u64, Option<u64>)> {
+        let dir = self.dir(path.as_ref());
         let current = fs::read_to_string(dir.join("pids.current"))
             .ok()?
             .trim()
@@ -204,13 +218,13 @@ impl CgroupHierarchy {
         Some((current, max.trim().parse().ok()))
     }
 
-    /// The path of a cgroup id, walking the hierarchy on a cache miss. Ids of removed cgroups
-    /// stay unresolved.
+    /// The path of a cgroup id (lossy text), walking the hierarchy on a cache miss. Ids of
+    /// removed cgroups stay unresolved.
     pub fn path_of(&mut self, id: u64) -> Option<String> {
         // A cached path holds while that directory still has this id.
         if let Some(path) = self.paths_by_id.get(&id) {
             if self.id_of(path) == Some(id) {
-                return Some(path.clone());
+                return Some(escape::lossy(path));
             }
         }
         // Unknown ids (cgroups gone before they were seen) must not each cost a full walk.
@@ -222,11 +236,17 @@ impl CgroupHierarchy {
         }
         self.walked_at = Some(Instant::now());
         self.paths_by_id = self.walk().into_iter().collect();
-        self.paths_by_id.get(&id).cloned()
+        self.raw_by_text = self
+            .paths_by_id
+            .values()
+            .filter(|path| std::str::from_utf8(path).is_err())
+            .map(|path| (escape::lossy(path), path.clone()))
+            .collect();
+        self.paths_by_id.get(&id).map(|path| escape::lossy(path))
     }
 
-    /// Every cgroup of the hierarchy: `(id, path)`.
-    pub fn walk(&self) -> Vec<(u64, String)> {
+    /// Every cgroup of the hierarchy: `(id, raw path)`.
+    pub fn walk(&self) -> Vec<(u64, Vec<u8>)> {
         let mut found = Vec::new();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
@@ -234,7 +254,7 @@ impl CgroupHierarchy {
                 continue;
             };
             let relative = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
-            found.push((meta.ino(), format!("/{}", relative.to_string_lossy())));
+            found.push((meta.ino(), [b"/", relative.as_os_str().as_bytes()].concat()));
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
@@ -263,29 +283,35 @@ mod tests {
              1:name=systemd:/kubepods/burstable/pod1234/{CONTAINER_ID}\n\
              0::/\n"
         );
-        let lines = parse_cgroup_file(&text).unwrap();
+        let lines = parse_cgroup_file(text.as_bytes()).unwrap();
         assert_eq!(
             select_path(&lines),
-            Some(format!("/kubepods/burstable/pod1234/{CONTAINER_ID}").as_str())
+            Some(format!("/kubepods/burstable/pod1234/{CONTAINER_ID}").as_bytes())
         );
     }
 
     #[test]
     fn unified_path_before_v1_controllers() {
         let lines = parse_cgroup_file(
-            "12:pids:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/system.slice/cron.service\n",
+            b"12:pids:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/system.slice/cron.service\n",
         )
         .unwrap();
-        assert_eq!(select_path(&lines), Some("/system.slice/cron.service"));
+        assert_eq!(
+            select_path(&lines),
+            Some(b"/system.slice/cron.service".as_slice())
+        );
     }
 
     #[test]
     fn v1_pids_when_unified_is_root() {
         let lines = parse_cgroup_file(
-            "1:name=systemd:/system.slice/ssh.service\n12:pids:/system.slice/ssh.service/x\n0::/\n",
+            b"1:name=systemd:/system.slice/ssh.service\n12:pids:/system.slice/ssh.service/x\n0::/\n",
         )
         .unwrap();
-        assert_eq!(select_path(&lines), Some("/system.slice/ssh.service/x"));
+        assert_eq!(
+            select_path(&lines),
+            Some(b"/system.slice/ssh.service/x".as_slice())
+        );
     }
 
     #[test]
@@ -300,11 +326,29 @@ mod tests {
         )
         .unwrap();
         let mut hierarchy = CgroupHierarchy::at(&root, HierarchyKind::Unified);
-        let agent = hierarchy.host_path("/../../pod-b/ctr-agent");
-        let unchanged = hierarchy.host_path("/system.slice/cron.service");
+        let agent = hierarchy.host_path(b"/../../pod-b/ctr-agent");
+        let unchanged = hierarchy.host_path(b"/system.slice/cron.service");
         fs::remove_dir_all(&root).unwrap();
-        assert_eq!(agent, "/kubepods.slice/pod-b/ctr-agent");
-        assert_eq!(unchanged, "/system.slice/cron.service");
+        assert_eq!(agent, b"/kubepods.slice/pod-b/ctr-agent");
+        assert_eq!(unchanged, b"/system.slice/cron.service");
+    }
+
+    #[test]
+    fn non_utf8_cgroup_resolves_from_its_lossy_path() {
+        let root = std::env::temp_dir().join(format!("reapwatch-bytes-{}", std::process::id()));
+        let bad = root.join(OsStr::from_bytes(b"pods/bad\xffname"));
+        fs::create_dir_all(&bad).unwrap();
+        fs::write(bad.join("pids.current"), "3\n").unwrap();
+        fs::write(bad.join("pids.max"), "max\n").unwrap();
+        let id = fs::metadata(&bad).unwrap().ino();
+        let mut hierarchy = CgroupHierarchy::at(&root, HierarchyKind::V1Pids);
+        let text = hierarchy.path_of(id);
+        let raw_id = hierarchy.id_of(b"/pods/bad\xffname");
+        let pids = hierarchy.pids(text.clone().unwrap_or_default());
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(text.as_deref(), Some("/pods/bad\u{fffd}name"));
+        assert_eq!(raw_id, Some(id));
+        assert_eq!(pids, Some((3, None)));
     }
 
     #[test]
@@ -315,9 +359,9 @@ mod tests {
             format!("/machine.slice/crio-{CONTAINER_ID}.scope"),
             format!("/docker/{CONTAINER_ID}"),
         ] {
-            assert!(looks_like_container(&path), "{path}");
+            assert!(looks_like_container(path.as_bytes()), "{path}");
         }
-        assert!(!looks_like_container("/system.slice/cron.service"));
-        assert!(!looks_like_container("/"));
+        assert!(!looks_like_container(b"/system.slice/cron.service"));
+        assert!(!looks_like_container(b"/"));
     }
 }

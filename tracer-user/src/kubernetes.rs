@@ -4,9 +4,12 @@
 use std::{
     collections::HashMap,
     fs,
+    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use crate::escape;
 
 /// What a cgroup path says about the container in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -145,30 +148,40 @@ impl PodDirectory {
     fn scan(&mut self) {
         self.scanned_at = Some(Instant::now());
         self.pods = entries(&self.pods_dir)
-            .filter_map(|name| {
-                // Namespaces and pod names cannot contain '_', UIDs neither.
-                let mut parts = name.splitn(3, '_');
-                let (namespace, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
-                Some((uid.to_owned(), (namespace.to_owned(), pod.to_owned())))
-            })
+            .filter_map(|name| parse_pod_dir(&name))
             .collect();
         self.containers = entries(&self.containers_dir)
-            .filter_map(|name| {
-                let stem = name.strip_suffix(".log")?;
-                let (rest, id) = stem.rsplit_once('-')?;
-                let container = rest.splitn(3, '_').nth(2)?;
-                Some((id.to_owned(), container.to_owned()))
-            })
+            .filter_map(|name| parse_container_log(&name))
             .collect();
     }
 }
 
-fn entries(dir: &Path) -> impl Iterator<Item = String> {
+/// A pod's log directory, `<namespace>_<pod>_<uid>`, as `(uid, (namespace, pod))`.
+/// Namespaces and pod names cannot contain '_', UIDs neither.
+fn parse_pod_dir(name: &[u8]) -> Option<(String, (String, String))> {
+    let name = escape::lossy(name);
+    let mut parts = name.splitn(3, '_');
+    let (namespace, pod, uid) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((uid.to_owned(), (namespace.to_owned(), pod.to_owned())))
+}
+
+/// A container's log link, `<pod>_<namespace>_<container>-<id>.log`, as `(id, container)`.
+fn parse_container_log(name: &[u8]) -> Option<(String, String)> {
+    let name = escape::lossy(name);
+    let stem = name.strip_suffix(".log")?;
+    let (rest, id) = stem.rsplit_once('-')?;
+    let container = rest.splitn(3, '_').nth(2)?;
+    Some((id.to_owned(), container.to_owned()))
+}
+
+/// Raw names: kubelet names these after what a tenant chose, and a name that is not UTF-8
+/// is still shown (lossily) rather than dropped.
+fn entries(dir: &Path) -> impl Iterator<Item = Vec<u8>> {
     fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
+        .map(|e| e.file_name().into_vec())
 }
 
 #[cfg(test)]
@@ -268,5 +281,125 @@ mod tests {
             directory.labels(&ContainerRef::default()),
             PodLabels::default()
         );
+    }
+
+    #[test]
+    fn non_utf8_log_names_are_shown_lossily() {
+        use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+
+        let root = std::env::temp_dir().join(format!("reapwatch-k8s-bytes-{}", std::process::id()));
+        let pods = root.join("pods");
+        let mut raw = b"team\xff_api_".to_vec();
+        raw.extend_from_slice(UID.as_bytes());
+        fs::create_dir_all(pods.join(OsStr::from_bytes(&raw))).unwrap();
+        fs::create_dir_all(root.join("containers")).unwrap();
+        let mut log = b"api_team\xff_srv\xfe-".to_vec();
+        log.extend_from_slice(format!("{ID}.log").as_bytes());
+        fs::write(root.join("containers").join(OsStr::from_bytes(&log)), "").unwrap();
+
+        let labels = PodDirectory::new(&pods).labels(&ContainerRef {
+            pod_uid: Some(UID.to_owned()),
+            container_id: Some(ID.to_owned()),
+        });
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(labels.namespace, "team\u{fffd}");
+        assert_eq!(labels.pod, "api");
+        assert_eq!(labels.container, "srv\u{fffd}");
+    }
+}
+
+/// Random and hostile names against the cgroup path and log name parsers: they never panic,
+/// and the names kubelet and the runtimes write come back as written.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn uid() -> impl Strategy<Value = String> {
+        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    }
+
+    fn container_id() -> impl Strategy<Value = String> {
+        "[0-9a-f]{64}"
+    }
+
+    /// A name kubelet could be handed: anything but the separators of its layout.
+    fn name() -> impl Strategy<Value = String> {
+        "[^_/\0]{0,24}"
+    }
+
+    proptest! {
+        #[test]
+        fn cgroup_paths_never_panic(path in any::<String>()) {
+            let _ = parse_path(&path);
+        }
+
+        #[test]
+        fn hostile_bytes_in_paths_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_path(&escape::lossy(&bytes));
+            let _ = crate::cgroup::looks_like_container(&bytes);
+        }
+
+        #[test]
+        fn every_layout_round_trips(
+            uid in uid(),
+            id in container_id(),
+            qos in prop::sample::select(vec!["", "burstable", "besteffort"]),
+            runtime in prop::sample::select(vec!["cri-containerd", "crio", "docker"]),
+            systemd in any::<bool>(),
+        ) {
+            let path = match (systemd, qos) {
+                (true, "") => format!(
+                    "/kubepods.slice/kubepods-pod{}.slice/{runtime}-{id}.scope",
+                    uid.replace('-', "_")
+                ),
+                (true, qos) => format!(
+                    "/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{}.slice/{runtime}-{id}.scope",
+                    uid.replace('-', "_")
+                ),
+                (false, "") => format!("/kubepods/pod{uid}/{id}"),
+                (false, qos) => format!("/kubepods/{qos}/pod{uid}/{id}"),
+            };
+            prop_assert!(crate::cgroup::looks_like_container(path.as_bytes()));
+            let parsed = parse_path(&path);
+            prop_assert_eq!(parsed.pod_uid, Some(uid));
+            prop_assert_eq!(parsed.container_id, Some(id));
+        }
+
+        #[test]
+        fn log_names_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_pod_dir(&bytes);
+            let _ = parse_container_log(&bytes);
+        }
+
+        #[test]
+        fn pod_dirs_round_trip(namespace in name(), pod in name(), uid in "[^/\0]{0,40}") {
+            let dir = format!("{namespace}_{pod}_{uid}");
+            prop_assert_eq!(parse_pod_dir(dir.as_bytes()), Some((uid, (namespace, pod))));
+        }
+
+        #[test]
+        fn container_logs_round_trip(
+            pod in name(),
+            namespace in name(),
+            container in "[^/\0]{0,24}",
+            id in container_id(),
+        ) {
+            let log = format!("{pod}_{namespace}_{container}-{id}.log");
+            prop_assert_eq!(parse_container_log(log.as_bytes()), Some((id, container)));
+        }
+
+        #[test]
+        fn non_utf8_names_are_decoded_lossily(
+            pod in prop::collection::vec(any::<u8>().prop_filter("no separator", |b| *b != b'_'), 0..24),
+            uid in uid(),
+        ) {
+            let mut dir = b"ns_".to_vec();
+            dir.extend_from_slice(&pod);
+            dir.extend_from_slice(format!("_{uid}").as_bytes());
+            let parsed = parse_pod_dir(&dir);
+            prop_assert_eq!(parsed, Some((uid, ("ns".to_owned(), escape::lossy(&pod)))));
+        }
     }
 }

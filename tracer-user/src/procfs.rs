@@ -4,6 +4,8 @@ use std::{fs, io, path::Path};
 
 use anyhow::{bail, Context, Result};
 
+use crate::escape;
+
 /// The fields of `/proc/<pid>/stat` reapwatch uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcStat {
@@ -151,7 +153,9 @@ pub struct CgroupLine {
     pub hierarchy_id: u32,
     /// Empty for the unified (v2) hierarchy; `name=systemd` for named v1 hierarchies.
     pub controllers: Vec<String>,
-    pub path: String,
+    /// Raw bytes: a cgroup may be named with any byte but `/` and NUL, so the path reaches
+    /// the filesystem as is and becomes text (lossily) only to be shown or used as a label.
+    pub path: Vec<u8>,
 }
 
 impl CgroupLine {
@@ -164,35 +168,51 @@ impl CgroupLine {
     }
 }
 
-pub fn parse_cgroup_file(text: &str) -> Result<Vec<CgroupLine>> {
-    text.lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (Some(id), Some(controllers), Some(path)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                bail!("malformed cgroup line {line:?}");
-            };
-            Ok(CgroupLine {
-                hierarchy_id: id
-                    .parse()
-                    .with_context(|| format!("bad hierarchy id in {line:?}"))?,
-                controllers: controllers
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                path: path.to_owned(),
-            })
-        })
-        .collect()
+/// Parses `/proc/<pid>/cgroup`. The kernel prints paths unescaped, so a cgroup named with a
+/// newline splits its line: a line that is not `id:controllers:path` continues the path
+/// before it, instead of failing every reader of that process.
+pub fn parse_cgroup_file(text: &[u8]) -> Result<Vec<CgroupLine>> {
+    let mut lines: Vec<CgroupLine> = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        match parse_cgroup_line(line) {
+            Some(parsed) => lines.push(parsed),
+            None => match lines.last_mut() {
+                Some(previous) => {
+                    previous.path.push(b'\n');
+                    previous.path.extend_from_slice(line);
+                }
+                None if line.is_empty() => {}
+                None => bail!("malformed cgroup line {:?}", escape::lossy(line)),
+            },
+        }
+    }
+    // The file ends with a newline, which is not part of the last path.
+    if let Some(last) = lines.last_mut() {
+        if text.ends_with(b"\n") {
+            last.path.pop();
+        }
+    }
+    Ok(lines)
+}
+
+fn parse_cgroup_line(line: &[u8]) -> Option<CgroupLine> {
+    let mut parts = line.splitn(3, |&b| b == b':');
+    let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(CgroupLine {
+        hierarchy_id: std::str::from_utf8(id).ok()?.parse().ok()?,
+        controllers: escape::lossy(controllers)
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        path: path.to_vec(),
+    })
 }
 
 /// Reads `/proc/<pid>/cgroup`; `Ok(None)` when the process is gone.
 pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>>> {
     let path = proc_root.join(pid.to_string()).join("cgroup");
-    match fs::read_to_string(&path) {
+    match fs::read(&path) {
         Ok(text) => parse_cgroup_file(&text)
             .map(Some)
             .with_context(|| format!("cannot parse {}", path.display())),
@@ -349,24 +369,159 @@ mod tests {
                     1:name=systemd:/system.slice/containerd.service\n\
                     3:cpu,cpuacct:/\n\
                     0::/system.slice/containerd.service\n";
-        let lines = parse_cgroup_file(text).unwrap();
+        let lines = parse_cgroup_file(text.as_bytes()).unwrap();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].has_controller("pids"));
         assert!(lines[1].has_controller("name=systemd"));
         assert_eq!(lines[2].controllers, ["cpu", "cpuacct"]);
         assert!(lines[3].is_unified());
-        assert_eq!(lines[3].path, "/system.slice/containerd.service");
+        assert_eq!(lines[3].path, b"/system.slice/containerd.service");
     }
 
     #[test]
     fn cgroup_path_may_contain_colons() {
-        let lines = parse_cgroup_file("0::/a:b:c\n").unwrap();
-        assert_eq!(lines[0].path, "/a:b:c");
+        let lines = parse_cgroup_file(b"0::/a:b:c\n").unwrap();
+        assert_eq!(lines[0].path, b"/a:b:c");
+    }
+
+    #[test]
+    fn cgroup_path_may_hold_any_byte() {
+        let lines = parse_cgroup_file(b"12:pids:/bad\xffname\n0::/x\ny\n\n").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].path, b"/bad\xffname");
+        assert_eq!(lines[1].path, b"/x\ny\n");
     }
 
     #[test]
     fn cgroup_file_malformed() {
-        assert!(parse_cgroup_file("garbage\n").is_err());
-        assert!(parse_cgroup_file("x::/\n").is_err());
+        assert!(parse_cgroup_file(b"garbage\n").is_err());
+        assert!(parse_cgroup_file(b"x::/\n").is_err());
+        assert!(parse_cgroup_file(b"").unwrap().is_empty());
+    }
+}
+
+/// Random and hostile bytes against the `/proc` parsers: they never panic, and what they
+/// parse comes back as it was written.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A stat line as the kernel prints it: 52 fields, `comm` between parentheses.
+    #[allow(clippy::too_many_arguments)]
+    fn stat_line(
+        pid: u32,
+        comm: &[u8],
+        state: u8,
+        ppid: u32,
+        threads: u32,
+        start: u64,
+        exit_signal: i32,
+        exit_status: i32,
+    ) -> Vec<u8> {
+        let mut fields: Vec<String> = (3..=52).map(|n| (n * 7).to_string()).collect();
+        fields[0] = (state as char).to_string();
+        fields[1] = ppid.to_string();
+        fields[20 - 3] = threads.to_string();
+        fields[22 - 3] = start.to_string();
+        fields[38 - 3] = exit_signal.to_string();
+        fields[52 - 3] = exit_status.to_string();
+        let mut line = format!("{pid} (").into_bytes();
+        line.extend_from_slice(comm);
+        line.extend_from_slice(format!(") {}\n", fields.join(" ")).as_bytes());
+        line
+    }
+
+    /// One line of a cgroup file: unified, or v1 with a controller list.
+    fn cgroup_line() -> impl Strategy<Value = CgroupLine> {
+        (
+            any::<u32>(),
+            prop::collection::vec("[a-z_=]{1,12}", 0..4),
+            prop::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(id, controllers, path)| CgroupLine {
+                hierarchy_id: if controllers.is_empty() { 0 } else { id },
+                controllers,
+                path,
+            })
+    }
+
+    fn cgroup_file(lines: &[CgroupLine]) -> Vec<u8> {
+        let mut text = Vec::new();
+        for line in lines {
+            text.extend_from_slice(
+                format!("{}:{}:", line.hierarchy_id, line.controllers.join(",")).as_bytes(),
+            );
+            text.extend_from_slice(&line.path);
+            text.push(b'\n');
+        }
+        text
+    }
+
+    proptest! {
+        #[test]
+        fn stat_never_panics(text in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_stat(&text);
+        }
+
+        #[test]
+        fn stat_with_hostile_comm_never_panics(
+            comm in prop::collection::vec(any::<u8>(), 0..32),
+            tail in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut text = b"42 (".to_vec();
+            text.extend_from_slice(&comm);
+            text.extend_from_slice(b") ");
+            text.extend_from_slice(&tail);
+            let _ = parse_stat(&text);
+        }
+
+        #[test]
+        fn stat_round_trips(
+            pid in any::<u32>(),
+            comm in prop::collection::vec(any::<u8>(), 0..32),
+            state in prop::sample::select(b"RSDZTtXxIPWK".to_vec()),
+            ppid in any::<u32>(),
+            threads in any::<u32>(),
+            start in any::<u64>(),
+            exit_signal in any::<i32>(),
+            exit_status in any::<i32>(),
+        ) {
+            let text = stat_line(pid, &comm, state, ppid, threads, start, exit_signal, exit_status);
+            let stat = parse_stat(&text).unwrap();
+            prop_assert_eq!(stat, ProcStat {
+                pid,
+                comm,
+                state,
+                ppid,
+                num_threads: threads,
+                start_ticks: start,
+                exit_signal: Some(exit_signal),
+                exit_status: Some(exit_status),
+            });
+        }
+
+        #[test]
+        fn cgroup_file_never_panics(text in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_cgroup_file(&text);
+        }
+
+        #[test]
+        fn cgroup_file_round_trips(lines in prop::collection::vec(cgroup_line(), 1..6)) {
+            // A path with a newline followed by something shaped like a line of its own
+            // cannot be told from two lines: the kernel does not escape them.
+            prop_assume!(lines.iter().all(|l| l
+                .path
+                .split(|&b| b == b'\n')
+                .skip(1)
+                .all(|rest| parse_cgroup_line(rest).is_none())));
+            prop_assert_eq!(parse_cgroup_file(&cgroup_file(&lines)).unwrap(), lines);
+        }
+
+        #[test]
+        fn loadavg_never_panics(text in any::<String>()) {
+            let _ = parse_loadavg_tasks(&text);
+        }
     }
 }

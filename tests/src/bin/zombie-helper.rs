@@ -147,25 +147,30 @@ impl Stages {
 }
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("sleep-forever") {
+    // A cgroup directory may be named with any bytes, so arguments are not assumed UTF-8.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "sleep-forever") {
         loop {
             unsafe { libc::pause() };
         }
     }
-    if args.first().map(String::as_str) == Some("--cgroup") {
-        let dir = args
-            .get(1)
-            .cloned()
-            .unwrap_or_else(|| die("--cgroup needs a directory"));
-        std::fs::write(format!("{dir}/cgroup.procs"), "0").unwrap_or_else(|_| die("join cgroup"));
+    if args.first().is_some_and(|a| a == "--cgroup") {
+        let dir = std::path::PathBuf::from(
+            args.get(1)
+                .cloned()
+                .unwrap_or_else(|| die("--cgroup needs a directory")),
+        );
+        std::fs::write(dir.join("cgroup.procs"), "0").unwrap_or_else(|_| die("join cgroup"));
         args.drain(..2);
     }
     let shape = args
         .first()
-        .cloned()
+        .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_else(|| die("no shape given"));
-    let n: i32 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+    let n: i32 = args
+        .get(1)
+        .and_then(|n| n.to_str()?.parse().ok())
+        .unwrap_or(1);
     let mut stages = Stages {
         lines: io::stdin().lines(),
     };
@@ -188,6 +193,15 @@ fn main() {
             let name = b"a\"b\nc{}\x1b[2J\0";
             unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
             wait_exited(spawn_exiting(0));
+        }
+        // The parent names itself with a right-to-left override, a zero-width space and an
+        // invalid UTF-8 byte (its /proc/PID/status is then not UTF-8), and leaves N children
+        // with that name unreaped: terminals must show all of it, visibly.
+        "invisible-comm" => {
+            let name = b"a\xe2\x80\xaeb\xe2\x80\x8bc\xff\0";
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+            let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(0)).collect();
+            pids.into_iter().for_each(wait_exited);
         }
         // SIGCHLD ignored: the kernel reaps at exit.
         "ignore" => {
@@ -339,7 +353,7 @@ fn main() {
             );
             let middle = match unsafe { libc::fork() } {
                 0 => {
-                    std::fs::write(format!("{elsewhere}/cgroup.procs"), "0")
+                    std::fs::write(std::path::Path::new(&elsewhere).join("cgroup.procs"), "0")
                         .unwrap_or_else(|_| die("join the other cgroup"));
                     let dead: Vec<i32> = (0..n).map(|_| spawn_exiting(5)).collect();
                     dead.into_iter().for_each(wait_exited);

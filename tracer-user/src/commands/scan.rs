@@ -77,7 +77,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
             pids: hierarchy.as_ref().map_or_else(BTreeMap::new, |h| {
                 h.walk()
                     .into_iter()
-                    .filter_map(|(_, path)| Some((path.clone(), h.pids(&path)?)))
+                    .filter_map(|(_, path)| Some((escape::lossy(&path), h.pids(&path)?)))
                     .collect()
             }),
         })
@@ -129,7 +129,7 @@ fn build(
         let cgroups = procfs::read_cgroups(proc_root, ppid)?.unwrap_or_default();
         if let Some(h) = hierarchy.as_deref_mut() {
             if let Some(line) = h.line(&cgroups) {
-                let path = h.host_path(&line.path);
+                let path = escape::lossy(&h.host_path(&line.path));
                 *zombies_by_cgroup.entry(path).or_default() += children.len() as u64;
             }
         }

@@ -26,7 +26,10 @@ pub struct ReapingFacts {
 }
 
 impl ReapingFacts {
-    pub fn parse(status: &str) -> Self {
+    /// `status` is raw `/proc/<pid>/status`: its `Name:` line is the process's own choice of
+    /// bytes, so it is read lossily.
+    pub fn parse(status: &[u8]) -> Self {
+        let status = escape::lossy(status);
         let mask = |field: &str| {
             status
                 .lines()
@@ -68,7 +71,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
     let pid = args.pid;
     let stat = procfs::read_stat(proc_root, pid)?.with_context(|| format!("no process {pid}"))?;
-    let status = fs::read_to_string(proc_root.join(format!("{pid}/status")))
+    let status = fs::read(proc_root.join(format!("{pid}/status")))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let facts = ReapingFacts::parse(&status);
     let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
@@ -106,7 +109,9 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         let _ = writeln!(
             out,
             "  pod {}/{}, container {}",
-            labels.namespace, labels.pod, labels.container
+            escape::for_terminal(labels.namespace.as_bytes()),
+            escape::for_terminal(labels.pod.as_bytes()),
+            escape::for_terminal(labels.container.as_bytes())
         );
     }
     let _ = writeln!(out, "  cgroup {}", escape::for_terminal(path.as_bytes()));
@@ -275,14 +280,58 @@ mod tests {
     fn status_facts() {
         let status =
             "Name:\tagent\nSigIgn:\t0000000000010000\nSigCgt:\t0000000000000000\nNSpid:\t4242\t1\n";
-        let facts = ReapingFacts::parse(status);
+        let facts = ReapingFacts::parse(status.as_bytes());
         assert!(facts.sigchld_ignored && !facts.sigchld_handled);
         assert_eq!(facts.ns_pids, [4242, 1]);
         assert!(facts.is_namespace_init());
 
-        let host = ReapingFacts::parse("SigIgn:\t0\nSigCgt:\t0000000000010000\nNSpid:\t1\n");
+        let host = ReapingFacts::parse(b"SigIgn:\t0\nSigCgt:\t0000000000010000\nNSpid:\t1\n");
         assert!(!host.sigchld_ignored && host.sigchld_handled);
         // The host's own PID 1 is no container init.
         assert!(!host.is_namespace_init());
+    }
+}
+
+/// Random and hostile `/proc/<pid>/status` contents: never a panic, and the facts come back
+/// whatever the process named itself.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn status_never_panics(status in prop::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = ReapingFacts::parse(&status);
+        }
+
+        #[test]
+        fn status_round_trips(
+            name in prop::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..32),
+            ignored in any::<u64>(),
+            caught in any::<u64>(),
+            ns_pids in prop::collection::vec(any::<u32>(), 1..4),
+        ) {
+            let mut status = b"Name:\t".to_vec();
+            status.extend_from_slice(&name);
+            let ids: Vec<String> = ns_pids.iter().map(u32::to_string).collect();
+            status.extend_from_slice(
+                format!(
+                    "\nUmask:\t0022\nState:\tZ (zombie)\nSigIgn:\t{ignored:016x}\nSigCgt:\t{caught:016x}\nNSpid:\t{}\n",
+                    ids.join("\t")
+                )
+                .as_bytes(),
+            );
+            let sigchld = 1u64 << (SIGCHLD - 1);
+            prop_assert_eq!(
+                ReapingFacts::parse(&status),
+                ReapingFacts {
+                    sigchld_ignored: ignored & sigchld != 0,
+                    sigchld_handled: caught & sigchld != 0,
+                    ns_pids,
+                }
+            );
+        }
     }
 }

@@ -118,7 +118,13 @@ async fn respond(
     }
     Ok(match request.uri().path() {
         "/metrics" => match published.latest() {
-            Some(exposition) => metrics_response(&exposition, wants_openmetrics(&request)),
+            Some(exposition) => {
+                let accept = request.headers().get_all(header::ACCEPT);
+                metrics_response(
+                    &exposition,
+                    wants_openmetrics(accept.iter().map(|v| v.as_bytes())),
+                )
+            }
             None => plain(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n"),
         },
         "/healthz" => plain(StatusCode::OK, "ok\n"),
@@ -130,13 +136,15 @@ async fn respond(
     })
 }
 
-fn wants_openmetrics(request: &Request<Incoming>) -> bool {
-    request
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"))
+/// Whether any `Accept` value names OpenMetrics. Header values are bytes a scraper chooses
+/// (not necessarily text); media types are case-insensitive.
+fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    const OPENMETRICS: &[u8] = b"application/openmetrics-text";
+    accept.into_iter().any(|value| {
+        value
+            .windows(OPENMETRICS.len())
+            .any(|w| w.eq_ignore_ascii_case(OPENMETRICS))
+    })
 }
 
 fn metrics_response(exposition: &Exposition, openmetrics: bool) -> Response<Full<Bytes>> {
@@ -161,4 +169,56 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Random and hostile `Accept` headers: never a panic, and OpenMetrics exactly when named.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..128)
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic(values in prop::collection::vec(bytes(), 0..4)) {
+            let _ = wants_openmetrics(values.iter().map(Vec::as_slice));
+        }
+
+        #[test]
+        fn named_anywhere_in_any_value(
+            before in prop::collection::vec(bytes(), 0..3),
+            prefix in bytes(),
+            suffix in bytes(),
+            upper in any::<bool>(),
+        ) {
+            let mut value = prefix;
+            let name = "application/openmetrics-text";
+            value.extend_from_slice(if upper { name.to_uppercase() } else { name.to_owned() }.as_bytes());
+            value.extend_from_slice(&suffix);
+            let mut values = before;
+            values.push(value);
+            prop_assert!(wants_openmetrics(values.iter().map(Vec::as_slice)));
+        }
+
+        #[test]
+        fn not_named_means_text(values in prop::collection::vec("[^o]{0,64}", 0..4)) {
+            prop_assert!(!wants_openmetrics(values.iter().map(String::as_bytes)));
+        }
+    }
+
+    #[test]
+    fn scrapers_accept_headers() {
+        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert!(wants_openmetrics([prometheus.as_slice()]));
+        assert!(!wants_openmetrics([b"text/plain;version=0.0.4".as_slice()]));
+        assert!(!wants_openmetrics([]));
+        assert!(wants_openmetrics([
+            b"\xff".as_slice(),
+            b"Application/OpenMetrics-Text; \xfe".as_slice()
+        ]));
+    }
 }

@@ -51,13 +51,16 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config {}", path.display()))?;
-                toml::from_str::<FileSettings>(&text).map_err(|err| {
-                    let first = err.message().lines().next().unwrap_or_default().to_owned();
-                    anyhow::anyhow!("invalid config {}: {first}", path.display())
-                })?
+                parse_file(&text)
+                    .map_err(|err| anyhow::anyhow!("invalid config {}: {err}", path.display()))?
             }
             None => FileSettings::default(),
         };
+        Self::merge(args, file)
+    }
+
+    /// Flags over the file's keys over defaults.
+    fn merge(args: &ServeArgs, file: FileSettings) -> Result<Self> {
         let defaults = MapSizes::default();
         let duration = |flag: &Option<String>, key: &Option<String>, name: &str, default: &str| {
             parse_duration(name, flag.as_deref().or(key.as_deref()).unwrap_or(default))
@@ -125,6 +128,12 @@ impl Settings {
     }
 }
 
+/// The config file's keys; the error is the first line of the parser's message.
+fn parse_file(text: &str) -> std::result::Result<FileSettings, String> {
+    toml::from_str::<FileSettings>(text)
+        .map_err(|err| err.message().lines().next().unwrap_or_default().to_owned())
+}
+
 fn parse_duration(name: &str, text: &str) -> Result<Duration> {
     humantime::parse_duration(text).with_context(|| format!("invalid --{name} {text:?}"))
 }
@@ -166,7 +175,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
 
-    fn serve_args(argv: &[&str]) -> ServeArgs {
+    pub(super) fn serve_args(argv: &[&str]) -> ServeArgs {
         let mut full = vec!["reapwatch", "serve"];
         full.extend(argv);
         match Cli::try_parse_from(full).unwrap().command {
@@ -223,5 +232,100 @@ mod tests {
             Settings::resolve(&serve_args(&["--config", path.to_str().unwrap()])).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(format!("{err:#}").starts_with("invalid config"), "{err:#}");
+    }
+}
+
+/// Random and hostile config files: never a panic, and every error is one line.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{tests::serve_args, *};
+
+    /// A TOML literal string: anything but its quote and control characters.
+    fn literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[^'\\x00-\\x1f\\x7f]{0,24}",
+            (
+                any::<u64>(),
+                prop::sample::select(vec!["ns", "ms", "s", "m", "h", "d", "y"])
+            )
+                .prop_map(|(n, unit)| format!("{n}{unit}")),
+        ]
+        .prop_map(|text| format!("'{text}'"))
+    }
+
+    /// A config file with every key. Keys the TOML parser types (address, hierarchy, sizes)
+    /// are mostly valid so that the file reaches the checks after parsing; the strings those
+    /// checks parse (durations, level, labels, directory) are hostile or plausible.
+    fn config() -> impl Strategy<Value = String> {
+        let typed = (
+            prop_oneof![3 => Just("'127.0.0.1:9750'".to_owned()), 1 => literal()],
+            prop_oneof![3 => Just("'pids'".to_owned()), 1 => literal()],
+            prop::collection::vec(prop_oneof![3 => 0..=u32::MAX as i64, 1 => any::<i64>()], 4),
+        );
+        let checked = (
+            prop::collection::vec(literal(), 6),
+            prop::collection::vec(
+                prop_oneof![
+                    Just("'pod'".to_owned()),
+                    Just("'cgroup'".to_owned()),
+                    literal()
+                ],
+                0..4,
+            ),
+        );
+        (typed, checked).prop_map(|((listen, hierarchy, numbers), (strings, labels))| {
+            let mut text = format!("listen = {listen}\ncgroup-hierarchy = {hierarchy}\n");
+            for (key, value) in [
+                "gc-grace",
+                "eta-window",
+                "sample-interval",
+                "reconcile-interval",
+                "pod-logs-dir",
+                "log-level",
+            ]
+            .iter()
+            .zip(strings)
+            {
+                text += &format!("{key} = {value}\n");
+            }
+            text += &format!("label-allow-list = [{}]\n", labels.join(", "));
+            for (key, n) in ["top-parents", "max-zombies", "max-cgroups", "max-waits"]
+                .iter()
+                .zip(numbers)
+            {
+                text += &format!("{key} = {n}\n");
+            }
+            text
+        })
+    }
+
+    fn check(text: &str) -> std::result::Result<(), TestCaseError> {
+        let resolved = parse_file(text)
+            .map_err(anyhow::Error::msg)
+            .and_then(|file| Settings::merge(&serve_args(&[]), file));
+        if let Err(err) = resolved {
+            let line = format!("{err:#}");
+            prop_assert!(!line.contains('\n'), "{:?}", line);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_never_panics(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn hostile_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&String::from_utf8_lossy(&bytes))?;
+        }
+
+        #[test]
+        fn hostile_values_never_panic(text in config()) {
+            check(&text)?;
+        }
     }
 }
