@@ -2,6 +2,7 @@
 
 mod bench;
 mod deploy;
+mod field;
 mod image;
 mod setup;
 mod vm;
@@ -48,6 +49,19 @@ enum Task {
         #[arg(long, default_value_t = 8)]
         compare_pairs: usize,
     },
+    /// `reapwatch serve` on a node in trouble: probe latency during full reconciles of many
+    /// processes, and more zombies than the kernel maps hold.
+    BenchField {
+        /// Sleeping processes for the probe-latency run.
+        #[arg(long, default_value_t = 30_000)]
+        sleepers: usize,
+        /// Zombies beside them.
+        #[arg(long, default_value_t = 5_000)]
+        zombies: usize,
+        /// Zombies for the overflow run (0 skips it).
+        #[arg(long, default_value_t = 100_000)]
+        overflow_zombies: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +102,14 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             setup::all()?;
             bench::run(pairs, compare_pairs)
+        }
+        Task::BenchField {
+            sleepers,
+            zombies,
+            overflow_zombies,
+        } => {
+            setup::all()?;
+            field::run(sleepers, zombies, overflow_zombies)
         }
         Task::Image => {
             setup::all()?;

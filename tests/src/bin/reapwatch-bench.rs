@@ -15,6 +15,12 @@
 //!   memory charged to its maps and programs). With `idle`, the programs are attached
 //!   unconfigured (each returns at its first check) and no state engine runs: the baseline
 //!   of what the statistics themselves add to a program run.
+//! - `reapwatch-bench probe URL SECONDS`: requests `URL/healthz` and `URL/metrics` one after
+//!   the other for SECONDS, each on a new connection with a 2 s timeout (as the kubelet and
+//!   Prometheus do), and prints `PATH MS` per answered request, `PATH failed` per other.
+//! - `reapwatch-bench crowd SLEEPERS ZOMBIES`: a node in trouble. Forks SLEEPERS processes
+//!   that block, and ZOMBIES children that exit and are not reaped; prints `ready`, and at
+//!   end of stdin lets the sleepers go and reaps everything.
 
 use std::{
     io,
@@ -49,11 +55,28 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("storm") => report(storm, count()),
         Some("pingpong") => report(pingpong, count()),
+        Some("probe") => {
+            let seconds = args.get(2).and_then(|s| s.parse().ok());
+            match (args.get(1), seconds) {
+                (Some(url), Some(seconds)) => probe(url, Duration::from_secs(seconds)),
+                _ => fail("usage: reapwatch-bench probe URL SECONDS"),
+            }
+        }
+        Some("crowd") => {
+            let number = |i: usize| -> usize {
+                args.get(i)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| fail("usage: reapwatch-bench crowd SLEEPERS ZOMBIES"))
+            };
+            crowd(number(1), number(2))
+        }
         Some("hold") => {
             let flag = |name: &str| args[1..].iter().any(|a| a == name);
             hold(flag("stats"), flag("idle"))
         }
-        _ => fail("usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle]"),
+        _ => fail(
+            "usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle] | probe URL SECONDS | crowd SLEEPERS ZOMBIES",
+        ),
     }
 }
 
@@ -144,6 +167,67 @@ fn pingpong(n: u64) {
     // The child's CPU time counts once it is reaped.
     unsafe { libc::close(ping_write) };
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+}
+
+fn probe(url: &str, window: Duration) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .max_idle_connections(0)
+        .build()
+        .into();
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        for path in ["/healthz", "/metrics"] {
+            let started = Instant::now();
+            let answered = agent
+                .get(format!("{url}{path}"))
+                .call()
+                .ok()
+                .filter(|r| r.status() == 200)
+                .and_then(|mut r| r.body_mut().read_to_vec().ok());
+            match answered {
+                Some(_) => println!("{path} {}", started.elapsed().as_secs_f64() * 1000.0),
+                None => println!("{path} failed"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn crowd(sleepers: usize, zombies: usize) {
+    let [read_fd, write_fd] = pipe();
+    let mut children = Vec::with_capacity(sleepers + zombies);
+    for i in 0..sleepers + zombies {
+        match unsafe { libc::fork() } {
+            0 => {
+                if i < sleepers {
+                    unsafe { libc::close(write_fd) };
+                    let mut byte = 0u8;
+                    // Until the write end closes.
+                    unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
+                }
+                unsafe { libc::_exit(0) }
+            }
+            -1 => os_error("fork"),
+            pid => children.push(pid),
+        }
+    }
+    // Every zombie has exited before the crowd says it is there.
+    for &pid in &children[sleepers..] {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOWAIT;
+        if unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, flags) } != 0 {
+            os_error("waitid");
+        }
+    }
+    println!("ready");
+    let mut line = String::new();
+    while io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {}
+    unsafe { libc::close(write_fd) };
+    for pid in children {
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
 }
 
 fn hold(stats: bool, idle: bool) {
