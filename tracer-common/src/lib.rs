@@ -129,6 +129,9 @@ pub struct ZombieSlot {
 /// `Zombie::flags`: the exit time is unknown; `exit_ns` is when the zombie was first seen
 /// (found in `/proc` rather than by the kernel programs), so its age is a lower bound.
 pub const ZOMBIE_SEEN_LATE: u32 = 1;
+/// `Zombie::flags`, with [`ZOMBIE_SEEN_LATE`]: `exit_ns` is not when it was first seen but when
+/// the scheduler last ran it, which for a zombie is its exit (to the tick): the age is real.
+pub const ZOMBIE_EXIT_FROM_SCHEDULER: u32 = 2;
 
 /// One process that exited and has not been reaped (value of the `ZOMBIES` map).
 #[repr(C)]

@@ -1,6 +1,9 @@
 //! Parsers for the `/proc` files reapwatch reads: the ground truth it reconciles against.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -221,6 +224,28 @@ pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>
     }
 }
 
+/// How long ago process `pid` last ran, by the scheduler: for a zombie, how long ago it
+/// exited. `se.exec_start` in `/proc/<pid>/sched` (kernels with scheduler debug info) is in
+/// milliseconds of the scheduler clock, read against this thread's own, the same clock (per
+/// CPU, within a tick). None where the kernel has no such file.
+pub fn last_ran_ago_ns(proc_root: &Path, pid: u32) -> Option<u64> {
+    let read = |path: PathBuf| parse_exec_start_ms(&fs::read(path).ok()?);
+    let theirs = read(proc_root.join(pid.to_string()).join("sched"))?;
+    let ours = read(proc_root.join("thread-self/sched"))?;
+    Some(((ours - theirs).max(0.0) * 1e6) as u64)
+}
+
+/// The `se.exec_start` line of a `sched` file, in milliseconds.
+pub fn parse_exec_start_ms(text: &[u8]) -> Option<f64> {
+    String::from_utf8_lossy(text).lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "se.exec_start")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+            .filter(|ms: &f64| ms.is_finite())
+    })
+}
+
 /// Node-wide task headroom.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeLimits {
@@ -340,6 +365,22 @@ mod tests {
         assert!(parse_stat(b"1 (init) S 0 1").is_err());
         assert!(parse_stat(b"1 init S").is_err());
         assert!(parse_stat(b"").is_err());
+    }
+
+    #[test]
+    fn exec_start_of_a_sched_file() {
+        let text = b"sleep (4243, #threads: 1)\n---------\nse.exec_start   :   1527567.240351\nse.vruntime : 4.5\n";
+        assert_eq!(parse_exec_start_ms(text), Some(1527567.240351));
+        assert_eq!(parse_exec_start_ms(b"se.vruntime : 4.5\n"), None);
+        assert_eq!(parse_exec_start_ms(b"se.exec_start : NaN\n"), None);
+        assert_eq!(parse_exec_start_ms(b"\xff\xfe:"), None);
+    }
+
+    #[test]
+    fn this_process_ran_just_now() {
+        let ago = last_ran_ago_ns(Path::new("/proc"), std::process::id());
+        // The main test thread waits for this one: it last ran a moment ago, not minutes.
+        assert!(ago.is_some_and(|ns| ns < 60_000_000_000), "{ago:?}");
     }
 
     #[test]

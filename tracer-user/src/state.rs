@@ -25,7 +25,9 @@ use std::{
 
 use anyhow::Result;
 use serde::Serialize;
-use tracer_common::{CgroupCounters, Loss, ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
+use tracer_common::{
+    CgroupCounters, Loss, ProcessKey, Zombie, ZOMBIE_EXIT_FROM_SCHEDULER, ZOMBIE_SEEN_LATE,
+};
 
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
@@ -57,6 +59,19 @@ pub struct RepairTotals {
     pub skipped: u64,
 }
 
+/// Where a zombie's age comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgeSource {
+    /// The programs saw it exit.
+    Exit,
+    /// It predates them; the scheduler's last run of it, which is its exit, to the tick.
+    Scheduler,
+    /// Unknown exit (no scheduler debug info): counted from when it was first seen, a lower
+    /// bound.
+    FirstSeen,
+}
+
 /// One unreaped child.
 #[derive(Clone, Debug)]
 pub struct ChildState {
@@ -78,9 +93,20 @@ impl ChildState {
         &comm[..comm.iter().position(|&b| b == 0).unwrap_or(comm.len())]
     }
 
-    /// True when the exit was not seen, so the age counts from when it was first noticed.
+    /// True when the exit time is unknown, so the age counts from when it was first noticed.
     pub fn age_is_lower_bound(&self) -> bool {
-        self.zombie.flags & ZOMBIE_SEEN_LATE != 0
+        self.age_source() == AgeSource::FirstSeen
+    }
+
+    pub fn age_source(&self) -> AgeSource {
+        let flags = self.zombie.flags;
+        if flags & ZOMBIE_SEEN_LATE == 0 {
+            AgeSource::Exit
+        } else if flags & ZOMBIE_EXIT_FROM_SCHEDULER != 0 {
+            AgeSource::Scheduler
+        } else {
+            AgeSource::FirstSeen
+        }
     }
 
     /// `exit(code)` status, or None if a signal killed it.
@@ -105,6 +131,8 @@ pub struct ParentState {
     pub cgroup: Option<String>,
     /// Time since it last entered `wait()`; None if not seen since the tracer started.
     pub last_wait_age_ns: Option<u64>,
+    /// How long `wait()` calls have been watched; None when they are not (no eBPF).
+    pub waits_watched_ns: Option<u64>,
     /// Oldest first.
     pub children: Vec<ChildState>,
 }
@@ -155,6 +183,8 @@ pub struct StateEngine {
     totals: RepairTotals,
     /// Kept only when asked for (`record_changes`), drained by the caller.
     changes: Option<Vec<Change>>,
+    /// When the programs were attached: waits are watched since.
+    loaded_at_ns: u64,
 }
 
 /// A `/proc/<pid>/stat` read that failed is not a process that is gone.
@@ -185,6 +215,7 @@ impl StateEngine {
             reparented_to: HashMap::new(),
             totals: RepairTotals::default(),
             changes: None,
+            loaded_at_ns: monotonic_ns(),
         })
     }
 
@@ -400,21 +431,12 @@ impl StateEngine {
         Ok(added)
     }
 
-    /// A record for a zombie the programs did not see exit: its age counts from now.
+    /// A record for a zombie the programs did not see exit.
     fn late_zombie(&mut self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Zombie {
-        let mut comm = [0u8; 16];
-        let len = stat.comm.len().min(15);
-        comm[..len].copy_from_slice(&stat.comm[..len]);
         Zombie {
-            parent,
-            exit_ns: now,
             cgroup_id: self.cgroup_id(stat.pid).unwrap_or(0),
             parent_cgroup_id: self.cgroup_id(parent.tgid).unwrap_or(0),
-            exit_status: stat.exit_status.unwrap_or(0),
-            exit_signal: stat.exit_signal.unwrap_or(0),
-            flags: ZOMBIE_SEEN_LATE,
-            comm,
-            _pad: 0,
+            ..found_in_proc(&self.proc_root, stat, parent, now)
         }
     }
 
@@ -474,6 +496,7 @@ impl StateEngine {
                 comm,
                 cgroup,
                 last_wait_age_ns,
+                waits_watched_ns: Some(now.saturating_sub(self.loaded_at_ns)),
                 children,
             });
         }
@@ -519,5 +542,29 @@ impl StateEngine {
                 counters,
             })
             .collect())
+    }
+}
+
+/// A record of a zombie found in `/proc` at `now` (monotonic ns), cgroups unset: its exit
+/// time from the scheduler where the kernel tells it, else `now`, a lower bound of its age.
+pub fn found_in_proc(proc_root: &Path, stat: &ProcStat, parent: ProcessKey, now: u64) -> Zombie {
+    let mut comm = [0u8; 16];
+    let len = stat.comm.len().min(15);
+    comm[..len].copy_from_slice(&stat.comm[..len]);
+    let (exit_ns, flags) = match procfs::last_ran_ago_ns(proc_root, stat.pid) {
+        Some(ago) => (
+            now.saturating_sub(ago),
+            ZOMBIE_SEEN_LATE | ZOMBIE_EXIT_FROM_SCHEDULER,
+        ),
+        None => (now, ZOMBIE_SEEN_LATE),
+    };
+    Zombie {
+        parent,
+        exit_ns,
+        exit_status: stat.exit_status.unwrap_or(0),
+        exit_signal: stat.exit_signal.unwrap_or(0),
+        flags,
+        comm,
+        ..Zombie::default()
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Result;
 use serde::Serialize;
-use tracer_common::{ProcessKey, Zombie, ZOMBIE_SEEN_LATE};
+use tracer_common::{ProcessKey, ZOMBIE_EXIT_FROM_SCHEDULER};
 
 use super::snapshot::{human_duration, parents_table, ParentReport};
 use crate::{
@@ -19,9 +19,10 @@ use crate::{
     cli::ScanArgs,
     escape,
     forecast::GrowthTracker,
+    kernel::monotonic_ns,
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
-    state::{ChildState, ParentState},
+    state::{found_in_proc, ChildState, ParentState},
 };
 
 /// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
@@ -123,10 +124,15 @@ fn build(
     let (initial, now) = (zombies_by_parent(first), zombies_by_parent(last));
     let by_pid: HashMap<u32, &ProcStat> = last.processes.iter().map(|p| (p.pid, p)).collect();
 
+    let now_ns = monotonic_ns();
     let mut parents = Vec::new();
     let mut zombies_by_cgroup: BTreeMap<String, u64> = BTreeMap::new();
     for (&ppid, children) in &now {
-        let cgroups = procfs::read_cgroups(proc_root, ppid)?.unwrap_or_default();
+        // Unreadable or gone: shown without a cgroup rather than failing the scan.
+        let cgroups = procfs::read_cgroups(proc_root, ppid)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         if let Some(h) = hierarchy.as_deref_mut() {
             if let Some(line) = h.line(&cgroups) {
                 let path = escape::lossy(&h.host_path(&line.path));
@@ -141,14 +147,21 @@ fn build(
                 .unwrap_or_default(),
             cgroup: cgroup::select_host_path(hierarchy.as_deref_mut(), &cgroups),
             last_wait_age_ns: None,
+            waits_watched_ns: None,
             children: children
                 .iter()
                 .map(|c| {
                     let key = ProcessKey::new(c.pid, c.start_ticks);
+                    let zombie = found_in_proc(proc_root, c, ProcessKey::new(ppid, 0), now_ns);
+                    let age_ns = if zombie.flags & ZOMBIE_EXIT_FROM_SCHEDULER != 0 {
+                        now_ns.saturating_sub(zombie.exit_ns)
+                    } else {
+                        last.at.duration_since(first_seen[&key]).as_nanos() as u64
+                    };
                     ChildState {
                         key,
-                        zombie: late_zombie(c),
-                        age_ns: last.at.duration_since(first_seen[&key]).as_nanos() as u64,
+                        zombie,
+                        age_ns,
                         parent_cgroup_id: 0,
                     }
                 })
@@ -247,19 +260,6 @@ fn zombies_by_parent(sample: &Sample) -> BTreeMap<u32, Vec<&ProcStat>> {
 }
 
 /// What `/proc` tells of a zombie, in the record shape the kernel side uses.
-fn late_zombie(stat: &ProcStat) -> Zombie {
-    let mut comm = [0u8; 16];
-    let len = stat.comm.len().min(15);
-    comm[..len].copy_from_slice(&stat.comm[..len]);
-    Zombie {
-        parent: ProcessKey::new(stat.ppid, 0),
-        exit_status: stat.exit_status.unwrap_or(0),
-        exit_signal: stat.exit_signal.unwrap_or(0),
-        flags: ZOMBIE_SEEN_LATE,
-        comm,
-        ..Zombie::default()
-    }
-}
 
 fn table(report: &ScanReport) -> String {
     let node = &report.node;

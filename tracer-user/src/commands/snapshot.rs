@@ -10,7 +10,7 @@ use crate::{
     cli::SnapshotArgs,
     escape,
     kernel::preflight,
-    state::{CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
+    state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -48,7 +48,13 @@ pub struct ParentReport {
     pub unreaped: usize,
     pub oldest_age_seconds: f64,
     pub oldest_age_is_lower_bound: bool,
+    /// Where the oldest age comes from: `exit`, `scheduler` or `first_seen` (a lower bound).
+    pub oldest_age_source: Option<AgeSource>,
+    /// Seconds since it last entered `wait()`; null: no wait seen in the watch (see
+    /// `last_wait_watched_seconds`), or not watched at all.
     pub last_wait_age_seconds: Option<f64>,
+    /// How long `wait()` calls were watched; null: not watched (no eBPF).
+    pub last_wait_watched_seconds: Option<f64>,
     /// `scan --watch`: net change of its unreaped children per minute over the watch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_per_minute: Option<f64>,
@@ -64,6 +70,7 @@ pub struct ChildReport {
     pub exit_signal: i32,
     pub age_seconds: f64,
     pub age_is_lower_bound: bool,
+    pub age_source: AgeSource,
 }
 
 #[derive(Serialize)]
@@ -128,6 +135,7 @@ impl ChildReport {
             exit_signal: child.zombie.exit_signal,
             age_seconds: seconds(child.age_ns),
             age_is_lower_bound: child.age_is_lower_bound(),
+            age_source: child.age_source(),
         }
     }
 }
@@ -142,7 +150,9 @@ impl ParentReport {
             unreaped: parent.children.len(),
             oldest_age_seconds: oldest.map_or(0.0, |c| seconds(c.age_ns)),
             oldest_age_is_lower_bound: oldest.is_some_and(ChildState::age_is_lower_bound),
+            oldest_age_source: oldest.map(ChildState::age_source),
             last_wait_age_seconds: parent.last_wait_age_ns.map(seconds),
+            last_wait_watched_seconds: parent.waits_watched_ns.map(seconds),
             growth_per_minute: None,
             children: parent
                 .children
@@ -249,7 +259,7 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  CHILDREN",
+        "{:>8}  {:<16}  {:>8}  {:>9}  {:>13}  {:<32}  CHILDREN",
         "PID", "COMM", "UNREAPED", "OLDEST", "LAST WAIT", "CGROUP"
     );
     for p in parents {
@@ -262,16 +272,14 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
             },
             human_duration(p.oldest_age_seconds)
         );
-        let last_wait = p
-            .last_wait_age_seconds
-            .map_or("never".into(), |s| human_duration(s) + " ago");
+        let last_wait = last_wait(p.last_wait_age_seconds, p.last_wait_watched_seconds);
         let cgroup = p
             .cgroup
             .as_deref()
             .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
         let _ = writeln!(
             out,
-            "{:>8}  {:<16}  {:>8}  {:>9}  {:>9}  {:<32}  {}",
+            "{:>8}  {:<16}  {:>8}  {:>9}  {:>13}  {:<32}  {}",
             p.pid,
             truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
             p.unreaped,
@@ -282,6 +290,21 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
         );
     }
     out
+}
+
+/// A watch of `wait()` shorter than this says nothing of a parent that waits now and then.
+const WAIT_WATCH_MEANINGFUL_SECONDS: f64 = 10.0;
+
+/// The LAST WAIT column: `12s ago`; `none in 5m` after a watch long enough to mean it;
+/// `unknown` when not watched, or too briefly.
+pub fn last_wait(age_seconds: Option<f64>, watched_seconds: Option<f64>) -> String {
+    match (age_seconds, watched_seconds) {
+        (Some(age), _) => human_duration(age) + " ago",
+        (None, Some(watched)) if watched >= WAIT_WATCH_MEANINGFUL_SECONDS => {
+            format!("none in {}", human_duration(watched))
+        }
+        _ => "unknown".into(),
+    }
 }
 
 fn child_list(children: &[ChildReport], shown: usize) -> String {

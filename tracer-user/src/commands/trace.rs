@@ -40,6 +40,8 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     )?;
     engine.record_changes();
     let ring = engine.tracer_mut().take_events()?;
+    // Zombies that predate the trace are recorded too, so that their reaps are shown.
+    engine.reconcile()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

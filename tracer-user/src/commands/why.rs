@@ -1,6 +1,11 @@
 //! `reapwatch why <pid>`: everything that explains one parent's zombies, and what to do.
 
-use std::{fmt::Write as _, fs, path::Path, time::Duration};
+use std::{
+    fmt::Write as _,
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use tracer_common::{Event, EventKind, SIGCHLD};
@@ -13,7 +18,7 @@ use crate::{
     kernel::MapSizes,
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
-    state::StateEngine,
+    state::{Change, StateEngine},
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.
@@ -63,14 +68,43 @@ impl ReapingFacts {
 struct Watched {
     seconds: f64,
     waits: u64,
+    /// Seconds before the end of the watch of the last `wait()`.
+    last_wait_ago: Option<f64>,
     zombies: u64,
+    /// Reaps of its children, those that predate the watch included.
     reaps: u64,
+}
+
+fn how_it_ended(status: Option<i32>) -> String {
+    match status {
+        Some(s) if s & 0x7f == 0 => format!("exit {}", (s >> 8) & 0xff),
+        Some(s) => format!("killed by signal {}", s & 0x7f),
+        None => "exited".into(),
+    }
 }
 
 pub fn run(args: &WhyArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
-    let pid = args.pid;
-    let stat = procfs::read_stat(proc_root, pid)?.with_context(|| format!("no process {pid}"))?;
+    let asked = procfs::read_stat(proc_root, args.pid)?
+        .with_context(|| format!("no process {}", args.pid))?;
+    let mut out = String::new();
+    // A zombie has nothing to fix: its parent does. Explain, then diagnose the parent.
+    let (pid, stat) = if asked.is_unreaped_zombie() {
+        let _ = writeln!(
+            out,
+            "process {} ({}) is a zombie: it exited ({}) and its parent {} has not reaped it. \
+             The parent is what to fix:\n",
+            asked.pid,
+            escape::for_terminal(&asked.comm),
+            how_it_ended(asked.exit_status),
+            asked.ppid
+        );
+        let parent = procfs::read_stat(proc_root, asked.ppid)?
+            .with_context(|| format!("no process {} (the parent)", asked.ppid))?;
+        (asked.ppid, parent)
+    } else {
+        (args.pid, asked)
+    };
     let status = fs::read(proc_root.join(format!("{pid}/status")))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let facts = ReapingFacts::parse(&status);
@@ -98,7 +132,6 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         watch(pid, args.watch).map_err(|err| format!("not watched: {err:#}"))
     };
 
-    let mut out = String::new();
     let _ = writeln!(
         out,
         "process {pid} ({}), state {}",
@@ -121,16 +154,15 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         zombies.len()
     );
     for z in zombies.iter().take(10) {
-        let how = match z.exit_status {
-            Some(s) if s & 0x7f == 0 => format!("exit {}", (s >> 8) & 0xff),
-            Some(s) => format!("killed by signal {}", s & 0x7f),
-            None => "exited".into(),
-        };
+        let age = procfs::last_ran_ago_ns(proc_root, z.pid).map_or("age unknown".into(), |ns| {
+            format!("exited {} ago", human_duration(ns as f64 / 1e9))
+        });
         let _ = writeln!(
             out,
-            "    {:>8}  {:<16}  {how}",
+            "    {:>8}  {:<16}  {}, {age}",
             z.pid,
-            escape::for_terminal(&z.comm)
+            escape::for_terminal(&z.comm),
+            how_it_ended(z.exit_status)
         );
     }
     if zombies.len() > 10 {
@@ -153,9 +185,12 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     }
     match &watched {
         Ok(w) => {
+            let last = w.last_wait_ago.map_or(String::new(), |ago| {
+                format!(" (the last {} ago)", human_duration(ago))
+            });
             let _ = writeln!(
                 out,
-                "  watched {}: {} wait() calls, {} zombies created, {} reaped",
+                "  watched {}: {} wait() calls{last}, {} zombies created, {} reaped",
                 human_duration(w.seconds),
                 w.waits,
                 w.zombies,
@@ -173,7 +208,9 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     super::emit(&out)
 }
 
-/// Watches the parent with the kernel programs' event stream.
+/// Watches the parent with the kernel programs' event stream. Its zombies that predate the
+/// watch are recorded first, so that their reaps are seen too: from the kernel, or from
+/// `/proc` when the kernel's free event does not come.
 fn watch(pid: u32, duration: Duration) -> Result<Watched> {
     let sizes = MapSizes {
         event_buffer: 4 << 20,
@@ -185,14 +222,19 @@ fn watch(pid: u32, duration: Duration) -> Result<Watched> {
         Path::new("/sys/fs/cgroup"),
         HierarchyChoice::Auto,
     )?;
+    engine.record_changes();
     let mut ring = engine.tracer_mut().take_events()?;
-    let started = std::time::Instant::now();
+    engine.reconcile()?;
+    let started = Instant::now();
+    let mut last_wait = None;
     let mut watched = Watched {
         seconds: 0.0,
         waits: 0,
+        last_wait_ago: None,
         zombies: 0,
         reaps: 0,
     };
+    let mut refreshed = started;
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_millis(50).min(duration));
         while let Some(item) = ring.next() {
@@ -202,14 +244,27 @@ fn watch(pid: u32, duration: Duration) -> Result<Watched> {
             // SAFETY: Event is plain integers; the kernel wrote exactly one.
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
             match EventKind::from_u32(event.kind) {
-                Some(EventKind::Wait) if event.pid == pid => watched.waits += 1,
+                Some(EventKind::Wait) if event.pid == pid => {
+                    watched.waits += 1;
+                    last_wait = Some(Instant::now());
+                }
                 Some(EventKind::Zombie) if event.ppid == pid => watched.zombies += 1,
                 Some(EventKind::Reap) if event.ppid == pid => watched.reaps += 1,
                 _ => {}
             }
         }
+        if refreshed.elapsed() >= Duration::from_millis(500) {
+            engine.refresh()?;
+            refreshed = Instant::now();
+        }
+        watched.reaps += engine
+            .drain_changes()
+            .iter()
+            .filter(|c| matches!(c, Change::ReapedLate { zombie, .. } if zombie.parent.tgid == pid))
+            .count() as u64;
     }
     watched.seconds = started.elapsed().as_secs_f64();
+    watched.last_wait_ago = last_wait.map(|at| at.elapsed().as_secs_f64());
     Ok(watched)
 }
 
