@@ -259,8 +259,6 @@ fn zombies_by_parent(sample: &Sample) -> BTreeMap<u32, Vec<&ProcStat>> {
     by_parent
 }
 
-/// What `/proc` tells of a zombie, in the record shape the kernel side uses.
-
 fn table(report: &ScanReport) -> String {
     let node = &report.node;
     let mut out = format!(
