@@ -386,3 +386,50 @@ fn a_restart_neither_loses_nor_double_counts_zombies() {
     assert!(reaped, "{text}");
     assert_eq!(value(&text, "reapwatch_zombies_created_total"), Some(5.0));
 }
+
+/// A cgroup at its pids.max: the forks it refuses are counted, as `pids.events` counts them.
+#[test]
+fn forks_refused_at_pids_max_are_counted() {
+    let daemon = Daemon::start(&[]);
+    let cgroup = TestCgroup::new("pids-full");
+    let helper = Helper::start("leak", 1, &cgroup);
+    // The helper and its zombie: full.
+    fs::write(cgroup.path.join("pids.max"), "2").unwrap();
+    // Shells join (joining is not limited) and each tries a fork, refused: the shell gives up.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && /bin/true",
+        cgroup.path.display()
+    );
+    for _ in 0..3 {
+        let status = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(!status.success(), "a fork at pids.max succeeded");
+    }
+    let events = fs::read_to_string(cgroup.path.join("pids.events")).unwrap();
+    let refused: f64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(refused >= 3.0, "{events}");
+
+    let path = cgroup.host_path();
+    let labels = [("cgroup", path.as_str())];
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(10), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_cgroup_pids_fork_failures_total", &labels) == Some(refused)
+    });
+    assert!(counted, "{text}");
+    assert_eq!(
+        sample_value(&text, "reapwatch_cgroup_pids_max", &labels),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(&text, "reapwatch_cgroup_pids_current", &labels),
+        Some(2.0)
+    );
+    drop(helper);
+}

@@ -218,6 +218,13 @@ impl CgroupHierarchy {
         Some((current, max.trim().parse().ok()))
     }
 
+    /// Forks refused because the cgroup (or an ancestor) was at its `pids.max`: the `max`
+    /// line of `pids.events`. None where the file is missing.
+    pub fn fork_failures(&self, path: impl AsRef<[u8]>) -> Option<u64> {
+        let events = fs::read(self.dir(path.as_ref()).join("pids.events")).ok()?;
+        parse_pids_events_max(&events)
+    }
+
     /// The path of a cgroup id (lossy text), walking the hierarchy on a cache miss. Ids of
     /// removed cgroups stay unresolved.
     pub fn path_of(&mut self, id: u64) -> Option<String> {
@@ -267,6 +274,14 @@ impl CgroupHierarchy {
         }
         found
     }
+}
+
+/// `max 73` in `pids.events` (cgroup v1 and v2 alike; v2 may add `max.imposed`).
+pub fn parse_pids_events_max(events: &[u8]) -> Option<u64> {
+    String::from_utf8_lossy(events).lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == "max").then(|| value.trim().parse().ok()).flatten()
+    })
 }
 
 #[cfg(test)]
@@ -349,6 +364,14 @@ mod tests {
         assert_eq!(text.as_deref(), Some("/pods/bad\u{fffd}name"));
         assert_eq!(raw_id, Some(id));
         assert_eq!(pids, Some((3, None)));
+    }
+
+    #[test]
+    fn pids_events() {
+        assert_eq!(parse_pids_events_max(b"max 73\n"), Some(73));
+        assert_eq!(parse_pids_events_max(b"max 0\nmax.imposed 5\n"), Some(0));
+        assert_eq!(parse_pids_events_max(b"max.imposed 5\n"), None);
+        assert_eq!(parse_pids_events_max(b"\xffmax x"), None);
     }
 
     #[test]

@@ -10,13 +10,11 @@
 
 use std::collections::HashMap;
 
-use tracer_common::CgroupCounters;
-
-use super::model::CgroupLabels;
+use super::model::{CgroupLabels, SeriesCounters};
 
 pub struct CounterLedger {
     /// Raw counters of each cgroup id at the last sample.
-    last: HashMap<u64, CgroupCounters>,
+    last: HashMap<u64, SeriesCounters>,
     series: HashMap<CgroupLabels, Totals>,
     /// Series kept at most; beyond it, those retired longest ago are forgotten.
     capacity: usize,
@@ -25,7 +23,7 @@ pub struct CounterLedger {
 }
 
 struct Totals {
-    counters: CgroupCounters,
+    counters: SeriesCounters,
     fed_in_sample: u64,
 }
 
@@ -46,13 +44,13 @@ impl CounterLedger {
 
     /// Adds what cgroup `id` counted since the last sample to the series `labels`, and
     /// returns that series' totals.
-    pub fn feed(&mut self, id: u64, raw: CgroupCounters, labels: &CgroupLabels) -> CgroupCounters {
+    pub fn feed(&mut self, id: u64, raw: SeriesCounters, labels: &CgroupLabels) -> SeriesCounters {
         let before = self.last.insert(id, raw).unwrap_or_default();
         let delta = since(&raw, &before);
         let totals = match self.series.get_mut(labels) {
             Some(totals) => totals,
             None => self.series.entry(labels.clone()).or_insert(Totals {
-                counters: CgroupCounters::default(),
+                counters: SeriesCounters::default(),
                 fed_in_sample: 0,
             }),
         };
@@ -91,21 +89,23 @@ impl CounterLedger {
 /// What a cgroup counted between two reads of its raw counters. A raw counter below its last
 /// value was made again from zero (its kernel entry was dropped and recreated): all of it is
 /// new.
-fn since(now: &CgroupCounters, before: &CgroupCounters) -> CgroupCounters {
+fn since(now: &SeriesCounters, before: &SeriesCounters) -> SeriesCounters {
     let field = |now: u64, before: u64| if now >= before { now - before } else { now };
-    CgroupCounters {
+    SeriesCounters {
         forks: field(now.forks, before.forks),
         exits: field(now.exits, before.exits),
         zombies_created: field(now.zombies_created, before.zombies_created),
         zombies_reaped: field(now.zombies_reaped, before.zombies_reaped),
+        pids_fork_failures: field(now.pids_fork_failures, before.pids_fork_failures),
     }
 }
 
-fn add(into: &mut CgroupCounters, delta: &CgroupCounters) {
+fn add(into: &mut SeriesCounters, delta: &SeriesCounters) {
     into.forks += delta.forks;
     into.exits += delta.exits;
     into.zombies_created += delta.zombies_created;
     into.zombies_reaped += delta.zombies_reaped;
+    into.pids_fork_failures += delta.pids_fork_failures;
 }
 
 #[cfg(test)]
@@ -121,8 +121,8 @@ mod tests {
         ]
     }
 
-    fn exits(n: u64) -> CgroupCounters {
-        CgroupCounters {
+    fn exits(n: u64) -> SeriesCounters {
+        SeriesCounters {
             exits: n,
             ..Default::default()
         }

@@ -116,6 +116,11 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         "Seconds until pids.current reaches pids.max at the growth of the forecast window.",
         GAUGE,
     );
+    let mut pids_refused = Family::new(
+        "reapwatch_cgroup_pids_fork_failures_total",
+        "Forks refused because this cgroup (or an ancestor) was at its pids.max (pids.events).",
+        COUNTER,
+    );
     for series in &model.cgroups {
         let labels = cgroup_labels(&series.labels);
         zombies.push(labels.clone(), series.zombies as f64);
@@ -124,6 +129,9 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
             reaped.push(labels.clone(), counters.zombies_reaped as f64);
             forks.push(labels.clone(), counters.forks as f64);
             exits.push(labels.clone(), counters.exits as f64);
+            if series.pids.is_some() || counters.pids_fork_failures > 0 {
+                pids_refused.push(labels.clone(), counters.pids_fork_failures as f64);
+            }
         }
         if let Some(age) = series.oldest_seconds {
             oldest.push(labels.clone(), age);
@@ -228,6 +236,7 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         pids_current,
         pids_max,
         pids_eta,
+        pids_refused,
         parent_zombies,
         parent_wait,
         Family(lifetime_histogram(model)),
@@ -419,11 +428,12 @@ mod tests {
                 labels: ["/kubepods/x".into(), "ns".into(), "pod".into(), "c".into()],
                 zombies: 3,
                 oldest_seconds: Some(12.5),
-                counters: Some(tracer_common::CgroupCounters {
+                counters: Some(crate::exporter::model::SeriesCounters {
                     zombies_created: 5,
                     zombies_reaped: 2,
                     forks: 9,
                     exits: 8,
+                    pids_fork_failures: 0,
                 }),
                 pids: None,
             }],

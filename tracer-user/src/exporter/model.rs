@@ -12,8 +12,31 @@ pub struct CgroupSeries {
     pub zombies: u64,
     pub oldest_seconds: Option<f64>,
     /// Absent until the series' attribution has settled (see `sampler`).
-    pub counters: Option<CgroupCounters>,
+    pub counters: Option<SeriesCounters>,
     pub pids: Option<PidsSeries>,
+}
+
+/// The counters of a per-cgroup series: the kernel programs' per-cgroup counters, and the
+/// forks the cgroup's `pids.max` refused (`pids.events`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeriesCounters {
+    pub forks: u64,
+    pub exits: u64,
+    pub zombies_created: u64,
+    pub zombies_reaped: u64,
+    pub pids_fork_failures: u64,
+}
+
+impl SeriesCounters {
+    pub fn new(kernel: CgroupCounters, pids_fork_failures: u64) -> Self {
+        Self {
+            forks: kernel.forks,
+            exits: kernel.exits,
+            zombies_created: kernel.zombies_created,
+            zombies_reaped: kernel.zombies_reaped,
+            pids_fork_failures,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]

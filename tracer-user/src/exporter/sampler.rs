@@ -12,7 +12,10 @@ use tracer_common::{CgroupCounters, Loss};
 
 use super::{
     ledger::CounterLedger,
-    model::{CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries},
+    model::{
+        CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries,
+        SeriesCounters,
+    },
     settings::Settings,
 };
 use crate::{
@@ -136,7 +139,13 @@ impl Sampler {
                 || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
             if settled {
                 fed.insert(id);
-                series.counters = Some(self.counters.feed(id, sample.raw, &series.labels));
+                let fork_failures = self
+                    .engine
+                    .hierarchy()
+                    .and_then(|h| h.fork_failures(&known.path))
+                    .unwrap_or(0);
+                let raw = SeriesCounters::new(sample.raw, fork_failures);
+                series.counters = Some(self.counters.feed(id, raw, &series.labels));
             }
             merge(merged.entry(series.labels.clone()).or_default(), series);
         }
