@@ -139,8 +139,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address to serve on [default: 0.0.0.0:9750].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to serve on: IP:PORT, HOST:PORT or :PORT [default: 0.0.0.0:9750].
+    #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
     pub listen: Option<SocketAddr>,
 
     /// Parents exported per scrape, most unreaped children first [default: 20].

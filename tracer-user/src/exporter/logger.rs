@@ -1,5 +1,6 @@
-//! Log lines to stderr: `level: message`, one line each (messages with newlines are
-//! escaped), filtered by `--log-level`.
+//! Log lines to stderr: `TIME reapwatch: level: message`, one line each (messages with
+//! newlines are escaped), filtered by `--log-level`. The time is UTC, RFC 3339, to the
+//! millisecond: the kubelet's log files are read without their own timestamps too.
 
 struct StderrLogger;
 
@@ -12,7 +13,8 @@ impl log::Log for StderrLogger {
         if self.enabled(record.metadata()) {
             let message = record.args().to_string().replace('\n', "\\n");
             eprintln!(
-                "reapwatch: {}: {message}",
+                "{} reapwatch: {}: {message}",
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
                 record.level().as_str().to_lowercase()
             );
         }

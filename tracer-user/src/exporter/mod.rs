@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use self::{http::Published, model::Health, sampler::Sampler, settings::Settings};
-use crate::{cli::ServeArgs, state::StateEngine};
+use crate::{cli::ServeArgs, kernel::preflight, state::StateEngine};
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let settings = Settings::resolve(args)?;
@@ -44,6 +44,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
+    // What would stop the programs loading is said before anything is served.
+    preflight::check_all()?;
     // Bind before loading, so a taken port fails fast and touches nothing in the kernel.
     let listener = TcpListener::bind(settings.listen)
         .await

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use crate::{cgroup::HierarchyChoice, cli::ServeArgs, kernel::MapSizes};
@@ -30,7 +30,7 @@ pub struct Settings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileSettings {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     top_parents: Option<usize>,
     label_allow_list: Option<Vec<String>>,
     gc_grace: Option<String>,
@@ -71,10 +71,13 @@ impl Settings {
             .or(file.label_allow_list)
             .unwrap_or_else(|| CGROUP_LABELS.map(str::to_owned).to_vec());
         Ok(Self {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9750))),
+            listen: match (args.listen, file.listen.as_deref()) {
+                (Some(flag), _) => flag,
+                (None, Some(key)) => {
+                    parse_listen(key).map_err(|err| anyhow!("invalid listen: {err}"))?
+                }
+                (None, None) => SocketAddr::from(([0, 0, 0, 0], 9750)),
+            },
             top_parents: args.top_parents.or(file.top_parents).unwrap_or(20),
             keep_labels: keep_labels(&labels)?,
             gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
@@ -134,6 +137,33 @@ fn parse_file(text: &str) -> std::result::Result<FileSettings, String> {
         .map_err(|err| err.message().lines().next().unwrap_or_default().to_owned())
 }
 
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved once, at start-up; the first
+/// address wins), or `:PORT` for every IPv4 address, as node_exporter takes it.
+pub fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: the port after ':' must be 0 to 65535"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    // A host name with a port; a bare host or port is not an address to listen on.
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!(
+            "{text:?} is not an address: expected IP:PORT, HOST:PORT or :PORT"
+        ));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|err| format!("cannot resolve {text:?}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 fn parse_duration(name: &str, text: &str) -> Result<Duration> {
     humantime::parse_duration(text).with_context(|| format!("invalid --{name} {text:?}"))
 }
@@ -170,6 +200,24 @@ fn keep_labels(names: &[String]) -> Result<[bool; 4]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn listen_addresses_as_operators_type_them() {
+        let v4 = |a: [u8; 4], port| SocketAddr::from((a, port));
+        assert_eq!(parse_listen(":9755"), Ok(v4([0, 0, 0, 0], 9755)));
+        assert_eq!(parse_listen("127.0.0.1:9755"), Ok(v4([127, 0, 0, 1], 9755)));
+        assert_eq!(
+            parse_listen("[::1]:9755"),
+            Ok("[::1]:9755".parse().unwrap())
+        );
+        assert!(
+            parse_listen("localhost:9755").is_ok_and(|a| a.ip().is_loopback() && a.port() == 9755)
+        );
+        for bad in [":", ":http", ":70000", "localhost", "9755", "", "a b:1"] {
+            let err = parse_listen(bad).unwrap_err();
+            assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+        }
+    }
+
     use clap::Parser;
 
     use super::*;
