@@ -1,6 +1,9 @@
 //! The `reapwatch` binary as a person or a script runs it.
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Instant,
+};
 
 use reapwatch_tests::{parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup};
 use serde_json::Value;
@@ -30,7 +33,10 @@ fn snapshot_json_matches_proc() {
     let truth = proc_unreaped_children(helper.parent);
     assert_eq!(truth.len(), 3);
 
+    let started = Instant::now();
     let output = reapwatch(&["snapshot", "--json"]);
+    // Found in /proc, their ages count from the reconcile: no more than the run took.
+    let took = started.elapsed().as_secs_f64();
     assert!(
         output.status.success(),
         "{}",
@@ -41,7 +47,6 @@ fn snapshot_json_matches_proc() {
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["comm"], "zombie-helper");
     assert_eq!(parent["cgroup"], cgroup.host_path());
-    assert!(parent["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
     // They exited before reapwatch started: their ages are lower bounds.
     assert_eq!(parent["oldest_age_is_lower_bound"], true);
     let children = parent["children"].as_array().unwrap();
@@ -56,8 +61,14 @@ fn snapshot_json_matches_proc() {
         assert_eq!(child["exit_code"], 7);
         assert_eq!(child["signal"], Value::Null);
         assert_eq!(child["exit_signal"], 17);
-        assert!(child["age_seconds"].as_f64().unwrap() >= 0.0);
+        let age = child["age_seconds"].as_f64().unwrap();
+        assert!((0.0..=took).contains(&age), "{age} after a {took}s run");
     }
+    // The oldest is the first child's: children come oldest first.
+    assert_eq!(parent["oldest_age_seconds"], children[0]["age_seconds"]);
+    assert!(children
+        .windows(2)
+        .all(|w| w[0]["age_seconds"].as_f64() >= w[1]["age_seconds"].as_f64()));
     let hooks = report["tracer"]["hooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 4);
     assert!(hooks
