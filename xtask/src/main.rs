@@ -1,6 +1,7 @@
 //! Developer workflows: `cargo xtask setup | build | run | test | image | vm-test | bench`.
 
 mod bench;
+mod churn;
 mod deploy;
 mod image;
 mod setup;
@@ -47,6 +48,10 @@ enum Task {
         /// Pairs for each comparison tracer (bpftrace, exitsnoop); 0 skips them.
         #[arg(long, default_value_t = 8)]
         compare_pairs: usize,
+        /// Instead: the memory of serve, top and trace while this many cgroups, each with a
+        /// zombie, are made and removed.
+        #[arg(long, value_name = "CGROUPS")]
+        churn: Option<u64>,
     },
 }
 
@@ -85,9 +90,13 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             pairs,
             compare_pairs,
+            churn,
         } => {
             setup::all()?;
-            bench::run(pairs, compare_pairs)
+            match churn {
+                Some(cgroups) => churn::run(cgroups),
+                None => bench::run(pairs, compare_pairs),
+            }
         }
         Task::Image => {
             setup::all()?;
