@@ -115,6 +115,7 @@ struct Collector {
     pods: PodDirectory,
     started: Instant,
     last_reconcile: Instant,
+    last_forget: Instant,
     node_growth: GrowthTracker,
 }
 
@@ -127,6 +128,7 @@ impl Collector {
             pods: PodDirectory::new(pod_logs_dir),
             started: now,
             last_reconcile: now,
+            last_forget: now,
             node_growth: GrowthTracker::new(ETA_WINDOW.as_secs_f64()),
         })
     }
@@ -136,6 +138,10 @@ impl Collector {
         if now.duration_since(self.last_reconcile) >= RECONCILE_EVERY {
             self.engine.reconcile()?;
             self.last_reconcile = now;
+        }
+        if now.duration_since(self.last_forget) >= super::FORGET_REMOVED_EVERY {
+            super::forget_removed_cgroups(&mut self.engine)?;
+            self.last_forget = now;
         }
         let elapsed = now.duration_since(self.started);
         let mut parents = Vec::new();
