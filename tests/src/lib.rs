@@ -19,6 +19,11 @@ use reapwatch::{
     state::StateEngine,
 };
 
+/// How much earlier than the event the programs may date it: they read the clock once a
+/// kernel tick (10 ms at the lowest HZ), so an age can read up to that much more than the
+/// time the test measured around it.
+pub const KERNEL_TICK_SECONDS: f64 = 0.01;
+
 /// The tracer with maps of `sizes`, loaded on the host's /proc and cgroups, never reconciled:
 /// everything it reports, its programs saw.
 pub fn load_engine(sizes: MapSizes) -> StateEngine {

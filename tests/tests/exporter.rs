@@ -9,7 +9,7 @@ use std::{
 use reapwatch::cgroup::HierarchyChoice;
 use reapwatch_tests::{
     eventually, get, promtool_check_metrics, sample_value, workspace_binary, Daemon, FakeKubelet,
-    Helper, TestCgroup,
+    Helper, TestCgroup, KERNEL_TICK_SECONDS,
 };
 
 const CONTAINER_ID: &str = "3f2e1d0c9b8a79685746352413021f0e3f2e1d0c9b8a79685746352413021f0e";
@@ -52,7 +52,7 @@ fn attribution(choice: HierarchyChoice, flag: &str, uid: &str, kubelet_path: &st
         sample_value(&text, "reapwatch_process_forks_total", &labels),
         Some(3.0)
     );
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64() + KERNEL_TICK_SECONDS;
     let oldest = sample_value(&text, "reapwatch_zombie_oldest_seconds", &labels);
     assert!(
         oldest.is_some_and(|age| (0.0..=elapsed).contains(&age)),
