@@ -61,6 +61,17 @@ impl Tool {
         };
         Ok((kib("VmRSS:")?, kib("VmHWM:")?))
     }
+
+    /// Cgroups in its kernel map of per-cgroup counters: memory the kernel holds for it.
+    fn cgroup_entries(&self, bench: &Path) -> Result<u64> {
+        let out = Command::new(bench)
+            .args(["cgroup-entries", &self.child.id().to_string()])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("cgroup-entries of reapwatch {} failed", self.name))
+    }
 }
 
 /// Reads and discards a command's output so that it never blocks on a full pipe; counts
@@ -171,16 +182,25 @@ fn start_trace(reapwatch: &Path) -> Result<(Tool, Arc<AtomicU64>)> {
 struct Row {
     label: String,
     memory: Vec<(u64, u64)>,
+    cgroup_entries: Vec<u64>,
 }
 
-fn measure(label: String, tools: &mut [Tool], serve_port: u16) -> Result<Row> {
+fn measure(label: String, tools: &mut [Tool], serve_port: u16, bench: &Path) -> Result<Row> {
     // A scrape, as Prometheus would: the exporter renders every series it keeps.
     let (status, _) = http_get(serve_port, "/metrics")?;
     if status != 200 {
         bail!("/metrics answered {status}");
     }
     let memory = tools.iter_mut().map(Tool::memory).collect::<Result<_>>()?;
-    Ok(Row { label, memory })
+    let cgroup_entries = tools
+        .iter()
+        .map(|tool| tool.cgroup_entries(bench))
+        .collect::<Result<_>>()?;
+    Ok(Row {
+        label,
+        memory,
+        cgroup_entries,
+    })
 }
 
 pub fn run(cgroups: u64) -> Result<()> {
@@ -205,10 +225,11 @@ pub fn run(cgroups: u64) -> Result<()> {
     let top = start_top(&reapwatch)?;
     let (trace, traced_zombies) = start_trace(&reapwatch)?;
     let mut tools = vec![serve, top, trace];
+    let bench = release.join("reapwatch-bench");
 
-    let mut rows = vec![measure("start".into(), &mut tools, port)?];
+    let mut rows = vec![measure("start".into(), &mut tools, port, &bench)?];
     let started = Instant::now();
-    let mut workload = Command::new(release.join("reapwatch-bench"))
+    let mut workload = Command::new(&bench)
         .args(["churn", &cgroups.to_string(), &LIVE.to_string()])
         .arg(RATE.to_string())
         .stdout(Stdio::piped())
@@ -220,7 +241,7 @@ pub fn run(cgroups: u64) -> Result<()> {
         let destroyed: Option<u64> = line.strip_prefix("destroyed ").and_then(|n| n.parse().ok());
         if let Some(k) = destroyed.filter(|k| k % CHECKPOINT_EVERY == 0 || *k == cgroups) {
             eprintln!("xtask: churn: {k} cgroups made and removed");
-            rows.push(measure(k.to_string(), &mut tools, port)?);
+            rows.push(measure(k.to_string(), &mut tools, port, &bench)?);
         }
     }
     let status = workload.wait()?;
@@ -233,6 +254,7 @@ pub fn run(cgroups: u64) -> Result<()> {
         format!("+{}s", SETTLE.as_secs()),
         &mut tools,
         port,
+        &bench,
     )?);
     print!(
         "{}",
@@ -273,11 +295,15 @@ fn report(
             .find(|r| r.label == k.to_string())
             .map(|r| r.memory[i].0 as f64)
     };
-    for (i, tool) in tools.iter().enumerate() {
-        out.push_str(&format!("  {:<8}", tool.name));
-        for row in rows {
-            out.push_str(&format!("{:>8.1}", mib(row.memory[i].0)));
-        }
+    let values = |i: usize, value: &dyn Fn(&Row) -> String| -> String {
+        let cells: String = rows
+            .iter()
+            .map(|row| format!("{:>8}", value(row)))
+            .collect();
+        format!("  {:<8}{cells}", tools[i].name)
+    };
+    for i in 0..tools.len() {
+        out.push_str(&values(i, &|row| format!("{:.1}", mib(row.memory[i].0))));
         for &base in &bases {
             let ratio = match (rss_at(i, base), rss_at(i, cgroups)) {
                 (Some(early), Some(late)) => late / early,
@@ -287,6 +313,11 @@ fn report(
         }
         let peak = rows.iter().map(|r| r.memory[i].1).max().unwrap_or(0);
         out.push_str(&format!("{:>12.1}\n", mib(peak)));
+    }
+    out.push_str("cgroups in each command's kernel map of per-cgroup counters\n");
+    for i in 0..tools.len() {
+        out.push_str(&values(i, &|row| row.cgroup_entries[i].to_string()));
+        out.push('\n');
     }
     out.push_str(&format!(
         "  trace printed {} of the churn's {cgroups} zombies with their cgroup's path\n",

@@ -20,6 +20,8 @@
 //!   newer ones exist, the oldest is removed: its process killed, the orphaned zombie reaped
 //!   here (a subreaper), the directory removed. Prints `destroyed K` every 1000 removals and
 //!   `done` at the end.
+//! - `reapwatch-bench cgroup-entries PID`: how many cgroups the per-cgroup counters map of
+//!   the reapwatch process PID holds (its only per-CPU hash map).
 
 use std::{
     collections::VecDeque,
@@ -60,6 +62,13 @@ fn main() {
         Some("hold") => {
             let flag = |name: &str| args[1..].iter().any(|a| a == name);
             hold(flag("stats"), flag("idle"))
+        }
+        Some("cgroup-entries") => {
+            let pid = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| fail("expected a pid"));
+            println!("{}", cgroup_entries(pid));
         }
         Some("churn") => {
             let positive = |i: usize, what: &str| -> u64 {
@@ -378,4 +387,79 @@ fn remove_cgroup(dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Keys in the per-cgroup counters map of process `pid`, found by its fdinfo.
+fn cgroup_entries(pid: u32) -> u64 {
+    const BPF_MAP_TYPE_PERCPU_HASH: u64 = 5;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    #[repr(C)]
+    struct NextKey {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    let info = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap_or_else(|e| fail(&format!("cannot read the fds of {pid}: {e}")))
+        .filter_map(Result::ok)
+        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+        .find(|info| fdinfo_field(info, "map_type:") == BPF_MAP_TYPE_PERCPU_HASH)
+        .unwrap_or_else(|| fail(&format!("{pid} holds no per-CPU hash map")));
+    let (map_id, max_entries) = (
+        fdinfo_field(&info, "map_id:") as u32,
+        fdinfo_field(&info, "max_entries:"),
+    );
+    let by_id = GetFdById {
+        id: map_id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_FD_BY_ID,
+            &raw const by_id,
+            size_of::<GetFdById>(),
+        )
+    };
+    if fd < 0 {
+        os_error("BPF_MAP_GET_FD_BY_ID");
+    }
+    let mut key: u64;
+    let mut next = 0u64;
+    let mut count = 0;
+    let mut attr = NextKey {
+        map_fd: fd as u32,
+        _pad: 0,
+        // NULL: the first key.
+        key: 0,
+        next_key: (&raw mut next) as u64,
+        flags: 0,
+    };
+    while unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_NEXT_KEY,
+            &raw const attr,
+            size_of::<NextKey>(),
+        )
+    } == 0
+        // A key deleted meanwhile restarts the walk: never count past the map's size.
+        && count < max_entries
+    {
+        count += 1;
+        key = next;
+        attr.key = (&raw const key) as u64;
+    }
+    unsafe { libc::close(fd as i32) };
+    count
 }
