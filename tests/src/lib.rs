@@ -20,6 +20,11 @@ use reapwatch::{
     state::StateEngine,
 };
 
+/// How much earlier than the event the programs may date it: they read the clock once a
+/// kernel tick (10 ms at the lowest HZ), so an age can read up to that much more than the
+/// time the test measured around it.
+pub const KERNEL_TICK_SECONDS: f64 = 0.01;
+
 /// The tracer with maps of `sizes`, loaded on the host's /proc and cgroups, never reconciled:
 /// everything it reports, its programs saw.
 pub fn load_engine(sizes: MapSizes) -> StateEngine {
@@ -358,10 +363,11 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     Some((status, response.body_mut().read_to_string().ok()?))
 }
 
-/// The value of the sample `name` whose labels include every `(label, value)` of `wanted`,
-/// in Prometheus text exposition.
+/// The value of the one sample `name` whose labels include every `(label, value)` of `wanted`,
+/// in Prometheus text exposition. Panics, showing the exposition, when two series match: a
+/// duplicate series is a bug a test must not read past.
 pub fn sample_value(exposition: &str, name: &str, wanted: &[(&str, &str)]) -> Option<f64> {
-    exposition.lines().find_map(|line| {
+    let mut matching = exposition.lines().filter_map(|line| {
         let (series, value) = line.rsplit_once(' ')?;
         let (metric, labels) = match series.split_once('{') {
             Some((metric, rest)) => (metric, parse_labels(rest.strip_suffix('}')?)?),
@@ -371,8 +377,15 @@ pub fn sample_value(exposition: &str, name: &str, wanted: &[(&str, &str)]) -> Op
             && wanted
                 .iter()
                 .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v));
-        matches.then(|| value.parse().ok()).flatten()
-    })
+        matches.then(|| (line, value.parse::<f64>().ok()))
+    });
+    let (first, value) = matching.next()?;
+    if let Some((second, _)) = matching.next() {
+        panic!(
+            "{name} {wanted:?} matches more than one series:\n{first}\n{second}\nin\n{exposition}"
+        );
+    }
+    value
 }
 
 /// `a="x",b="y\"z"` into pairs, undoing the exposition's escapes.
@@ -470,4 +483,53 @@ pub fn parent_entry(report: &serde_json::Value, pid: u32) -> &serde_json::Value 
         .iter()
         .find(|p| p["pid"] == pid)
         .unwrap_or_else(|| panic!("parent {pid} not listed in {report}"))
+}
+
+/// The `age_source` of a zombie found in `/proc` rather than seen exiting: its exit time comes
+/// from the scheduler where the kernel has scheduler debug info, else it is a lower bound.
+pub fn found_age_source() -> &'static str {
+    if Path::new("/proc/self/sched").exists() {
+        "scheduler"
+    } else {
+        "first_seen"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_value;
+
+    const EXPOSITION: &str = "# TYPE reapwatch_zombies gauge\n\
+        reapwatch_zombies{cgroup=\"/a\",pod=\"\"} 3\n\
+        reapwatch_zombies{cgroup=\"/b\",pod=\"\"} 1\n\
+        reapwatch_node_zombies 4\n";
+
+    #[test]
+    fn one_series_matches() {
+        assert_eq!(
+            sample_value(EXPOSITION, "reapwatch_zombies", &[("cgroup", "/a")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample_value(EXPOSITION, "reapwatch_node_zombies", &[]),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample_value(EXPOSITION, "reapwatch_zombies", &[("cgroup", "/c")]),
+            None
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "matches more than one series")]
+    fn labels_that_match_two_series_are_refused() {
+        sample_value(EXPOSITION, "reapwatch_zombies", &[("pod", "")]);
+    }
+
+    #[test]
+    #[should_panic(expected = "matches more than one series")]
+    fn a_duplicate_series_is_refused() {
+        let duplicated = format!("{EXPOSITION}reapwatch_zombies{{cgroup=\"/a\",pod=\"\"}} 3\n");
+        sample_value(&duplicated, "reapwatch_zombies", &[("cgroup", "/a")]);
+    }
 }

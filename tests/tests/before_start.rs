@@ -7,7 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reapwatch_tests::{parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use reapwatch_tests::{
+    found_age_source, parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup,
+};
 
 fn json_of(args: &[&str]) -> serde_json::Value {
     let output = Command::new(workspace_binary("reapwatch"))
@@ -35,6 +37,10 @@ fn zombies_older_than_the_command_have_their_real_age() {
         let elapsed = made.elapsed().as_secs_f64();
         let parent = parent_entry(&report, helper.parent);
         let child = &parent["children"][0];
+        // Kernels without scheduler debug info cannot tell: nothing to check there.
+        if found_age_source() != "scheduler" {
+            return;
+        }
         assert_eq!(child["age_source"], "scheduler", "{command:?}: {child}");
         assert_eq!(child["age_is_lower_bound"], false);
         assert_eq!(parent["oldest_age_source"], "scheduler");
@@ -123,15 +129,19 @@ fn trace_shows_reaps_of_zombies_older_than_the_trace() {
 fn why_counts_reaps_of_zombies_older_than_the_watch() {
     let cgroup = TestCgroup::new("why-old");
     let mut helper = Helper::start("leak", 3, &cgroup);
-    let why = Command::new(workspace_binary("reapwatch"))
+    let mut why = Command::new(workspace_binary("reapwatch"))
         .args(["why", "--watch", "3s"])
         .arg(helper.parent.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Reaped in the middle of the watch.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Reaped in the middle of the watch, once it has started.
+    let mut stderr = BufReader::new(why.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("reapwatch: watching "), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
     helper.step();
     let output = why.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);

@@ -1,8 +1,13 @@
 //! The `reapwatch` binary as a person or a script runs it.
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Instant,
+};
 
-use reapwatch_tests::{parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use reapwatch_tests::{
+    found_age_source, parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup,
+};
 use serde_json::Value;
 
 fn reapwatch(args: &[&str]) -> Output {
@@ -26,11 +31,14 @@ fn assert_one_line_error(output: &Output, code: i32, needle: &str) {
 #[test]
 fn snapshot_json_matches_proc() {
     let cgroup = TestCgroup::new("cli-leak");
+    let started = Instant::now();
     let helper = Helper::start("leak", 3, &cgroup);
     let truth = proc_unreaped_children(helper.parent);
     assert_eq!(truth.len(), 3);
 
     let output = reapwatch(&["snapshot", "--json"]);
+    // Made after `started`: no age is older than that, however it is dated.
+    let took = started.elapsed().as_secs_f64();
     assert!(
         output.status.success(),
         "{}",
@@ -41,9 +49,13 @@ fn snapshot_json_matches_proc() {
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["comm"], "zombie-helper");
     assert_eq!(parent["cgroup"], cgroup.host_path());
-    assert!(parent["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
-    // They exited before reapwatch started: their ages are lower bounds.
-    assert_eq!(parent["oldest_age_is_lower_bound"], true);
+    // They exited before reapwatch started: their ages come from the scheduler, where it
+    // tells, else are lower bounds.
+    assert_eq!(parent["oldest_age_source"], found_age_source());
+    assert_eq!(
+        parent["oldest_age_is_lower_bound"],
+        found_age_source() == "first_seen"
+    );
     let children = parent["children"].as_array().unwrap();
     let mut pids: Vec<u64> = children
         .iter()
@@ -56,8 +68,18 @@ fn snapshot_json_matches_proc() {
         assert_eq!(child["exit_code"], 7);
         assert_eq!(child["signal"], Value::Null);
         assert_eq!(child["exit_signal"], 17);
-        assert!(child["age_seconds"].as_f64().unwrap() >= 0.0);
+        let age = child["age_seconds"].as_f64().unwrap();
+        // The scheduler's clock is per CPU: within a tick of another CPU's.
+        assert!(
+            (0.0..=took + 0.01).contains(&age),
+            "{age} after a {took}s run"
+        );
     }
+    // The oldest is the first child's: children come oldest first.
+    assert_eq!(parent["oldest_age_seconds"], children[0]["age_seconds"]);
+    assert!(children
+        .windows(2)
+        .all(|w| w[0]["age_seconds"].as_f64() >= w[1]["age_seconds"].as_f64()));
     let hooks = report["tracer"]["hooks"].as_array().unwrap();
     assert_eq!(hooks.len(), 4);
     assert!(hooks
@@ -92,7 +114,12 @@ fn snapshot_table_lists_the_parent() {
     let fields: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(fields[1], "zombie-helper");
     assert_eq!(fields[2], "2");
-    assert!(fields[3].starts_with(">="), "{row}");
+    // Dated by the scheduler, or a lower bound where it cannot tell.
+    assert_eq!(
+        fields[3].starts_with(">="),
+        found_age_source() == "first_seen",
+        "{row}"
+    );
     assert!(text.lines().last().unwrap().starts_with("tracer: 4 hooks"));
 }
 

@@ -20,7 +20,13 @@ fn free_port() -> u16 {
 fn listens_on_a_bare_port_as_node_exporter_does() {
     let port = free_port();
     let mut serve = Command::new(workspace_binary("reapwatch"))
-        .args(["serve", "--listen", &format!(":{port}"), "--log-level", "warn"])
+        .args([
+            "serve",
+            "--listen",
+            &format!(":{port}"),
+            "--log-level",
+            "warn",
+        ])
         .spawn()
         .unwrap();
     let healthy = eventually(Duration::from_secs(20), || {
@@ -35,7 +41,14 @@ fn listens_on_a_bare_port_as_node_exporter_does() {
 #[test]
 fn without_privileges_it_fails_before_listening() {
     let output = Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
         .arg(workspace_binary("reapwatch"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .output()

@@ -4,9 +4,12 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
+    time::Instant,
 };
 
-use reapwatch_tests::{proc_unreaped_children, workspace_binary, Helper, TestCgroup};
+use reapwatch_tests::{
+    proc_unreaped_children, workspace_binary, Helper, TestCgroup, KERNEL_TICK_SECONDS,
+};
 use serde_json::Value;
 
 /// Starts `reapwatch trace --json` and returns once the programs are attached.
@@ -61,6 +64,7 @@ fn of<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
 fn every_lifecycle_event_of_a_leak() {
     let cgroup = TestCgroup::new("trace-leak");
     let trace = start_trace(&["--duration", "6s", "--cgroup", &cgroup.host_path()]);
+    let started = Instant::now();
     let helper = Helper::start("leak", 2, &cgroup);
     let children: Vec<u32> = proc_unreaped_children(helper.parent).into_keys().collect();
     assert_eq!(children.len(), 2);
@@ -68,6 +72,7 @@ fn every_lifecycle_event_of_a_leak() {
     // The helper exits: its zombies move to a new reaper, which reaps them.
     drop(helper);
     let (events, summary) = finish(trace);
+    let elapsed = started.elapsed().as_secs_f64() + KERNEL_TICK_SECONDS;
 
     for event in &events {
         for field in ["time", "event", "pid", "ppid", "comm", "cgroup"] {
@@ -88,11 +93,17 @@ fn every_lifecycle_event_of_a_leak() {
         }
         let reap = of(&events, "reap", child);
         assert_eq!(reap.len(), 1, "one reap of {child}: {events:#?}");
-        assert!(reap[0]["age_seconds"].as_f64().unwrap() > 0.0);
+        // Zombie from exit to reap: within the test's own run.
+        let age = reap[0]["age_seconds"].as_f64().unwrap();
+        assert!(age > 0.0 && age <= elapsed, "{age}, test ran {elapsed}s");
         assert_eq!(reap[0]["exit_code"], 7);
     }
-    // waitid(WNOWAIT) is a wait that reaps nothing.
-    assert!(!of(&events, "wait", parent).is_empty());
+    // waitid(WNOWAIT) is a wait that reaps nothing: the helper makes one per child.
+    assert_eq!(
+        of(&events, "wait", parent).len(),
+        children.len(),
+        "{events:#?}"
+    );
     assert!(summary.contains(" 0 lost"), "{summary}");
 }
 

@@ -15,6 +15,8 @@ const SIGNIFICANCE: f64 = 4.0;
 /// And only once the samples cover this share of the window.
 const MIN_COVERAGE: f64 = 0.5;
 const MIN_SAMPLES: usize = 8;
+/// Samples kept over a window, whatever the push rate (`top --interval 1ms`).
+const MAX_SAMPLES: usize = 512;
 
 impl GrowthTracker {
     pub fn new(window_seconds: f64) -> Self {
@@ -24,8 +26,14 @@ impl GrowthTracker {
         }
     }
 
-    /// Adds a sample at `time` seconds (any monotonic origin).
+    /// Adds a sample at `time` seconds (any monotonic origin). Samples are kept at least a
+    /// window / MAX_SAMPLES apart: the latest replaces the one before it while closer.
     pub fn push(&mut self, time: f64, value: f64) {
+        let spacing = self.window_seconds / MAX_SAMPLES as f64;
+        let len = self.samples.len();
+        if len >= 2 && time - self.samples[len - 2].0 < spacing {
+            self.samples.pop_back();
+        }
         self.samples.push_back((time, value));
         while self
             .samples
@@ -183,5 +191,27 @@ mod tests {
             t += STEP;
         }
         assert_eq!(tracker.eta_seconds(PID_MAX), None);
+    }
+
+    #[test]
+    fn fast_samples_stay_bounded() {
+        // `top --interval 1ms`: 300 000 samples a 5-minute window.
+        let window = 300.0;
+        let mut tracker = GrowthTracker::new(window);
+        let mut noise = Noise(5);
+        let mut t = 0.0;
+        while t < 2.0 * window {
+            tracker.push(t, 600.0 + t / 6.0 + churn(&mut noise));
+            t += 0.001;
+        }
+        assert!(
+            tracker.samples.len() <= MAX_SAMPLES + 2,
+            "{}",
+            tracker.samples.len()
+        );
+        // Still the trend, 10 a minute, and still the latest sample.
+        let slope = tracker.growth_per_second().expect("a steady rise");
+        assert!((slope * 60.0 - 10.0).abs() < 0.5, "{slope}");
+        assert_eq!(tracker.samples.back().map(|s| s.0), Some(t - 0.001));
     }
 }

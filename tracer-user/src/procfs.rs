@@ -1,13 +1,14 @@
 //! Parsers for the `/proc` files reapwatch reads: the ground truth it reconciles against.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fs, io,
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::escape;
+use crate::{escape, kernel::monotonic_ns};
 
 /// The fields of `/proc/<pid>/stat` reapwatch uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct ProcStat {
     pub exit_signal: Option<i32>,
     /// Wait status of an exited process (field 52; zero while it runs, absent before 3.5).
     pub exit_status: Option<i32>,
+    /// The CPU it last ran on (field 39).
+    pub processor: Option<u32>,
 }
 
 impl ProcStat {
@@ -76,6 +79,7 @@ pub fn parse_stat(text: &[u8]) -> Result<ProcStat> {
         start_ticks: field(22)?.parse().context("bad starttime")?,
         exit_signal: field(38).ok().and_then(|f| f.parse().ok()),
         exit_status: field(52).ok().and_then(|f| f.parse().ok()),
+        processor: field(39).ok().and_then(|f| f.parse().ok()),
     })
 }
 
@@ -224,15 +228,76 @@ pub fn read_cgroups(proc_root: &Path, pid: u32) -> Result<Option<Vec<CgroupLine>
     }
 }
 
-/// How long ago process `pid` last ran, by the scheduler: for a zombie, how long ago it
-/// exited. `se.exec_start` in `/proc/<pid>/sched` (kernels with scheduler debug info) is in
-/// milliseconds of the scheduler clock, read against this thread's own, the same clock (per
-/// CPU, within a tick). None where the kernel has no such file.
-pub fn last_ran_ago_ns(proc_root: &Path, pid: u32) -> Option<u64> {
+/// When each process last ran, by the scheduler: for a zombie, when it exited. Returns
+/// `CLOCK_MONOTONIC` nanoseconds per pid, for the pids whose CPU and `se.exec_start` (in
+/// `/proc/<pid>/sched`, kernels with scheduler debug info) could be read.
+///
+/// `se.exec_start` is in milliseconds of its CPU's task clock, which leaves out the time the
+/// CPU spent in interrupts or stolen by the hypervisor: CPUs' task clocks drift apart by that
+/// (hundreds of milliseconds on a busy VM). So each is read against this thread's own, on the
+/// same CPU: the thread moves to each CPU in turn (its affinity put back after), where its
+/// own `se.exec_start` is that CPU's task clock a moment ago. The result errs short by the
+/// interrupt and stolen time since the exit, never long.
+pub fn last_ran(proc_root: &Path, processes: &[(u32, u32)]) -> HashMap<u32, u64> {
+    let mut by_cpu: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for &(pid, cpu) in processes {
+        by_cpu.entry(cpu).or_default().push(pid);
+    }
+    let mut found = HashMap::new();
+    if by_cpu.is_empty() {
+        return found;
+    }
     let read = |path: PathBuf| parse_exec_start_ms(&fs::read(path).ok()?);
-    let theirs = read(proc_root.join(pid.to_string()).join("sched"))?;
-    let ours = read(proc_root.join("thread-self/sched"))?;
-    Some(((ours - theirs).max(0.0) * 1e6) as u64)
+    let Some(affinity) = Affinity::current() else {
+        return found;
+    };
+    for (cpu, pids) in by_cpu {
+        if !affinity.pin(cpu) {
+            continue;
+        }
+        let Some(ours) = read(proc_root.join("thread-self/sched")) else {
+            continue;
+        };
+        let at = monotonic_ns();
+        for pid in pids {
+            if let Some(theirs) = read(proc_root.join(pid.to_string()).join("sched")) {
+                let ago_ns = ((ours - theirs).max(0.0) * 1e6) as u64;
+                found.insert(pid, at.saturating_sub(ago_ns));
+            }
+        }
+    }
+    affinity.restore();
+    found
+}
+
+/// This thread's CPU affinity, to move it and put it back.
+struct Affinity(libc::cpu_set_t);
+
+impl Affinity {
+    fn current() -> Option<Self> {
+        // SAFETY: a zeroed cpu_set_t is an empty set; the kernel fills it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        (unsafe { libc::sched_getaffinity(0, size, &mut set) } == 0).then_some(Self(set))
+    }
+
+    /// Moves this thread to `cpu`; false if it may not run there (a cpuset, or offline).
+    fn pin(&self, cpu: u32) -> bool {
+        let cpu = cpu as usize;
+        if cpu >= libc::CPU_SETSIZE as usize || !unsafe { libc::CPU_ISSET(cpu, &self.0) } {
+            return false;
+        }
+        // SAFETY: as above.
+        let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut one) };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        unsafe { libc::sched_setaffinity(0, size, &one) == 0 }
+    }
+
+    fn restore(&self) {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        unsafe { libc::sched_setaffinity(0, size, &self.0) };
+    }
 }
 
 /// The `se.exec_start` line of a `sched` file, in milliseconds.
@@ -377,10 +442,30 @@ mod tests {
     }
 
     #[test]
-    fn this_process_ran_just_now() {
-        let ago = last_ran_ago_ns(Path::new("/proc"), std::process::id());
-        // The main test thread waits for this one: it last ran a moment ago, not minutes.
-        assert!(ago.is_some_and(|ns| ns < 60_000_000_000), "{ago:?}");
+    fn a_sleeping_thread_last_ran_when_it_went_to_sleep() {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            let tid = unsafe { libc::gettid() } as u32;
+            sender.send((tid, monotonic_ns())).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        let (tid, asleep_at) = receiver.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // A thread's own /proc/<tid> exists, unlisted.
+        let stat = read_stat(Path::new("/proc"), tid).unwrap().unwrap();
+        let found = last_ran(Path::new("/proc"), &[(tid, stat.processor.unwrap())]);
+        sleeper.join().unwrap();
+        if !Path::new("/proc/self/sched").exists() {
+            assert!(found.is_empty());
+            return;
+        }
+        // It went to sleep just after it sent the time; read 100 ms later, on its CPU.
+        let last = found[&tid];
+        assert!(
+            last.abs_diff(asleep_at) < 20_000_000,
+            "last ran {} ms from when it slept",
+            (last as f64 - asleep_at as f64) / 1e6
+        );
     }
 
     #[test]
@@ -540,6 +625,7 @@ mod properties {
                 start_ticks: start,
                 exit_signal: Some(exit_signal),
                 exit_status: Some(exit_status),
+                processor: Some(39 * 7),
             });
         }
 

@@ -390,12 +390,16 @@ impl StateEngine {
         let mut known: HashSet<ProcessKey> =
             self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
         known.extend(self.overflow.keys());
+        let unknown: Vec<&ProcStat> = processes
+            .iter()
+            .filter(|p| {
+                p.is_unreaped_zombie() && !known.contains(&ProcessKey::new(p.pid, p.start_ticks))
+            })
+            .collect();
+        let exited = exit_times(&self.proc_root, unknown.iter().copied());
         let mut added = 0;
-        for stat in processes.iter().filter(|p| p.is_unreaped_zombie()) {
+        for stat in unknown {
             let key = ProcessKey::new(stat.pid, stat.start_ticks);
-            if known.contains(&key) {
-                continue;
-            }
             // Narrow the window in which a zombie reaped since the scan would be re-added
             // (refresh drops such a record anyway).
             match self.read_stat(stat.pid) {
@@ -406,7 +410,7 @@ impl StateEngine {
                 stat.ppid,
                 by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks),
             );
-            let zombie = self.late_zombie(stat, parent, now);
+            let zombie = self.late_zombie(stat, parent, now, exited.get(&stat.pid).copied());
             match self.tracer.add_zombie(key, zombie)? {
                 Added::Recorded => {}
                 Added::AlreadyKnown => continue,
@@ -432,11 +436,17 @@ impl StateEngine {
     }
 
     /// A record for a zombie the programs did not see exit.
-    fn late_zombie(&mut self, stat: &ProcStat, parent: ProcessKey, now: u64) -> Zombie {
+    fn late_zombie(
+        &mut self,
+        stat: &ProcStat,
+        parent: ProcessKey,
+        now: u64,
+        exited: Option<u64>,
+    ) -> Zombie {
         Zombie {
             cgroup_id: self.cgroup_id(stat.pid).unwrap_or(0),
             parent_cgroup_id: self.cgroup_id(parent.tgid).unwrap_or(0),
-            ..found_in_proc(&self.proc_root, stat, parent, now)
+            ..found_in_proc(stat, parent, now, exited)
         }
     }
 
@@ -546,16 +556,14 @@ impl StateEngine {
 }
 
 /// A record of a zombie found in `/proc` at `now` (monotonic ns), cgroups unset: its exit
-/// time from the scheduler where the kernel tells it, else `now`, a lower bound of its age.
-pub fn found_in_proc(proc_root: &Path, stat: &ProcStat, parent: ProcessKey, now: u64) -> Zombie {
+/// time from the scheduler where the kernel tells it (`exited`, see `procfs::last_ran`), else
+/// `now`, a lower bound of its age.
+pub fn found_in_proc(stat: &ProcStat, parent: ProcessKey, now: u64, exited: Option<u64>) -> Zombie {
     let mut comm = [0u8; 16];
     let len = stat.comm.len().min(15);
     comm[..len].copy_from_slice(&stat.comm[..len]);
-    let (exit_ns, flags) = match procfs::last_ran_ago_ns(proc_root, stat.pid) {
-        Some(ago) => (
-            now.saturating_sub(ago),
-            ZOMBIE_SEEN_LATE | ZOMBIE_EXIT_FROM_SCHEDULER,
-        ),
+    let (exit_ns, flags) = match exited {
+        Some(at) => (at.min(now), ZOMBIE_SEEN_LATE | ZOMBIE_EXIT_FROM_SCHEDULER),
         None => (now, ZOMBIE_SEEN_LATE),
     };
     Zombie {
@@ -567,4 +575,16 @@ pub fn found_in_proc(proc_root: &Path, stat: &ProcStat, parent: ProcessKey, now:
         comm,
         ..Zombie::default()
     }
+}
+
+/// When each zombie of `zombies` exited, where the scheduler tells (see `procfs::last_ran`).
+pub fn exit_times<'a>(
+    proc_root: &Path,
+    zombies: impl IntoIterator<Item = &'a ProcStat>,
+) -> HashMap<u32, u64> {
+    let on_cpus: Vec<(u32, u32)> = zombies
+        .into_iter()
+        .filter_map(|z| Some((z.pid, z.processor?)))
+        .collect();
+    procfs::last_ran(proc_root, &on_cpus)
 }

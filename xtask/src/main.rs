@@ -1,6 +1,7 @@
 //! Developer workflows: `cargo xtask setup | build | run | test | image | vm-test | bench`.
 
 mod bench;
+mod churn;
 mod deploy;
 mod field;
 mod image;
@@ -48,6 +49,10 @@ enum Task {
         /// Pairs for each comparison tracer (bpftrace, exitsnoop); 0 skips them.
         #[arg(long, default_value_t = 8)]
         compare_pairs: usize,
+        /// Instead: the memory of serve, top and trace while this many cgroups, each with a
+        /// zombie, are made and removed.
+        #[arg(long, value_name = "CGROUPS")]
+        churn: Option<u64>,
     },
     /// `reapwatch serve` on a node in trouble: probe latency during full reconciles of many
     /// processes, and more zombies than the kernel maps hold.
@@ -99,9 +104,13 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             pairs,
             compare_pairs,
+            churn,
         } => {
             setup::all()?;
-            bench::run(pairs, compare_pairs)
+            match churn {
+                Some(cgroups) => churn::run(cgroups),
+                None => bench::run(pairs, compare_pairs),
+            }
         }
         Task::BenchField {
             sleepers,

@@ -21,16 +21,26 @@
 //! - `reapwatch-bench crowd SLEEPERS ZOMBIES`: a node in trouble. Forks SLEEPERS processes
 //!   that block, and ZOMBIES children that exit and are not reaped; prints `ready`, and at
 //!   end of stdin lets the sleepers go and reaps everything.
+//! - `reapwatch-bench churn N LIVE RATE`: N cgroups, made RATE a second in the hierarchy
+//!   reapwatch counts by, each holding a process that leaves one unreaped child; once LIVE
+//!   newer ones exist, the oldest is removed: its process killed, the orphaned zombie reaped
+//!   here (a subreaper), the directory removed. Prints `destroyed K` every 1000 removals and
+//!   `done` at the end.
+//! - `reapwatch-bench cgroup-entries PID`: how many cgroups the per-cgroup counters map of
+//!   the reapwatch process PID holds (its only per-CPU hash map).
 
 use std::{
-    io,
-    path::Path,
+    collections::VecDeque,
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use reapwatch::{
-    cgroup::HierarchyChoice,
+    cgroup::{CgroupHierarchy, HierarchyChoice},
     kernel::{MapSizes, Tracer},
     state::StateEngine,
 };
@@ -74,8 +84,29 @@ fn main() {
             let flag = |name: &str| args[1..].iter().any(|a| a == name);
             hold(flag("stats"), flag("idle"))
         }
+        Some("cgroup-entries") => {
+            let pid = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| fail("expected a pid"));
+            println!("{}", cgroup_entries(pid));
+        }
+        Some("churn") => {
+            let positive = |i: usize, what: &str| -> u64 {
+                args.get(i)
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| fail(&format!("expected a positive {what}")))
+            };
+            churn(
+                count(),
+                positive(2, "count of live cgroups") as usize,
+                positive(3, "rate"),
+            )
+        }
         _ => fail(
-            "usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle] | probe URL SECONDS | crowd SLEEPERS ZOMBIES",
+            "usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle] | probe URL SECONDS \
+             | crowd SLEEPERS ZOMBIES | churn N LIVE RATE | cgroup-entries PID",
         ),
     }
 }
@@ -318,4 +349,200 @@ fn bpf_memlock() -> (u64, u64) {
         }
     }
     (maps, progs)
+}
+
+/// How often `churn` reports progress.
+const CHURN_PROGRESS_EVERY: u64 = 1000;
+
+fn churn(total: u64, live: usize, per_second: u64) {
+    let hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"))
+        .unwrap_or_else(|| fail("no cgroup hierarchy mounted"));
+    let base = hierarchy
+        .root()
+        .join(format!("reapwatch-churn-{}", std::process::id()));
+    fs::create_dir(&base)
+        .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", base.display())));
+    // Killed parents' zombies come to this process, which reaps them.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
+        os_error("PR_SET_CHILD_SUBREAPER");
+    }
+    let mut held = VecDeque::with_capacity(live + 1);
+    let mut destroyed = 0;
+    let mut remove_oldest = |held: &mut VecDeque<Held>| {
+        if let Some(oldest) = held.pop_front() {
+            oldest.remove();
+            destroyed += 1;
+            if destroyed % CHURN_PROGRESS_EVERY == 0 || destroyed == total {
+                println!("destroyed {destroyed}");
+            }
+        }
+    };
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + Duration::from_secs(i) / per_second as u32;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        held.push_back(Held::make(base.join(i.to_string())));
+        if held.len() > live {
+            remove_oldest(&mut held);
+        }
+    }
+    while !held.is_empty() {
+        remove_oldest(&mut held);
+    }
+    remove_cgroup(&base);
+    println!("done");
+}
+
+/// A cgroup with a process in it that has one unreaped child.
+struct Held {
+    dir: PathBuf,
+    parent: i32,
+    zombie: i32,
+}
+
+impl Held {
+    fn make(dir: PathBuf) -> Self {
+        fs::create_dir(&dir)
+            .unwrap_or_else(|e| fail(&format!("cannot create {}: {e}", dir.display())));
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            .unwrap_or_else(|_| fail("cgroup path with a NUL byte"));
+        let [read_fd, write_fd] = pipe();
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                // Only system calls between fork and _exit: "0" moves the writer itself.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(1);
+                }
+                libc::close(fd);
+                let zombie = libc::fork();
+                if zombie == 0 {
+                    libc::_exit(0);
+                }
+                // Exited, not reaped: the zombie exists before its pid is told.
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let flags = libc::WEXITED | libc::WNOWAIT;
+                if zombie < 0 || libc::waitid(libc::P_PID, zombie as u32, &mut info, flags) != 0 {
+                    libc::_exit(1);
+                }
+                libc::write(write_fd, (&raw const zombie).cast(), size_of::<i32>());
+                loop {
+                    libc::pause();
+                }
+            },
+            -1 => os_error("fork"),
+            parent => {
+                unsafe { libc::close(write_fd) };
+                let mut zombie = 0i32;
+                let read =
+                    unsafe { libc::read(read_fd, (&raw mut zombie).cast(), size_of::<i32>()) };
+                unsafe { libc::close(read_fd) };
+                if read != size_of::<i32>() as isize {
+                    fail(&format!("the process in {} failed", dir.display()));
+                }
+                Self {
+                    dir,
+                    parent,
+                    zombie,
+                }
+            }
+        }
+    }
+
+    /// Kills the parent; its zombie, orphaned to this subreaper, is reaped here.
+    fn remove(self) {
+        unsafe { libc::kill(self.parent, libc::SIGKILL) };
+        for pid in [self.parent, self.zombie] {
+            if unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) } != pid {
+                os_error("waitpid");
+            }
+        }
+        remove_cgroup(&self.dir);
+    }
+}
+
+/// Removes an empty cgroup; the kernel may take a moment to let go of its last tasks.
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(err) = fs::remove_dir(dir) {
+        if Instant::now() > deadline {
+            fail(&format!("cannot remove {}: {err}", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Keys in the per-cgroup counters map of process `pid`, found by its fdinfo.
+fn cgroup_entries(pid: u32) -> u64 {
+    const BPF_MAP_TYPE_PERCPU_HASH: u64 = 5;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    #[repr(C)]
+    struct NextKey {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        flags: u64,
+    }
+    let info = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap_or_else(|e| fail(&format!("cannot read the fds of {pid}: {e}")))
+        .filter_map(Result::ok)
+        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+        .find(|info| fdinfo_field(info, "map_type:") == BPF_MAP_TYPE_PERCPU_HASH)
+        .unwrap_or_else(|| fail(&format!("{pid} holds no per-CPU hash map")));
+    let (map_id, max_entries) = (
+        fdinfo_field(&info, "map_id:") as u32,
+        fdinfo_field(&info, "max_entries:"),
+    );
+    let by_id = GetFdById {
+        id: map_id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_FD_BY_ID,
+            &raw const by_id,
+            size_of::<GetFdById>(),
+        )
+    };
+    if fd < 0 {
+        os_error("BPF_MAP_GET_FD_BY_ID");
+    }
+    let mut key: u64;
+    let mut next = 0u64;
+    let mut count = 0;
+    let mut attr = NextKey {
+        map_fd: fd as u32,
+        _pad: 0,
+        // NULL: the first key.
+        key: 0,
+        next_key: (&raw mut next) as u64,
+        flags: 0,
+    };
+    while unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_NEXT_KEY,
+            &raw const attr,
+            size_of::<NextKey>(),
+        )
+    } == 0
+        // A key deleted meanwhile restarts the walk: never count past the map's size.
+        && count < max_entries
+    {
+        count += 1;
+        key = next;
+        attr.key = (&raw const key) as u64;
+    }
+    unsafe { libc::close(fd as i32) };
+    count
 }

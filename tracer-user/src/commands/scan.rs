@@ -22,7 +22,7 @@ use crate::{
     kernel::monotonic_ns,
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
-    state::{found_in_proc, ChildState, ParentState},
+    state::{exit_times, found_in_proc, ChildState, ParentState},
 };
 
 /// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
@@ -67,6 +67,76 @@ struct Sample {
     pids: BTreeMap<String, (u64, Option<u64>)>,
 }
 
+/// What a watch keeps: the first sample's few numbers, the latest sample, and running
+/// statistics. Never the samples in between: a long watch must not grow with its length.
+struct Watch {
+    first_at: Instant,
+    first_tasks: u64,
+    /// Unreaped children per parent in the first sample.
+    initial: BTreeMap<u32, usize>,
+    last: Sample,
+    /// When each zombie still unreaped was first seen: the lower bound of its age.
+    first_seen: HashMap<ProcessKey, Instant>,
+    node_growth: GrowthTracker,
+    /// Per cgroup with a numeric `pids.max`, while it has one.
+    pids_growth: BTreeMap<String, GrowthTracker>,
+    window_seconds: f64,
+}
+
+impl Watch {
+    fn new(first: Sample, window_seconds: f64) -> Self {
+        let mut watch = Self {
+            first_at: first.at,
+            first_tasks: first.limits.tasks,
+            initial: zombies_by_parent(&first)
+                .into_iter()
+                .map(|(ppid, children)| (ppid, children.len()))
+                .collect(),
+            last: first,
+            first_seen: HashMap::new(),
+            node_growth: GrowthTracker::new(window_seconds),
+            pids_growth: BTreeMap::new(),
+            window_seconds,
+        };
+        watch.account();
+        watch
+    }
+
+    fn observe(&mut self, sample: Sample) {
+        self.last = sample;
+        self.account();
+    }
+
+    /// Folds the latest sample into the statistics, and drops what it no longer has.
+    fn account(&mut self) {
+        let sample = &self.last;
+        let t = sample.at.duration_since(self.first_at).as_secs_f64();
+        let zombies: Vec<ProcessKey> = sample
+            .processes
+            .iter()
+            .filter(|p| p.is_unreaped_zombie())
+            .map(|p| ProcessKey::new(p.pid, p.start_ticks))
+            .collect();
+        let mut first_seen = HashMap::with_capacity(zombies.len());
+        for key in zombies {
+            let seen = self.first_seen.get(&key).copied().unwrap_or(sample.at);
+            first_seen.insert(key, seen);
+        }
+        self.first_seen = first_seen;
+        self.node_growth.push(t, sample.limits.tasks as f64);
+        self.pids_growth
+            .retain(|path, _| sample.pids.get(path).is_some_and(|(_, max)| max.is_some()));
+        for (path, &(current, max)) in &sample.pids {
+            if max.is_some() {
+                self.pids_growth
+                    .entry(path.clone())
+                    .or_insert_with(|| GrowthTracker::new(self.window_seconds))
+                    .push(t, current as f64);
+            }
+        }
+    }
+}
+
 pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
     let mut hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
@@ -84,15 +154,20 @@ pub fn run(args: &ScanArgs) -> Result<()> {
         })
     };
 
-    let mut samples = vec![take()?];
-    if let Some(watch) = args.watch {
-        let start = samples[0].at;
-        while start.elapsed() < watch {
-            std::thread::sleep(args.interval.min(watch.saturating_sub(start.elapsed())));
-            samples.push(take()?);
+    // The watch and one interval more: the first sample stays in the trend's window.
+    let window = args
+        .watch
+        .map_or(0.0, |watch| (watch + args.interval).as_secs_f64())
+        .max(1.0);
+    let mut watch = Watch::new(take()?, window);
+    if let Some(duration) = args.watch {
+        let start = watch.first_at;
+        while start.elapsed() < duration {
+            std::thread::sleep(args.interval.min(duration.saturating_sub(start.elapsed())));
+            watch.observe(take()?);
         }
     }
-    let report = build(&samples, args, hierarchy.as_mut(), proc_root)?;
+    let report = build(&watch, args, hierarchy.as_mut(), proc_root)?;
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -102,29 +177,20 @@ pub fn run(args: &ScanArgs) -> Result<()> {
 }
 
 fn build(
-    samples: &[Sample],
+    watch: &Watch,
     args: &ScanArgs,
     mut hierarchy: Option<&mut CgroupHierarchy>,
     proc_root: &Path,
 ) -> Result<ScanReport> {
-    let first = &samples[0];
-    let last = samples.last().unwrap_or(first);
-    let minutes = last.at.duration_since(first.at).as_secs_f64() / 60.0;
-    let watched = samples.len() > 1 && minutes > 0.0;
+    let last = &watch.last;
+    let minutes = last.at.duration_since(watch.first_at).as_secs_f64() / 60.0;
+    let watched = minutes > 0.0 && args.watch.is_some();
 
-    // When each zombie was first seen: the lower bound of its age.
-    let mut first_seen: HashMap<ProcessKey, Instant> = HashMap::new();
-    for sample in samples {
-        for p in sample.processes.iter().filter(|p| p.is_unreaped_zombie()) {
-            first_seen
-                .entry(ProcessKey::new(p.pid, p.start_ticks))
-                .or_insert(sample.at);
-        }
-    }
-    let (initial, now) = (zombies_by_parent(first), zombies_by_parent(last));
+    let now = zombies_by_parent(last);
     let by_pid: HashMap<u32, &ProcStat> = last.processes.iter().map(|p| (p.pid, p)).collect();
 
     let now_ns = monotonic_ns();
+    let exited = exit_times(proc_root, now.values().flatten().copied());
     let mut parents = Vec::new();
     let mut zombies_by_cgroup: BTreeMap<String, u64> = BTreeMap::new();
     for (&ppid, children) in &now {
@@ -152,11 +218,13 @@ fn build(
                 .iter()
                 .map(|c| {
                     let key = ProcessKey::new(c.pid, c.start_ticks);
-                    let zombie = found_in_proc(proc_root, c, ProcessKey::new(ppid, 0), now_ns);
+                    let seen = watch.first_seen.get(&key).copied().unwrap_or(last.at);
+                    let parent = ProcessKey::new(ppid, 0);
+                    let zombie = found_in_proc(c, parent, now_ns, exited.get(&c.pid).copied());
                     let age_ns = if zombie.flags & ZOMBIE_EXIT_FROM_SCHEDULER != 0 {
                         now_ns.saturating_sub(zombie.exit_ns)
                     } else {
-                        last.at.duration_since(first_seen[&key]).as_nanos() as u64
+                        last.at.duration_since(seen).as_nanos() as u64
                     };
                     ChildState {
                         key,
@@ -180,31 +248,21 @@ fn build(
             }
         }
         if watched {
-            let before = initial.get(&ppid).map_or(0, Vec::len) as f64;
+            let before = watch.initial.get(&ppid).copied().unwrap_or(0) as f64;
             report.growth_per_minute = Some((children.len() as f64 - before) / minutes);
         }
         parents.push(report);
     }
     parents.sort_by(|a, b| b.unreaped.cmp(&a.unreaped).then(a.pid.cmp(&b.pid)));
 
-    let window = last.at.duration_since(first.at).as_secs_f64();
-    let eta = |series: &mut dyn Iterator<Item = (f64, f64)>, limit: f64| {
-        let mut growth = GrowthTracker::new(window.max(1.0));
-        series.for_each(|(t, v)| growth.push(t, v));
-        growth.eta_seconds(limit)
-    };
-    let t = |s: &Sample| s.at.duration_since(first.at).as_secs_f64();
     let node = NodeReport {
         tasks: last.limits.tasks,
         pid_max: last.limits.pid_max,
         threads_max: last.limits.threads_max,
         zombies: now.values().map(|c| c.len() as u64).sum(),
-        eta_seconds: eta(
-            &mut samples.iter().map(|s| (t(s), s.limits.tasks as f64)),
-            last.limits.limit() as f64,
-        ),
+        eta_seconds: watch.node_growth.eta_seconds(last.limits.limit() as f64),
         tasks_growth_per_minute: watched
-            .then(|| (last.limits.tasks as f64 - first.limits.tasks as f64) / minutes),
+            .then(|| (last.limits.tasks as f64 - watch.first_tasks as f64) / minutes),
     };
 
     // Cgroups with zombies or with a pids.max: the ones with something to say.
@@ -234,12 +292,10 @@ fn build(
                 pids_current: current,
                 pids_max: max,
                 pids_eta_seconds: max.and_then(|max| {
-                    eta(
-                        &mut samples
-                            .iter()
-                            .filter_map(|s| Some((t(s), s.pids.get(path)?.0 as f64))),
-                        max as f64,
-                    )
+                    watch
+                        .pids_growth
+                        .get(path)
+                        .and_then(|growth| growth.eta_seconds(max as f64))
                 }),
             }
         })
@@ -313,4 +369,54 @@ fn table(report: &ScanReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A node where each sample shows one new zombie (the last one reaped) and one new
+    /// cgroup with a pids.max (the last one removed).
+    fn churning(start: Instant, i: u64) -> Sample {
+        let zombie = ProcStat {
+            pid: 1000 + i as u32,
+            comm: b"worker".to_vec(),
+            state: b'Z',
+            ppid: 1,
+            num_threads: 1,
+            start_ticks: i,
+            exit_signal: Some(17),
+            exit_status: Some(0),
+            processor: None,
+        };
+        Sample {
+            at: start + Duration::from_millis(10 * i),
+            processes: vec![zombie],
+            limits: NodeLimits {
+                tasks: 100,
+                pid_max: 32768,
+                threads_max: 32768,
+            },
+            pids: BTreeMap::from([(format!("/c{i}"), (1, Some(10)))]),
+        }
+    }
+
+    #[test]
+    fn a_long_watch_keeps_only_what_the_latest_sample_has() {
+        let start = Instant::now();
+        let mut watch = Watch::new(churning(start, 0), 3600.0);
+        for i in 1..10_000 {
+            watch.observe(churning(start, i));
+        }
+        let latest = ProcessKey::new(1000 + 9999, 9999);
+        assert_eq!(watch.first_seen.keys().collect::<Vec<_>>(), [&latest]);
+        assert_eq!(
+            watch.pids_growth.keys().collect::<Vec<_>>(),
+            ["/c9999"],
+            "trends of removed cgroups kept"
+        );
+        assert_eq!(watch.initial, BTreeMap::from([(1, 1)]));
+    }
 }

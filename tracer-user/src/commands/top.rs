@@ -115,6 +115,7 @@ struct Collector {
     pods: PodDirectory,
     started: Instant,
     last_reconcile: Instant,
+    last_forget: Instant,
     node_growth: GrowthTracker,
 }
 
@@ -127,6 +128,7 @@ impl Collector {
             pods: PodDirectory::new(pod_logs_dir),
             started: now,
             last_reconcile: now,
+            last_forget: now,
             node_growth: GrowthTracker::new(ETA_WINDOW.as_secs_f64()),
         })
     }
@@ -136,6 +138,10 @@ impl Collector {
         if now.duration_since(self.last_reconcile) >= RECONCILE_EVERY {
             self.engine.reconcile()?;
             self.last_reconcile = now;
+        }
+        if now.duration_since(self.last_forget) >= super::FORGET_REMOVED_EVERY {
+            super::forget_removed_cgroups(&mut self.engine)?;
+            self.last_forget = now;
         }
         let elapsed = now.duration_since(self.started);
         let mut parents = Vec::new();
@@ -160,6 +166,7 @@ impl Collector {
                 oldest_seconds: oldest.map_or(0.0, |c| c.age_ns as f64 / 1e9),
                 oldest_is_lower_bound: oldest.is_some_and(|c| c.age_is_lower_bound()),
                 last_wait_seconds: parent.last_wait_age_ns.map(|ns| ns as f64 / 1e9),
+                waits_watched_seconds: parent.waits_watched_ns.map(|ns| ns as f64 / 1e9),
             });
         }
         let node = procfs::read_node_limits(Path::new("/proc"))?;
@@ -199,18 +206,23 @@ impl Collector {
     }
 }
 
-/// Zombies created per minute by one parent, from the kernel's records: its unreaped children
-/// that exited within the last minute, divided by that minute. A zombie reaped meanwhile is
-/// not counted (the parent did its job), nor one whose exit time is unknown (found in `/proc`
-/// only). Until reapwatch has run a minute the window is its run time, but at least 10 s, so
-/// the first zombie seen does not read as a storm.
-fn per_minute(children: impl Iterator<Item = (u64, bool)>, elapsed: Duration) -> f64 {
-    let window = elapsed.clamp(Duration::from_secs(10), Duration::from_secs(60));
-    let window_ns = window.as_nanos() as u64;
-    let recent = children
-        .filter(|&(age_ns, lower_bound)| !lower_bound && age_ns < window_ns)
-        .count();
-    recent as f64 * 60.0 / window.as_secs_f64()
+/// Zombies created per minute by one parent: its unreaped children that exited within the
+/// last minute. A zombie reaped meanwhile is not counted (the parent did its job). Exit times
+/// are known from the start (seen by the programs, or from the scheduler for zombies older
+/// than reapwatch), so a whole minute counts at once. Where one is unknown (a kernel without
+/// scheduler debug info), the rate is None, measuring, until reapwatch has run a minute; the
+/// unknown ones are left out after that.
+fn per_minute(children: impl Iterator<Item = (u64, bool)>, elapsed: Duration) -> Option<f64> {
+    const WINDOW: Duration = Duration::from_secs(60);
+    let (mut recent, mut unknown) = (0, false);
+    for (age_ns, lower_bound) in children {
+        if lower_bound {
+            unknown = true;
+        } else if age_ns < WINDOW.as_nanos() as u64 {
+            recent += 1;
+        }
+    }
+    (!unknown || elapsed >= WINDOW).then_some(f64::from(recent))
 }
 
 fn plain(collector: &mut Collector, args: &TopArgs) -> Result<()> {
@@ -358,24 +370,17 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     #[test]
-    fn rate_counts_recent_exact_exits() {
-        let children = [(5 * S, false), (30 * S, false), (90 * S, false), (1, true)];
+    fn rate_counts_the_last_minute_of_known_exits() {
+        let children = [(5 * S, false), (30 * S, false), (90 * S, false)];
         assert_eq!(
-            per_minute(children.into_iter(), Duration::from_secs(600)),
-            2.0
+            per_minute(children.into_iter(), Duration::from_secs(1)),
+            Some(2.0)
         );
-        // 20 s in, the window is those 20 s: only the 5 s old one is in it.
-        assert_eq!(
-            per_minute(children.into_iter(), Duration::from_secs(20)),
-            3.0
-        );
-        // The first seconds use a 10 s window.
-        assert_eq!(
-            per_minute([(S / 2, false)].into_iter(), Duration::from_secs(1)),
-            6.0
-        );
+        // An exit time unknown: measuring for the first minute, then left out.
+        let unknown = children.into_iter().chain([(S, true)]);
+        assert_eq!(per_minute(unknown.clone(), Duration::from_secs(20)), None);
+        assert_eq!(per_minute(unknown, Duration::from_secs(60)), Some(2.0));
     }
-
     #[test]
     fn interval_must_be_positive() {
         assert_eq!(parse_interval("300ms"), Ok(Duration::from_millis(300)));

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::{self, BufWriter, Write},
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
@@ -130,6 +130,7 @@ impl<W: Write> Trace<'_, W> {
         let deadline = tokio::time::sleep(self.args.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut refresh = tokio::time::interval(REFRESH);
+        let mut forgotten_at = Instant::now();
         loop {
             tokio::select! {
                 ready = ring.readable_mut() => {
@@ -148,6 +149,10 @@ impl<W: Write> Trace<'_, W> {
                         self.change(engine, change)?;
                     }
                     self.out.flush().or_else(ignore_broken_pipe)?;
+                    if forgotten_at.elapsed() >= super::FORGET_REMOVED_EVERY {
+                        self.forget_removed(engine)?;
+                        forgotten_at = Instant::now();
+                    }
                 }
                 _ = &mut deadline => break,
                 _ = interrupt.recv() => break,
@@ -277,7 +282,16 @@ impl<W: Write> Trace<'_, W> {
         writeln!(self.out, "{text}").or_else(ignore_broken_pipe)
     }
 
-    /// Path, pod labels and container ID of a cgroup id, cached.
+    /// Drops cached paths of removed cgroups (ids are not reused) and their counters.
+    fn forget_removed(&mut self, engine: &mut StateEngine) -> Result<()> {
+        if let Some(hierarchy) = engine.hierarchy() {
+            self.paths
+                .retain(|&id, (path, ..)| hierarchy.id_of(path.as_bytes()) == Some(id));
+        }
+        super::forget_removed_cgroups(engine)
+    }
+
+    /// Path, pod labels and container ID of a cgroup id, cached while the cgroup exists.
     fn cgroup(&mut self, engine: &mut StateEngine, id: u64) -> CgroupInfo {
         if let Some(known) = self.paths.get(&id) {
             return known.clone();

@@ -15,10 +15,10 @@ use crate::{
     cgroup::{self, HierarchyChoice},
     cli::WhyArgs,
     escape,
-    kernel::MapSizes,
+    kernel::{monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
-    state::{Change, StateEngine},
+    state::{self, Change, StateEngine},
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.
@@ -153,9 +153,15 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         "  children: {} unreaped, {live_children} running",
         zombies.len()
     );
-    for z in zombies.iter().take(10) {
-        let age = procfs::last_ran_ago_ns(proc_root, z.pid).map_or("age unknown".into(), |ns| {
-            format!("exited {} ago", human_duration(ns as f64 / 1e9))
+    let shown = &zombies[..zombies.len().min(10)];
+    let exited = state::exit_times(proc_root, shown);
+    let now = monotonic_ns();
+    for z in shown {
+        let age = exited.get(&z.pid).map_or("age unknown".into(), |&at| {
+            format!(
+                "exited {} ago",
+                human_duration(now.saturating_sub(at) as f64 / 1e9)
+            )
         });
         let _ = writeln!(
             out,
@@ -225,6 +231,11 @@ fn watch(pid: u32, duration: Duration) -> Result<Watched> {
     engine.record_changes();
     let mut ring = engine.tracer_mut().take_events()?;
     engine.reconcile()?;
+    // The watch takes a while: say so, and when it starts.
+    eprintln!(
+        "reapwatch: watching {pid} for {}",
+        human_duration(duration.as_secs_f64())
+    );
     let started = Instant::now();
     let mut last_wait = None;
     let mut watched = Watched {

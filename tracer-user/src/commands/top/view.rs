@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use crate::{commands::snapshot::human_duration, procfs::NodeLimits};
+use crate::{
+    commands::snapshot::{human_duration, last_wait},
+    procfs::NodeLimits,
+};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SortKey {
@@ -69,11 +72,14 @@ pub struct ParentRow {
     /// `namespace/pod/container`, else the cgroup path, else `-`.
     pub container: String,
     pub unreaped: usize,
-    pub per_minute: f64,
+    /// None: measuring (exit times unknown, and not a minute watched yet).
+    pub per_minute: Option<f64>,
     pub oldest_seconds: f64,
     pub oldest_is_lower_bound: bool,
     /// None: not seen calling `wait()` since reapwatch started.
     pub last_wait_seconds: Option<f64>,
+    /// How long `wait()` calls have been watched.
+    pub waits_watched_seconds: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,10 +106,11 @@ struct Row<'a> {
     container: &'a str,
     parents: usize,
     unreaped: usize,
-    per_minute: f64,
+    per_minute: Option<f64>,
     oldest_seconds: f64,
     oldest_is_lower_bound: bool,
     last_wait_seconds: Option<f64>,
+    waits_watched_seconds: Option<f64>,
 }
 
 impl<'a> Row<'a> {
@@ -117,6 +124,7 @@ impl<'a> Row<'a> {
             oldest_seconds: parent.oldest_seconds,
             oldest_is_lower_bound: parent.oldest_is_lower_bound,
             last_wait_seconds: parent.last_wait_seconds,
+            waits_watched_seconds: parent.waits_watched_seconds,
         }
     }
 
@@ -124,7 +132,7 @@ impl<'a> Row<'a> {
     fn absorb(&mut self, other: Row<'a>) {
         self.parents += other.parents;
         self.unreaped += other.unreaped;
-        self.per_minute += other.per_minute;
+        self.per_minute = self.per_minute.zip(other.per_minute).map(|(a, b)| a + b);
         if other.oldest_seconds > self.oldest_seconds {
             self.oldest_seconds = other.oldest_seconds;
             self.oldest_is_lower_bound = other.oldest_is_lower_bound;
@@ -158,14 +166,14 @@ const fn column(title: &'static str, width: usize, align: Align) -> Column {
 }
 
 // Widths fit the largest value each column shows: pid_max is at most 4194304, a comm at most
-// 15 bytes, an age `>=59m59s`, a rate `1234/min`.
+// 15 bytes, an age `>=59m59s`, a rate `1234/min` or `measuring`, a wait `none in 59m59s`.
 const PID: Column = column("PID", 7, Align::Right);
 const COMM: Column = column("COMM", 15, Align::Left);
 const PARENTS: Column = column("PARENTS", 7, Align::Right);
 const UNREAPED: Column = column("UNREAPED", 8, Align::Right);
-const CREATED: Column = column("CREATED", 8, Align::Right);
+const CREATED: Column = column("CREATED", 9, Align::Right);
 const OLDEST: Column = column("OLDEST", 8, Align::Right);
-const LAST_WAIT: Column = column("LAST WAIT", 9, Align::Right);
+const LAST_WAIT: Column = column("LAST WAIT", 13, Align::Right);
 const CONTAINER_TITLE: &str = "CONTAINER";
 /// Below this the container column stops shrinking and the terminal clips the line instead.
 const MIN_CONTAINER_WIDTH: usize = 12;
@@ -260,12 +268,17 @@ pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (Strin
         .max()
         .unwrap_or(0)
         .max(CONTAINER_TITLE.len());
-    let container_width = match width {
-        Some(width) => {
+    let container_width = match (width, display.grouping) {
+        (Some(width), grouping) => {
             let taken: usize = fixed.iter().map(|c| c.width + 1).sum();
-            width.saturating_sub(taken).max(MIN_CONTAINER_WIDTH)
+            let left = width.saturating_sub(taken).max(MIN_CONTAINER_WIDTH);
+            // First in the container view: as wide as its names, not the whole screen.
+            match grouping {
+                Grouping::Parents => left,
+                Grouping::Containers => left.min(natural),
+            }
         }
-        None => natural,
+        (None, _) => natural,
     };
     let container = Column {
         title: CONTAINER_TITLE,
@@ -292,9 +305,12 @@ pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (Strin
             let place = fit_start(row.container, container.width);
             let measures = [
                 cell(&row.unreaped.to_string(), &UNREAPED),
-                cell(&rate(row.per_minute), &CREATED),
+                cell(&row.per_minute.map_or("measuring".into(), rate), &CREATED),
                 cell(&age(row.oldest_seconds, row.oldest_is_lower_bound), &OLDEST),
-                cell(&last_wait(row.last_wait_seconds), &LAST_WAIT),
+                cell(
+                    &last_wait(row.last_wait_seconds, row.waits_watched_seconds),
+                    &LAST_WAIT,
+                ),
             ];
             match row.parent {
                 Some((pid, comm)) => line(
@@ -341,7 +357,8 @@ pub fn plain(sample: &Sample, display: &Display, interval: Duration) -> String {
 fn sort(rows: &mut [Row], key: SortKey) {
     rows.sort_by(|a, b| {
         let by_count = b.unreaped.cmp(&a.unreaped);
-        let by_rate = b.per_minute.total_cmp(&a.per_minute);
+        let rate = |row: &Row| row.per_minute.unwrap_or(-1.0);
+        let by_rate = rate(b).total_cmp(&rate(a));
         let by_age = b.oldest_seconds.total_cmp(&a.oldest_seconds);
         let primary = match key {
             SortKey::Count => by_count.then(by_age),
@@ -368,10 +385,6 @@ fn age(seconds: f64, lower_bound: bool) -> String {
         if lower_bound { ">=" } else { "" },
         human_duration(seconds)
     )
-}
-
-fn last_wait(seconds: Option<f64>) -> String {
-    seconds.map_or_else(|| "never".to_owned(), human_duration)
 }
 
 /// `text` padded to the column's display width (text already fitted; numbers never cut).
@@ -442,10 +455,11 @@ mod tests {
             comm: comm.to_owned(),
             container: container.to_owned(),
             unreaped,
-            per_minute: rate,
+            per_minute: Some(rate),
             oldest_seconds: age,
             oldest_is_lower_bound: false,
             last_wait_seconds: None,
+            waits_watched_seconds: Some(60.0),
         }
     }
 
@@ -527,8 +541,12 @@ mod tests {
             ),
         ]);
         let (heading, rows) = table(&s, &Display::default(), Some(80));
-        assert!(heading
-            .starts_with("    PID COMM            UNREAPED  CREATED   OLDEST LAST WAIT CONTAINER"));
+        assert!(
+            heading.starts_with(
+                "    PID COMM            UNREAPED   CREATED   OLDEST     LAST WAIT CONTAINER"
+            ),
+            "{heading}"
+        );
         for row in &rows {
             assert!(row.width() <= 80, "{row:?}");
         }
@@ -539,17 +557,19 @@ mod tests {
             .map(|t| heading.find(t).unwrap() + t.len())
             .collect();
         for row in &rows {
-            let row_ends: Vec<usize> = [0, 2, 3, 4, 5]
+            // LAST WAIT may be several words: its end is the one before the container's.
+            let tokens = token_ends(row);
+            let row_ends: Vec<usize> = [0, 2, 3, 4, tokens.len() - 2]
                 .iter()
-                .map(|&i| token_ends(row)[i])
+                .map(|&i| tokens[i])
                 .collect();
             assert_eq!(row_ends, ends, "{row:?}");
         }
         assert!(rows[0].contains(" a-very-long-co… "), "{}", rows[0]);
-        assert!(rows[0].ends_with(" …g-name-abc/sidecar"), "{}", rows[0]);
+        assert!(rows[0].ends_with(" …e-abc/sidecar"), "{}", rows[0]);
         assert!(rows[0].contains(" 1234/min "), "{}", rows[0]);
         assert!(rows[0].contains(" 3d0h "), "{}", rows[0]);
-        assert!(rows[0].contains(" never "), "{}", rows[0]);
+        assert!(rows[0].contains(" none in 1m0s "), "{}", rows[0]);
         assert!(rows[1].contains(" 宽字符宽字符宽… "), "{}", rows[1]);
         assert!(rows[1].contains(" 0.3/min "), "{}", rows[1]);
     }
@@ -568,13 +588,18 @@ mod tests {
         let (heading, rows) = table(&s, &display, Some(80));
         assert!(heading.starts_with("CONTAINER "), "{heading}");
         assert!(
-            heading.ends_with("PARENTS UNREAPED  CREATED   OLDEST LAST WAIT"),
+            heading.ends_with("PARENTS UNREAPED   CREATED   OLDEST     LAST WAIT"),
             "{heading}"
         );
+        // As wide as its longest name, not padded to the screen's width.
+        assert!(heading.starts_with("CONTAINER  PARENTS"), "{heading}");
         let first: Vec<&str> = rows[0].split_whitespace().collect();
-        assert_eq!(first, ["ns/pod/app", "2", "7", "3.0/min", "1m30s", "10m0s"]);
+        assert_eq!(
+            first,
+            ["ns/pod/app", "2", "7", "3.0/min", "1m30s", "10m0s", "ago"]
+        );
         assert!(rows[1].starts_with("/other "), "{}", rows[1]);
-        assert!(rows[1].ends_with("never"), "{}", rows[1]);
+        assert!(rows[1].ends_with("none in 1m0s"), "{}", rows[1]);
     }
 
     #[test]
