@@ -433,3 +433,68 @@ fn forks_refused_at_pids_max_are_counted() {
     );
     drop(helper);
 }
+
+/// `scan` and `top` show a cgroup at its pids.max as FULL, with the forks it refused.
+#[test]
+fn a_full_cgroup_shows_in_scan_and_top() {
+    let cgroup = TestCgroup::new("pids-full-cli");
+    let _helper = Helper::start("leak", 1, &cgroup);
+    fs::write(cgroup.path.join("pids.max"), "2").unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && /bin/true",
+        cgroup.path.display()
+    );
+    let status = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(!status.success(), "a fork at pids.max succeeded");
+    let events = fs::read_to_string(cgroup.path.join("pids.events")).unwrap();
+    let refused: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    let path = cgroup.host_path();
+
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["scan", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let entry = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"] == path.as_str())
+        .unwrap_or_else(|| panic!("{path} not in {report}"));
+    assert_eq!(entry["pids_full"], true, "{entry}");
+    assert_eq!(entry["pids_fork_failures"], refused, "{entry}");
+    assert_eq!(entry["pids_current"], 2);
+
+    let table = Command::new(workspace_binary("reapwatch"))
+        .arg("scan")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.ends_with(&path))
+        .unwrap_or_else(|| panic!("{table}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[1..4], ["2/2", "FULL", &refused.to_string()], "{row}");
+
+    let top = Command::new(workspace_binary("reapwatch"))
+        .args(["top", "--iterations", "1"])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    let line = top
+        .lines()
+        .find(|l| l.starts_with("FULL (pids.max): "))
+        .unwrap_or_else(|| panic!("{top}"));
+    assert!(
+        line.contains(&format!("{path} 2/2, {refused} forks refused")),
+        "{line}"
+    );
+}

@@ -58,6 +58,10 @@ pub struct CgroupReport {
     pub pids_current: Option<u64>,
     pub pids_max: Option<u64>,
     pub pids_eta_seconds: Option<f64>,
+    /// At its `pids.max`: `fork()` fails inside it now.
+    pub pids_full: bool,
+    /// Forks refused at the limit so far (`pids.events`), where it has a `pids.max`.
+    pub pids_fork_failures: Option<u64>,
 }
 
 struct Sample {
@@ -65,6 +69,8 @@ struct Sample {
     processes: Vec<ProcStat>,
     limits: NodeLimits,
     pids: BTreeMap<String, (u64, Option<u64>)>,
+    /// Forks refused, for the cgroups with a numeric `pids.max`.
+    refused: BTreeMap<String, u64>,
 }
 
 /// What a watch keeps: the first sample's few numbers, the latest sample, and running
@@ -141,16 +147,25 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
     let mut hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
     let take = || -> Result<Sample> {
+        let (mut pids, mut refused) = (BTreeMap::new(), BTreeMap::new());
+        if let Some(h) = hierarchy.as_ref() {
+            for (_, path) in h.walk() {
+                let Some(usage) = h.pids(&path) else {
+                    continue;
+                };
+                let text = escape::lossy(&path);
+                if let (Some(_), Some(failures)) = (usage.1, h.fork_failures(&path)) {
+                    refused.insert(text.clone(), failures);
+                }
+                pids.insert(text, usage);
+            }
+        }
         Ok(Sample {
             at: Instant::now(),
             processes: procfs::scan(proc_root)?.processes,
             limits: procfs::read_node_limits(proc_root)?,
-            pids: hierarchy.as_ref().map_or_else(BTreeMap::new, |h| {
-                h.walk()
-                    .into_iter()
-                    .filter_map(|(_, path)| Some((escape::lossy(&path), h.pids(&path)?)))
-                    .collect()
-            }),
+            pids,
+            refused,
         })
     };
 
@@ -159,6 +174,14 @@ pub fn run(args: &ScanArgs) -> Result<()> {
         .watch
         .map_or(0.0, |watch| (watch + args.interval).as_secs_f64())
         .max(1.0);
+    if let Some(duration) = args.watch {
+        // Nothing else shows until the watch ends.
+        eprintln!(
+            "reapwatch: scanning every {} for {}",
+            human_duration(args.interval.as_secs_f64()),
+            human_duration(duration.as_secs_f64())
+        );
+    }
     let mut watch = Watch::new(take()?, window);
     if let Some(duration) = args.watch {
         let start = watch.first_at;
@@ -297,6 +320,10 @@ fn build(
                         .get(path)
                         .and_then(|growth| growth.eta_seconds(max as f64))
                 }),
+                pids_full: current
+                    .zip(max)
+                    .is_some_and(|(current, max)| current >= max),
+                pids_fork_failures: last.refused.get(path).copied(),
             }
         })
         .collect();
@@ -324,7 +351,7 @@ fn table(report: &ScanReport) -> String {
         node.pid_max,
         node.threads_max,
         node.zombies,
-        node.eta_seconds.map_or("none".into(), human_duration),
+        eta_text(node.eta_seconds, node.tasks_growth_per_minute.is_some()),
     );
     if let Some(growth) = node.tasks_growth_per_minute {
         let _ = write!(out, ", tasks {growth:+.1}/min");
@@ -337,10 +364,11 @@ fn table(report: &ScanReport) -> String {
         .filter(|c| c.zombies > 0 || c.pids_max.is_some())
         .collect();
     if !rows.is_empty() {
+        let watched = node.tasks_growth_per_minute.is_some();
         let _ = writeln!(
             out,
-            "\n{:>8}  {:>12}  {:>10}  CGROUP",
-            "ZOMBIES", "PIDS", "PIDS ETA"
+            "\n{:>8}  {:>12}  {:>12}  {:>8}  CGROUP",
+            "ZOMBIES", "PIDS", "PIDS ETA", "REFUSED"
         );
         for c in rows {
             let pids = match (c.pids_current, c.pids_max) {
@@ -358,17 +386,36 @@ fn table(report: &ScanReport) -> String {
                 }
                 _ => c.cgroup.clone(),
             };
+            let eta = if c.pids_full {
+                "FULL".to_owned()
+            } else if c.pids_max.is_some() {
+                eta_text(c.pids_eta_seconds, watched)
+            } else {
+                "-".to_owned()
+            };
             let _ = writeln!(
                 out,
-                "{:>8}  {:>12}  {:>10}  {}",
+                "{:>8}  {:>12}  {:>12}  {:>8}  {}",
                 c.zombies,
                 pids,
-                c.pids_eta_seconds.map_or("-".into(), human_duration),
+                eta,
+                c.pids_fork_failures
+                    .map_or("-".to_owned(), |n| n.to_string()),
                 escape::for_terminal(place.as_bytes())
             );
         }
     }
     out
+}
+
+/// An exhaustion forecast in the words `top` uses: `in 3h10m`, `not growing`, or, without a
+/// watch to measure growth over, `unknown (use --watch)`.
+fn eta_text(eta_seconds: Option<f64>, watched: bool) -> String {
+    match (eta_seconds, watched) {
+        (Some(eta), _) => format!("in {}", human_duration(eta)),
+        (None, true) => "not growing".to_owned(),
+        (None, false) => "unknown (use --watch)".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -394,6 +441,7 @@ mod tests {
         Sample {
             at: start + Duration::from_millis(10 * i),
             processes: vec![zombie],
+            refused: BTreeMap::new(),
             limits: NodeLimits {
                 tasks: 100,
                 pid_max: 32768,

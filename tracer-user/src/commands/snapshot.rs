@@ -257,10 +257,25 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
         out.push_str("no unreaped children\n");
         return out;
     }
+    // `scan --watch` measures how fast each parent's zombies pile up.
+    let growth = parents.iter().any(|p| p.growth_per_minute.is_some());
+    let growth_cell = |text: &str| {
+        if growth {
+            format!("  {text:>10}")
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:>8}  {:<16}  {:>8}  {:>9}  {:>13}  {:<32}  CHILDREN",
-        "PID", "COMM", "UNREAPED", "OLDEST", "LAST WAIT", "CGROUP"
+        "{:>8}  {:<16}  {:>8}{}  {:>9}  {:>13}  {:<32}  CHILDREN",
+        "PID",
+        "COMM",
+        "UNREAPED",
+        growth_cell("GROWTH"),
+        "OLDEST",
+        "LAST WAIT",
+        "CGROUP"
     );
     for p in parents {
         let oldest = format!(
@@ -277,12 +292,16 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
             .cgroup
             .as_deref()
             .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
+        let per_minute = p
+            .growth_per_minute
+            .map_or("-".to_owned(), |g| format!("{g:+.1}/min"));
         let _ = writeln!(
             out,
-            "{:>8}  {:<16}  {:>8}  {:>9}  {:>13}  {:<32}  {}",
+            "{:>8}  {:<16}  {:>8}{}  {:>9}  {:>13}  {:<32}  {}",
             p.pid,
             truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
             p.unreaped,
+            growth_cell(&per_minute),
             oldest,
             last_wait,
             truncate_left(&cgroup, 32),

@@ -4,6 +4,7 @@
 mod view;
 
 use std::{
+    collections::BTreeMap,
     io::{self, IsTerminal, Write},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
@@ -26,7 +27,7 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, ParentRow, Sample};
+use self::view::{Display, Eta, FullCgroup, ParentRow, Sample};
 use crate::{
     cli::TopArgs,
     escape,
@@ -117,7 +118,14 @@ struct Collector {
     last_reconcile: Instant,
     last_forget: Instant,
     node_growth: GrowthTracker,
+    /// Cgroups with a numeric `pids.max` (found by a walk every [`LIMITED_WALK_EVERY`]),
+    /// with their refused forks when first seen.
+    limited: BTreeMap<String, u64>,
+    limited_walk: Option<Instant>,
 }
+
+/// How often the hierarchy is walked for cgroups with a `pids.max`.
+const LIMITED_WALK_EVERY: Duration = Duration::from_secs(10);
 
 impl Collector {
     fn new(mut engine: StateEngine, pod_logs_dir: &Path) -> Result<Self> {
@@ -130,7 +138,51 @@ impl Collector {
             last_reconcile: now,
             last_forget: now,
             node_growth: GrowthTracker::new(ETA_WINDOW.as_secs_f64()),
+            limited: BTreeMap::new(),
+            limited_walk: None,
         })
+    }
+
+    /// Cgroups at their `pids.max`, or that refused forks since `top` started: where fork()
+    /// fails now, whether or not zombies fill them.
+    fn full_cgroups(&mut self) -> Vec<FullCgroup> {
+        let Some(hierarchy) = self.engine.hierarchy() else {
+            return Vec::new();
+        };
+        if self
+            .limited_walk
+            .is_none_or(|at| at.elapsed() >= LIMITED_WALK_EVERY)
+        {
+            self.limited_walk = Some(Instant::now());
+            let mut limited = BTreeMap::new();
+            for (_, path) in hierarchy.walk() {
+                if let Some((_, Some(_))) = hierarchy.pids(&path) {
+                    let text = escape::lossy(&path);
+                    let before = self.limited.get(&text).copied();
+                    let refused = before.or_else(|| hierarchy.fork_failures(&path));
+                    limited.insert(text, refused.unwrap_or(0));
+                }
+            }
+            self.limited = limited;
+        }
+        let mut full = Vec::new();
+        for (path, &refused_before) in &self.limited {
+            let Some((current, Some(max))) = hierarchy.pids(path) else {
+                continue;
+            };
+            let refused = hierarchy.fork_failures(path).unwrap_or(0);
+            if current >= max || refused > refused_before {
+                full.push((path.clone(), current, max, refused));
+            }
+        }
+        full.into_iter()
+            .map(|(path, current, max, refused)| FullCgroup {
+                place: self.container(Some(&path)),
+                current,
+                max,
+                refused,
+            })
+            .collect()
     }
 
     fn collect(&mut self) -> Result<Sample> {
@@ -184,6 +236,7 @@ impl Collector {
             node,
             eta,
             parents,
+            full: self.full_cgroups(),
         })
     }
 

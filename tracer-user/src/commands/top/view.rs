@@ -97,6 +97,18 @@ pub struct Sample {
     pub node: NodeLimits,
     pub eta: Eta,
     pub parents: Vec<ParentRow>,
+    pub full: Vec<FullCgroup>,
+}
+
+/// A cgroup at its `pids.max` (or that refused forks while watched): fork() fails in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FullCgroup {
+    /// As the container column names it; escaped.
+    pub place: String,
+    pub current: u64,
+    pub max: u64,
+    /// Forks refused at the limit (`pids.events`), since the cgroup was made.
+    pub refused: u64,
 }
 
 /// A line of the table in either grouping.
@@ -192,7 +204,7 @@ pub fn summary(sample: &Sample, display: &Display, interval: Duration) -> Vec<St
         .iter()
         .map(|p| p.container.as_str())
         .collect();
-    vec![
+    let mut lines = vec![
         format!(
             "reapwatch top  {}  every {}  sort: {}  view: {}",
             humantime::format_rfc3339_seconds(sample.taken),
@@ -216,7 +228,21 @@ pub fn summary(sample: &Sample, display: &Display, interval: Duration) -> Vec<St
             sample.parents.len(),
             containers.len(),
         ),
-    ]
+    ];
+    if !sample.full.is_empty() {
+        let full: Vec<String> = sample
+            .full
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}/{}, {} forks refused",
+                    f.place, f.current, f.max, f.refused
+                )
+            })
+            .collect();
+        lines.push(format!("FULL (pids.max): {}", full.join("; ")));
+    }
+    lines
 }
 
 /// The keys, for the last line of the full screen.
@@ -473,6 +499,7 @@ mod tests {
             },
             eta: Eta::Seconds(475200.0),
             parents,
+            full: Vec::new(),
         }
     }
 
@@ -600,6 +627,26 @@ mod tests {
         );
         assert!(rows[1].starts_with("/other "), "{}", rows[1]);
         assert!(rows[1].ends_with("none in 1m0s"), "{}", rows[1]);
+    }
+
+    #[test]
+    fn summary_names_cgroups_at_their_pids_max() {
+        let mut s = sample(Vec::new());
+        assert_eq!(
+            summary(&s, &Display::default(), Duration::from_secs(1)).len(),
+            3
+        );
+        s.full = vec![FullCgroup {
+            place: "shop/web-1/app".into(),
+            current: 3000,
+            max: 3000,
+            refused: 73,
+        }];
+        let lines = summary(&s, &Display::default(), Duration::from_secs(1));
+        assert_eq!(
+            lines[3],
+            "FULL (pids.max): shop/web-1/app 3000/3000, 73 forks refused"
+        );
     }
 
     #[test]
