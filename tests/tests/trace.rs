@@ -147,3 +147,72 @@ fn bad_duration_is_one_line() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+/// `--min-age`: zombies a parent reaps at once stay out; one that lingers is shown once it
+/// has, with its age, and so is its reap.
+#[test]
+fn min_age_shows_only_lingering_zombies() {
+    let cgroup = TestCgroup::new("trace-min-age");
+    let trace = start_trace(&["--zombies-only", "--min-age", "1s", "--duration", "4s"]);
+    let storm = Helper::start("storm", 50, &cgroup);
+    let mut leak = Helper::start("leak", 2, &cgroup);
+    let lingering: BTreeSet<u32> = proc_unreaped_children(leak.parent).into_keys().collect();
+    assert_eq!(lingering.len(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    leak.step();
+    let (events, _) = finish(trace);
+    let shown: BTreeSet<u32> = events
+        .iter()
+        .filter(|e| e["event"] == "zombie")
+        .map(|e| e["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(shown, lingering, "{events:?}");
+    for pid in &lingering {
+        let zombie = of(&events, "zombie", *pid);
+        assert!(
+            zombie[0]["age_seconds"].as_f64().unwrap() >= 1.0,
+            "{zombie:?}"
+        );
+        assert_eq!(of(&events, "reap", *pid).len(), 1, "{events:?}");
+    }
+    assert!(
+        !events.iter().any(|e| e["ppid"] == storm.parent),
+        "the storm's zombies, reaped at once, were shown: {events:?}"
+    );
+}
+
+/// The text form starts with its column titles; a trace with an end does not say Ctrl-C.
+#[test]
+fn text_has_a_header_and_a_timed_trace_says_how_long() {
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["trace", "--duration", "1s", "--zombies-only"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let header: Vec<&str> = stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "TIME",
+            "EVENT",
+            "PID",
+            "PPID",
+            "COMM",
+            "CONTAINER",
+            "DETAIL"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stderr.starts_with("reapwatch: tracing for 1.0s\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Ctrl-C"), "{stderr}");
+}

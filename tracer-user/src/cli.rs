@@ -113,6 +113,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub zombies_only: bool,
 
+    /// Show a zombie only once it has stayed unreaped this long (e.g. 5s), and its reap
+    /// then: the exits a parent reaps at once stay out.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_age: Option<std::time::Duration>,
+
     /// One JSON object per line (see README "reapwatch trace").
     #[arg(long)]
     pub json: bool,

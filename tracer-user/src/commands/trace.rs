@@ -2,7 +2,7 @@
 //! the changes only userspace sees (reparented zombies, reaps whose free event never came).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{self, BufWriter, Write},
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -54,13 +54,32 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         wall_offset_ns: wall_clock_ns().saturating_sub(monotonic_ns()),
         out: BufWriter::new(io::stdout().lock()),
         shown: 0,
+        held: args.min_age.map(Held::new),
     };
     let lost_before = lost(&engine)?;
-    eprintln!("reapwatch: tracing (Ctrl-C to stop)");
+    match args.duration {
+        Some(duration) => eprintln!(
+            "reapwatch: tracing for {}",
+            super::snapshot::human_duration(duration.as_secs_f64())
+        ),
+        None => eprintln!("reapwatch: tracing (Ctrl-C to stop)"),
+    }
+    if !args.json {
+        tracer.header()?;
+    }
     runtime.block_on(tracer.follow(&mut engine, ring))?;
     let lost = lost(&engine)? - lost_before;
     tracer.finish()?;
-    eprintln!("reapwatch: {} events shown, {lost} lost", tracer.shown);
+    let unfollowed = tracer.held.as_ref().map_or(0, |h| h.dropped);
+    if unfollowed > 0 {
+        eprintln!(
+            "reapwatch: {} events shown, {lost} lost, {unfollowed} zombies not followed \
+             (more than {HELD_AT_MOST} younger than --min-age at once)",
+            tracer.shown
+        );
+    } else {
+        eprintln!("reapwatch: {} events shown, {lost} lost", tracer.shown);
+    }
     Ok(())
 }
 
@@ -114,6 +133,59 @@ struct Trace<'a, W: Write> {
     wall_offset_ns: u64,
     out: W,
     shown: u64,
+    held: Option<Held>,
+}
+
+/// `--min-age`: zombies are held back until they have stayed unreaped that long (checked
+/// every second); those reaped sooner are never shown, nor are their reaps.
+struct Held {
+    min_age_ns: u64,
+    /// Zombies not old enough yet, by pid.
+    waiting: HashMap<u32, Event>,
+    /// Zombies shown: their reap is shown too.
+    shown: HashSet<u32>,
+    /// Zombies not followed because too many waited at once.
+    dropped: u64,
+}
+
+/// A storm of short-lived zombies must not grow the held set without bound.
+const HELD_AT_MOST: usize = 65536;
+
+impl Held {
+    fn new(min_age: Duration) -> Self {
+        Self {
+            min_age_ns: min_age.as_nanos() as u64,
+            waiting: HashMap::new(),
+            shown: HashSet::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a reap of `pid`, `age_ns` after its exit, is shown.
+    fn shows_reap(&mut self, pid: u32, age_ns: u64) -> bool {
+        if self.waiting.remove(&pid).is_some() {
+            return false;
+        }
+        // Shown when it turned old enough, or older than the trace and old enough now.
+        self.shown.remove(&pid) || age_ns >= self.min_age_ns
+    }
+
+    /// The zombies that have now stayed unreaped long enough, oldest first.
+    fn ripe(&mut self, now_ns: u64) -> Vec<Event> {
+        let min_age = self.min_age_ns;
+        let mut ripe: Vec<Event> = self
+            .waiting
+            .values()
+            .filter(|e| now_ns.saturating_sub(e.time_ns) >= min_age)
+            .copied()
+            .collect();
+        ripe.sort_by_key(|e| e.time_ns);
+        for event in &ripe {
+            self.waiting.remove(&event.pid);
+            self.shown.insert(event.pid);
+        }
+        ripe
+    }
 }
 
 impl<W: Write> Trace<'_, W> {
@@ -144,6 +216,7 @@ impl<W: Write> Trace<'_, W> {
                     self.out.flush().or_else(ignore_broken_pipe)?;
                 }
                 _ = refresh.tick() => {
+                    self.show_ripe(engine)?;
                     engine.refresh()?;
                     for change in engine.drain_changes() {
                         self.change(engine, change)?;
@@ -169,14 +242,59 @@ impl<W: Write> Trace<'_, W> {
         Ok(())
     }
 
+    /// The column titles of the text lines.
+    fn header(&mut self) -> Result<()> {
+        writeln!(
+            self.out,
+            "{:<27}  {:<8} {:>7} {:>7}  {:<16}  {}  DETAIL",
+            "TIME", "EVENT", "PID", "PPID", "COMM", "CONTAINER"
+        )
+        .or_else(ignore_broken_pipe)
+    }
+
     fn finish(&mut self) -> Result<()> {
         self.out.flush().or_else(ignore_broken_pipe)
+    }
+
+    /// Shows the held zombies that are old enough now, with their age.
+    fn show_ripe(&mut self, engine: &mut StateEngine) -> Result<()> {
+        let now = monotonic_ns();
+        let ripe = self.held.as_mut().map(|h| h.ripe(now)).unwrap_or_default();
+        for event in ripe {
+            let record = Record {
+                time_ns: event.time_ns,
+                event: "zombie",
+                pid: event.pid,
+                ppid: event.ppid,
+                comm: &event.comm,
+                cgroup_id: event.cgroup_id,
+                status: Some(event.exit_status),
+                age_ns: Some(now.saturating_sub(event.time_ns)),
+                from_ppid: None,
+            };
+            self.write(engine, record)?;
+        }
+        Ok(())
     }
 
     fn kernel_event(&mut self, engine: &mut StateEngine, event: &Event) -> Result<()> {
         let Some(kind) = EventKind::from_u32(event.kind) else {
             return Ok(());
         };
+        if let Some(held) = &mut self.held {
+            match kind {
+                EventKind::Zombie if held.waiting.len() >= HELD_AT_MOST => {
+                    held.dropped += 1;
+                    return Ok(());
+                }
+                EventKind::Zombie => {
+                    held.waiting.insert(event.pid, *event);
+                    return Ok(());
+                }
+                EventKind::Reap if !held.shows_reap(event.pid, event.age_ns) => return Ok(()),
+                _ => {}
+            }
+        }
         let (name, age) = match kind {
             EventKind::Fork => ("fork", None),
             EventKind::Exit => ("exit", None),
@@ -210,6 +328,15 @@ impl<W: Write> Trace<'_, W> {
             } => ("reparent", child, zombie, Some(*from)),
             Change::ReapedLate { child, zombie } => ("reap", child, zombie, None),
         };
+        if let Some(held) = &mut self.held {
+            let hidden = match name {
+                "reap" => !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns)),
+                _ => held.waiting.contains_key(&child.tgid),
+            };
+            if hidden {
+                return Ok(());
+            }
+        }
         let record = Record {
             time_ns: now,
             event: name,
