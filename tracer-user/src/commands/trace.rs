@@ -246,8 +246,8 @@ impl<W: Write> Trace<'_, W> {
     fn header(&mut self) -> Result<()> {
         writeln!(
             self.out,
-            "{:<27}  {:<8} {:>7} {:>7}  {:<16}  {}  DETAIL",
-            "TIME", "EVENT", "PID", "PPID", "COMM", "CONTAINER"
+            "{:<27}  {:<8} {:>7} {:>7}  {:<16}  CONTAINER  DETAIL",
+            "TIME", "EVENT", "PID", "PPID", "COMM"
         )
         .or_else(ignore_broken_pipe)
     }
