@@ -498,3 +498,26 @@ fn a_full_cgroup_shows_in_scan_and_top() {
         "{line}"
     );
 }
+
+/// `--cgroup-series active`: a cgroup whose children are reaped at once has no series; one
+/// with unreaped zombies has them all, its counters whole.
+#[test]
+fn only_active_cgroups_get_series_when_asked() {
+    let daemon = Daemon::start(&["--cgroup-series", "active"]);
+    let (quiet, leaking) = (TestCgroup::new("quiet"), TestCgroup::new("leaking"));
+    drop(Helper::start("storm", 20, &quiet));
+    let _leak = Helper::start("leak", 2, &leaking);
+    let (quiet, leaking) = (quiet.host_path(), leaking.host_path());
+    let mut text = String::new();
+    let seen = eventually(Duration::from_secs(20), || {
+        text = daemon.scrape();
+        sample_value(&text, "reapwatch_zombies", &[("cgroup", &leaking)]) == Some(2.0)
+            && sample_value(
+                &text,
+                "reapwatch_process_forks_total",
+                &[("cgroup", &leaking)],
+            ) == Some(2.0)
+    });
+    assert!(seen, "{text}");
+    assert!(!text.contains(&format!("cgroup=\"{quiet}\"")), "{text}");
+}

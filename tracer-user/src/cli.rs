@@ -182,6 +182,11 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     pub cgroup_hierarchy: Option<HierarchyChoice>,
 
+    /// Per-cgroup series for all cgroups, or only the active ones: unreaped zombies, or a
+    /// pids.max filling up or refusing forks, now or within --eta-window [default: all].
+    #[arg(long, value_enum)]
+    pub cgroup_series: Option<crate::exporter::settings::CgroupSeriesChoice>,
+
     /// error, warn, info or debug [default: info].
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

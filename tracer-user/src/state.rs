@@ -397,6 +397,7 @@ impl StateEngine {
             })
             .collect();
         let exited = exit_times(&self.proc_root, unknown.iter().copied());
+        let mut parent_cgroups: HashMap<u32, u64> = HashMap::new();
         let mut added = 0;
         for stat in unknown {
             let key = ProcessKey::new(stat.pid, stat.start_ticks);
@@ -410,7 +411,20 @@ impl StateEngine {
                 stat.ppid,
                 by_pid.get(&stat.ppid).map_or(0, |p| p.start_ticks),
             );
-            let zombie = self.late_zombie(stat, parent, now, exited.get(&stat.pid).copied());
+            // A leaking parent has thousands of zombies: its cgroup is read once.
+            let parent_cgroup_id = match parent_cgroups.get(&parent.tgid) {
+                Some(&id) => id,
+                None => {
+                    let id = self.cgroup_id(parent.tgid).unwrap_or(0);
+                    parent_cgroups.insert(parent.tgid, id);
+                    id
+                }
+            };
+            let zombie = Zombie {
+                cgroup_id: self.cgroup_id(stat.pid).unwrap_or(0),
+                parent_cgroup_id,
+                ..found_in_proc(stat, parent, now, exited.get(&stat.pid).copied())
+            };
             match self.tracer.add_zombie(key, zombie)? {
                 Added::Recorded => {}
                 Added::AlreadyKnown => continue,
@@ -433,21 +447,6 @@ impl StateEngine {
         self.totals.added += added;
         self.totals.reconciles += 1;
         Ok(added)
-    }
-
-    /// A record for a zombie the programs did not see exit.
-    fn late_zombie(
-        &mut self,
-        stat: &ProcStat,
-        parent: ProcessKey,
-        now: u64,
-        exited: Option<u64>,
-    ) -> Zombie {
-        Zombie {
-            cgroup_id: self.cgroup_id(stat.pid).unwrap_or(0),
-            parent_cgroup_id: self.cgroup_id(parent.tgid).unwrap_or(0),
-            ..found_in_proc(stat, parent, now, exited)
-        }
     }
 
     /// The `/proc/<pid>/cgroup` lines of a process; None when it is gone or unreadable (then

@@ -43,8 +43,13 @@ impl CounterLedger {
     }
 
     /// Adds what cgroup `id` counted since the last sample to the series `labels`, and
-    /// returns that series' totals.
-    pub fn feed(&mut self, id: u64, raw: SeriesCounters, labels: &CgroupLabels) -> SeriesCounters {
+    /// returns that series' totals and what was added.
+    pub fn feed(
+        &mut self,
+        id: u64,
+        raw: SeriesCounters,
+        labels: &CgroupLabels,
+    ) -> (SeriesCounters, SeriesCounters) {
         let before = self.last.insert(id, raw).unwrap_or_default();
         let delta = since(&raw, &before);
         let totals = match self.series.get_mut(labels) {
@@ -56,7 +61,7 @@ impl CounterLedger {
         };
         totals.fed_in_sample = self.sample;
         add(&mut totals.counters, &delta);
-        totals.counters
+        (totals.counters, delta)
     }
 
     /// Ends a sample: ids not fed in it are gone (collected), and the oldest retired series
@@ -133,13 +138,13 @@ mod tests {
         let mut ledger = CounterLedger::new(16);
         let x = labels("/x", "");
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(4), &x).exits, 4);
+        assert_eq!(ledger.feed(1, exits(4), &x).0.exits, 4);
         ledger.end(|id| id == 1);
         // Removed and collected: id 1 is no longer fed; id 2 is the new /x.
         ledger.begin();
         ledger.end(|_| false);
         ledger.begin();
-        assert_eq!(ledger.feed(2, exits(3), &x).exits, 7);
+        assert_eq!(ledger.feed(2, exits(3), &x).0.exits, 7);
         ledger.end(|id| id == 2);
     }
 
@@ -149,10 +154,10 @@ mod tests {
         let merged = labels("", "");
         ledger.begin();
         ledger.feed(1, exits(100), &merged);
-        assert_eq!(ledger.feed(2, exits(41), &merged).exits, 141);
+        assert_eq!(ledger.feed(2, exits(41), &merged).0.exits, 141);
         ledger.end(|_| true);
         ledger.begin();
-        assert_eq!(ledger.feed(2, exits(41), &merged).exits, 141);
+        assert_eq!(ledger.feed(2, exits(41), &merged).0.exits, 141);
         ledger.end(|id| id == 2);
     }
 
@@ -161,13 +166,13 @@ mod tests {
         let mut ledger = CounterLedger::new(16);
         let (before, after) = (labels("/p", ""), labels("/p", "ns"));
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(5), &before).exits, 5);
+        assert_eq!(ledger.feed(1, exits(5), &before).0.exits, 5);
         ledger.end(|_| true);
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(7), &after).exits, 2);
+        assert_eq!(ledger.feed(1, exits(7), &after).0.exits, 2);
         ledger.end(|_| true);
         ledger.begin();
-        assert_eq!(ledger.feed(3, exits(0), &before).exits, 5);
+        assert_eq!(ledger.feed(3, exits(0), &before).0.exits, 5);
     }
 
     #[test]
@@ -177,7 +182,7 @@ mod tests {
         ledger.begin();
         ledger.feed(1, exits(10), &x);
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(2), &x).exits, 12);
+        assert_eq!(ledger.feed(1, exits(2), &x).0.exits, 12);
     }
 
     #[test]
@@ -191,6 +196,6 @@ mod tests {
         }
         // The newest retired series are the ones kept.
         ledger.begin();
-        assert_eq!(ledger.feed(1000, exits(0), &labels("/c99", "")).exits, 1);
+        assert_eq!(ledger.feed(1000, exits(0), &labels("/c99", "")).0.exits, 1);
     }
 }

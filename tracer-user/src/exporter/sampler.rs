@@ -16,7 +16,7 @@ use super::{
         CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries,
         SeriesCounters,
     },
-    settings::Settings,
+    settings::{CgroupSeriesChoice, Settings},
 };
 use crate::{
     escape,
@@ -39,6 +39,8 @@ pub struct Sampler {
     /// Last known path of each cgroup id, and since when it is gone.
     known: HashMap<u64, KnownCgroup>,
     counters: CounterLedger,
+    /// When each cgroup last had something to say (`--cgroup-series active`).
+    last_said: HashMap<u64, Instant>,
     node_growth: GrowthTracker,
     cgroup_growth: HashMap<u64, GrowthTracker>,
     wait_entries: u64,
@@ -76,6 +78,7 @@ impl Sampler {
             pods: PodDirectory::new(&settings.pod_logs_dir),
             node_growth: GrowthTracker::new(settings.eta_window.as_secs_f64()),
             counters: CounterLedger::new(settings.map_sizes.cgroups as usize),
+            last_said: HashMap::new(),
             settings,
             started: Instant::now(),
             last_reconcile: None,
@@ -137,6 +140,7 @@ impl Sampler {
             // Counts fed under labels about to be completed would stay behind with them.
             let settled = known.resolved && complete
                 || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
+            let mut news = SeriesCounters::default();
             if settled {
                 fed.insert(id);
                 let fork_failures = self
@@ -145,7 +149,13 @@ impl Sampler {
                     .and_then(|h| h.fork_failures(&known.path))
                     .unwrap_or(0);
                 let raw = SeriesCounters::new(sample.raw, fork_failures);
-                series.counters = Some(self.counters.feed(id, raw, &series.labels));
+                let (totals, delta) = self.counters.feed(id, raw, &series.labels);
+                series.counters = Some(totals);
+                news = delta;
+            }
+            // Counted all the same: a series that turns active shows its whole totals.
+            if !self.is_active(id, &series, &news, now) {
+                continue;
             }
             merge(merged.entry(series.labels.clone()).or_default(), series);
         }
@@ -153,6 +163,7 @@ impl Sampler {
         // Ids that left the sample without being collected leave nothing behind either.
         self.known.retain(|id, _| seen.contains(id));
         self.cgroup_growth.retain(|id, _| seen.contains(id));
+        self.last_said.retain(|id, _| seen.contains(id));
 
         let limits = procfs::read_node_limits(Path::new("/proc"))?;
         self.node_growth.push(elapsed, limits.tasks as f64);
@@ -214,6 +225,31 @@ impl Sampler {
             proc_skipped: self.engine.totals().skipped,
             health: Health::default(),
         })
+    }
+
+    /// Whether cgroup `id` gets per-cgroup series: always, or with `--cgroup-series active`
+    /// while it has had something to say within the forecast window: unreaped zombies at a
+    /// sample (not the ones reaped at once: every exit is a zombie for a moment), or a
+    /// pids.max filling up or refusing forks.
+    fn is_active(
+        &mut self,
+        id: u64,
+        series: &CgroupSeries,
+        news: &SeriesCounters,
+        now: Instant,
+    ) -> bool {
+        if self.settings.cgroup_series == CgroupSeriesChoice::All {
+            return true;
+        }
+        let pids_pressing = series
+            .pids
+            .is_some_and(|p| p.eta_seconds.is_some() || p.current >= p.max);
+        if series.zombies > 0 || news.pids_fork_failures > 0 || pids_pressing {
+            self.last_said.insert(id, now);
+        }
+        self.last_said
+            .get(&id)
+            .is_some_and(|&at| now.duration_since(at) <= self.settings.eta_window)
     }
 
     /// What is known of a cgroup id; None once a removed cgroup with nothing unreaped

@@ -24,6 +24,19 @@ pub struct Settings {
     pub log_level: log::LevelFilter,
     pub map_sizes: MapSizes,
     pub cgroup_hierarchy: HierarchyChoice,
+    pub cgroup_series: CgroupSeriesChoice,
+}
+
+/// Which cgroups get per-cgroup series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupSeriesChoice {
+    /// Every cgroup the programs counted.
+    #[default]
+    All,
+    /// Only cgroups with something to say: unreaped zombies, or a pids.max filling up or
+    /// refusing forks, now or within --eta-window.
+    Active,
 }
 
 /// The config file: the flags' names in kebab-case, every key optional.
@@ -40,6 +53,7 @@ struct FileSettings {
     pod_logs_dir: Option<PathBuf>,
     log_level: Option<String>,
     cgroup_hierarchy: Option<HierarchyChoice>,
+    cgroup_series: Option<CgroupSeriesChoice>,
     max_zombies: Option<u32>,
     max_cgroups: Option<u32>,
     max_waits: Option<u32>,
@@ -111,6 +125,10 @@ impl Settings {
                     .or(file.log_level.as_deref())
                     .unwrap_or("info"),
             )?,
+            cgroup_series: args
+                .cgroup_series
+                .or(file.cgroup_series)
+                .unwrap_or_default(),
             cgroup_hierarchy: args
                 .cgroup_hierarchy
                 .or(file.cgroup_hierarchy)
