@@ -42,8 +42,9 @@ const REQUIRED_ALERTS: &[&str] = &[
 const ALLOWED_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "SYS_RESOURCE"];
 const ALLOWED_HOST_PATHS: &[&str] = &["/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"];
 
-/// Series Prometheus makes itself, which rules and dashboard may use besides the contract.
-const PROMETHEUS_SERIES: &[&str] = &["up"];
+/// Series not reapwatch's that rules and dashboard may use besides the contract: Prometheus'
+/// own `up`, and kube-state-metrics' `kube_pod_owner` (workloads, where it runs).
+const PROMETHEUS_SERIES: &[&str] = &["up", "kube_pod_owner"];
 
 fn deploy_dir() -> PathBuf {
     workspace_root().join("deploy")
@@ -127,11 +128,11 @@ pub fn check() -> Result<()> {
     validate_schemas(&resources, &out)?;
     check_least_privilege(&resources)?;
     let rules = &find(&resources, "PrometheusRule")?["spec"];
-    check_rules(rules, &contract, &out)?;
+    let recorded = check_rules(rules, &contract, &out)?;
     let dashboard = read(&deploy_dir().join("grafana/reapwatch.json"))?;
     let dashboard: Value =
         serde_json::from_str(&dashboard).context("deploy/grafana/reapwatch.json")?;
-    check_dashboard(&dashboard, &contract, &out)?;
+    check_dashboard(&dashboard, &contract, &recorded, &out)?;
     eprintln!(
         "xtask: deploy/ checked: {} resources, {} metric families",
         resources.len(),
@@ -714,7 +715,8 @@ fn promtool(args: &[&str]) -> Result<()> {
     run("promtool", args)
 }
 
-fn check_rules(spec: &Value, contract: &Contract, out: &Path) -> Result<()> {
+/// Checks the rules; returns the names they record, which the dashboard may use.
+fn check_rules(spec: &Value, contract: &Contract, out: &Path) -> Result<BTreeSet<String>> {
     let rules_file = write_json(&out.join("reapwatch.rules.yaml"), spec)?;
     promtool(&["check", "rules", &rules_file])?;
     // The unit tests name the extracted rule file, which is written beside them.
@@ -787,7 +789,30 @@ fn check_rules(spec: &Value, contract: &Contract, out: &Path) -> Result<()> {
             "no unit test in alerts.test.yaml shows {alert} firing"
         );
     }
-    Ok(())
+    // Every recorded series is checked by a unit test too: queried, or behind an alert that
+    // one shows firing.
+    let checked: Vec<&str> = tests["tests"]
+        .as_array()
+        .context("tests")?
+        .iter()
+        .flat_map(|t| t["promql_expr_test"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .chain(
+            rules
+                .iter()
+                .filter(|r| r["alert"].is_string())
+                .filter_map(|r| r["expr"].as_str()),
+        )
+        .collect();
+    for record in &recorded {
+        ensure!(
+            checked
+                .iter()
+                .any(|expr| metric_names(expr).contains(record)),
+            "no unit test in alerts.test.yaml queries {record}, nor an alert that uses it"
+        );
+    }
+    Ok(recorded)
 }
 
 /// Grafana's interval variables, replaced by a plausible value for checking.
@@ -812,7 +837,12 @@ fn substitute_variables(expr: &str, variables: &BTreeSet<String>) -> Result<Stri
     Ok(promql)
 }
 
-fn check_dashboard(dashboard: &Value, contract: &Contract, out: &Path) -> Result<()> {
+fn check_dashboard(
+    dashboard: &Value,
+    contract: &Contract,
+    recorded: &BTreeSet<String>,
+    out: &Path,
+) -> Result<()> {
     for key in ["uid", "title"] {
         ensure!(
             dashboard[key].as_str().is_some_and(|s| !s.is_empty()),
@@ -924,7 +954,7 @@ fn check_dashboard(dashboard: &Value, contract: &Contract, out: &Path) -> Result
     let mut used = BTreeSet::new();
     for (i, (what, expr)) in exprs.iter().enumerate() {
         let promql = substitute_variables(expr, &variables).context(what.clone())?;
-        check_names(&promql, contract, &BTreeSet::new(), &mut used, what)?;
+        check_names(&promql, contract, recorded, &mut used, what)?;
         rules.push(json!({ "record": format!("dashboard_expr_{i}"), "expr": promql }));
     }
     // promtool parses PromQL only in rule files: one recording rule per expression.

@@ -40,6 +40,9 @@ enum Task {
     Test,
     /// Set up, then build the static binary and the container image (FROM scratch, buildah).
     Image,
+    /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
+    /// their unit tests, dashboard, metric contract.
+    DeployCheck,
     /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
     VmTest,
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
@@ -120,6 +123,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             setup::all()?;
             field::run(sleepers, zombies, overflow_zombies)
+        }
+        Task::DeployCheck => {
+            setup::all()?;
+            deploy::check()
         }
         Task::Image => {
             setup::all()?;
