@@ -139,7 +139,8 @@ impl Watch {
 
 pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
-    let mut hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let mut hierarchy =
+        CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), args.hierarchy.cgroup_hierarchy)?;
     let take = || -> Result<Sample> {
         Ok(Sample {
             at: Instant::now(),
@@ -267,6 +268,9 @@ fn build(
 
     // Cgroups with zombies or with a pids.max: the ones with something to say.
     let mut pods = PodDirectory::new(&args.pods.pod_logs_dir);
+    for parent in &mut parents {
+        parent.name_container(&mut pods);
+    }
     let mut paths: Vec<&String> = zombies_by_cgroup.keys().collect();
     paths.extend(
         last.pids

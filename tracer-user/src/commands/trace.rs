@@ -36,7 +36,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.tracer.cgroup_hierarchy,
+        args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
     let ring = engine.tracer_mut().take_events()?;
