@@ -113,7 +113,10 @@ fn config_errors_name_the_file_the_line_and_the_key() {
     // Durations read from the file are checked as the flags are.
     check(
         "sample-interval = \"0s\"\n",
-        "config key sample-interval: invalid duration \"0s\": must be more than zero",
+        &format!(
+            "reapwatch: invalid config {config}, key sample-interval: invalid duration \"0s\": \
+             must be more than zero"
+        ),
     );
     fs::remove_file(&path).unwrap();
 }

@@ -75,8 +75,13 @@ impl Settings {
             } else {
                 cli::positive_duration
             };
-            let source = if flag.is_some() { "--" } else { "config key " };
-            parse(text).map_err(|err| anyhow!("{source}{name}: {err}"))
+            parse(text).map_err(|err| match &args.config {
+                Some(path) if flag.is_none() => anyhow!(
+                    "invalid config {}, key {name}: {err}",
+                    escape::for_terminal(path.as_os_str().as_bytes())
+                ),
+                _ => anyhow!("--{name}: {err}"),
+            })
         };
         let labels = args
             .label_allow_list
