@@ -67,13 +67,13 @@ impl Settings {
     /// Flags over the file's keys over defaults.
     fn merge(args: &ServeArgs, file: FileSettings) -> Result<Self> {
         let defaults = MapSizes::default();
-        // Intervals must be positive, as the ad-hoc commands' intervals; a zero grace is not.
+        // Intervals and the window must be positive, as the other commands' intervals; a zero
+        // grace is not (series go at once).
         let duration = |flag: &Option<String>, key: &Option<String>, name: &str, default: &str| {
             let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
-            let parse = if name == "gc-grace" {
-                cli::duration
-            } else {
-                cli::positive_duration
+            let parse = match name {
+                "gc-grace" => cli::duration,
+                _ => cli::positive_duration,
             };
             parse(text).map_err(|err| match &args.config {
                 Some(path) if flag.is_none() => anyhow!(
