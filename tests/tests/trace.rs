@@ -153,7 +153,17 @@ fn bad_duration_is_one_line() {
 #[test]
 fn min_age_shows_only_lingering_zombies() {
     let cgroup = TestCgroup::new("trace-min-age");
-    let trace = start_trace(&["--zombies-only", "--min-age", "1s", "--duration", "4s"]);
+    // Only this test's cgroup: other processes on the node may linger too.
+    let path = cgroup.host_path();
+    let trace = start_trace(&[
+        "--zombies-only",
+        "--min-age",
+        "1s",
+        "--duration",
+        "4s",
+        "--cgroup",
+        &path,
+    ]);
     let storm = Helper::start("storm", 50, &cgroup);
     let mut leak = Helper::start("leak", 2, &cgroup);
     let lingering: BTreeSet<u32> = proc_unreaped_children(leak.parent).into_keys().collect();

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{cgroup::HierarchyChoice, kernel::MapSizes};
+use crate::{cgroup::HierarchyChoice, escape, kernel::MapSizes};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,13 +40,16 @@ pub struct SnapshotArgs {
     pub json: bool,
 
     #[command(flatten)]
+    pub pods: PodLogsArgs,
+
+    #[command(flatten)]
     pub tracer: TracerArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Time between refreshes, such as 500ms or 2s.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::commands::top::parse_interval)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
     pub interval: Duration,
 
     /// Stop after N refreshes [default: until q, Ctrl-C or SIGTERM].
@@ -67,15 +70,18 @@ pub struct ScanArgs {
     pub json: bool,
 
     /// Sample repeatedly for this long (e.g. 1m) to measure growth and the exhaustion ETA.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub watch: Option<std::time::Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub watch: Option<Duration>,
 
     /// Time between samples with --watch.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: std::time::Duration,
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
+    pub interval: Duration,
 
     #[command(flatten)]
     pub pods: PodLogsArgs,
+
+    #[command(flatten)]
+    pub hierarchy: HierarchyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -84,11 +90,14 @@ pub struct WhyArgs {
     pub pid: u32,
 
     /// How long to watch its wait() calls and zombies with eBPF (needs root; 0s to skip).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub watch: std::time::Duration,
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub watch: Duration,
 
     #[command(flatten)]
     pub pods: PodLogsArgs,
+
+    #[command(flatten)]
+    pub tracer: TracerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -115,16 +124,16 @@ pub struct TraceArgs {
 
     /// Show a zombie only once it has stayed unreaped this long (e.g. 5s), and its reap
     /// then: the exits a parent reaps at once stay out.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub min_age: Option<std::time::Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub min_age: Option<Duration>,
 
     /// One JSON object per line (see README "reapwatch trace").
     #[arg(long)]
     pub json: bool,
 
     /// Stop after this long (e.g. 30s, 5m) instead of at Ctrl-C.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub duration: Option<std::time::Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub duration: Option<Duration>,
 
     /// Event ring buffer size in MiB; a full buffer loses events, which are counted.
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -137,69 +146,98 @@ pub struct TraceArgs {
     pub tracer: TracerArgs,
 }
 
-/// Every setting can also come from `--config`; a flag given here wins over the file.
+/// Every setting can also come from `--config`; a flag given here wins over the file. The
+/// flags are `Option`s so that a flag left out lets the file's key through: their defaults
+/// are in the doc text, in the paragraph clap gives its own defaults (`--help`).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// TOML file with any of the settings below (keys as the flags, without dashes' prefix).
+    /// TOML file with any of the settings below (keys as the flags, without the dashes).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Address to serve on: IP:PORT, HOST:PORT or :PORT [default: 0.0.0.0:9750].
+    /// Address to serve on: IP:PORT, HOST:PORT or :PORT
+    ///
+    /// [default: 0.0.0.0:9750]
     #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
     pub listen: Option<SocketAddr>,
 
-    /// Parents exported per scrape, most unreaped children first [default: 20].
+    /// Parents exported per scrape, most unreaped children first
+    ///
+    /// [default: 20]
     #[arg(long, value_name = "K")]
     pub top_parents: Option<usize>,
 
-    /// Comma-separated labels to keep among cgroup,namespace,pod,container; series that
-    /// differ only in dropped labels are summed [default: all four].
+    /// Comma-separated labels to keep among cgroup, namespace, pod, container; series that
+    /// differ only in dropped labels are summed
+    ///
+    /// [default: cgroup,namespace,pod,container]
     #[arg(long, value_name = "LABELS", value_delimiter = ',')]
     pub label_allow_list: Option<Vec<String>>,
 
-    /// How long the series of a removed cgroup with nothing unreaped are kept [default: 10m].
+    /// How long the series of a removed cgroup with nothing unreaped are kept
+    ///
+    /// [default: 10m]
     #[arg(long, value_name = "DURATION")]
     pub gc_grace: Option<String>,
 
-    /// Window of the PID-exhaustion forecast [default: 15m].
+    /// Window of the PID-exhaustion forecast
+    ///
+    /// [default: 15m]
     #[arg(long, value_name = "DURATION")]
     pub eta_window: Option<String>,
 
-    /// How often the kernel maps and /proc headroom are sampled [default: 5s].
+    /// How often the kernel maps and /proc headroom are sampled
+    ///
+    /// [default: 5s]
     #[arg(long, value_name = "DURATION")]
     pub sample_interval: Option<String>,
 
-    /// How often all of /proc is scanned for zombies the programs missed [default: 60s].
+    /// How often all of /proc is scanned for zombies the programs missed
+    ///
+    /// [default: 60s]
     #[arg(long, value_name = "DURATION")]
     pub reconcile_interval: Option<String>,
 
-    /// kubelet's pod log directory as mounted here, for namespace/pod/container names
-    /// [default: /var/log/pods].
-    #[arg(long, value_name = "DIR")]
-    pub pod_logs_dir: Option<PathBuf>,
-
-    /// cgroup hierarchy to attribute by: auto, unified or pids [default: auto].
-    #[arg(long, value_enum)]
-    pub cgroup_hierarchy: Option<HierarchyChoice>,
-
-    /// Per-cgroup series for all cgroups, or only the active ones: unreaped zombies, or a
-    /// pids.max filling up or refusing forks, now or within --eta-window [default: all].
-    #[arg(long, value_enum)]
-    pub cgroup_series: Option<crate::exporter::settings::CgroupSeriesChoice>,
-
-    /// error, warn, info or debug [default: info].
+    /// Log level: error, warn, info or debug
+    ///
+    /// [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
 
-    /// Unreaped zombies tracked at once, node-wide [default: 65536].
+    /// kubelet's pod log directory as mounted here, for namespace/pod/container names
+    ///
+    /// [default: /var/log/pods]
+    #[arg(long, value_name = "DIR")]
+    pub pod_logs_dir: Option<PathBuf>,
+
+    /// cgroup hierarchy that per-cgroup counters and cgroup paths refer to
+    ///
+    /// [default: auto]
+    #[arg(long, value_name = "HIERARCHY", value_enum)]
+    pub cgroup_hierarchy: Option<HierarchyChoice>,
+
+    /// Per-cgroup series for all cgroups, or only the active ones: unreaped zombies, or a
+    /// pids.max filling up or refusing forks, now or within --eta-window
+    ///
+    /// [default: all]
+    #[arg(long, value_name = "SERIES", value_enum)]
+    pub cgroup_series: Option<crate::exporter::settings::CgroupSeriesChoice>,
+
+    /// Unreaped zombies tracked at once, node-wide
+    ///
+    /// [default: 65536]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_zombies: Option<u32>,
 
-    /// cgroups with counters [default: 16384].
+    /// cgroups with fork/exit/zombie counters
+    ///
+    /// [default: 16384]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_cgroups: Option<u32>,
 
-    /// Processes whose last wait() is remembered [default: 65536].
+    /// Processes whose last wait() is remembered
+    ///
+    /// [default: 65536]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_waits: Option<u32>,
 }
@@ -215,27 +253,34 @@ pub struct PodLogsArgs {
 /// How the ad-hoc commands load the tracer.
 #[derive(Debug, Args)]
 pub struct TracerArgs {
-    /// cgroup hierarchy that per-cgroup counters and cgroup paths refer to.
-    #[arg(long, value_enum, default_value_t)]
-    pub cgroup_hierarchy: HierarchyChoice,
+    #[command(flatten)]
+    pub hierarchy: HierarchyArgs,
 
     #[command(flatten)]
     pub maps: MapArgs,
+}
+
+/// Which cgroup paths the commands show.
+#[derive(Debug, Args)]
+pub struct HierarchyArgs {
+    /// cgroup hierarchy that per-cgroup counters and cgroup paths refer to.
+    #[arg(long, value_name = "HIERARCHY", value_enum, default_value_t)]
+    pub cgroup_hierarchy: HierarchyChoice,
 }
 
 /// Kernel map capacities. When a map is full, what does not fit is counted as lost.
 #[derive(Debug, Args)]
 pub struct MapArgs {
     /// Unreaped zombies tracked at once, node-wide.
-    #[arg(long, default_value_t = MapSizes::default().zombies, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().zombies, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_zombies: u32,
 
     /// cgroups with fork/exit/zombie counters.
-    #[arg(long, default_value_t = MapSizes::default().cgroups, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().cgroups, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_cgroups: u32,
 
     /// Processes whose last wait() is remembered.
-    #[arg(long, default_value_t = MapSizes::default().waits, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = MapSizes::default().waits, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_waits: u32,
 }
 
@@ -247,5 +292,123 @@ impl MapArgs {
             waits: self.max_waits,
             ..MapSizes::default()
         }
+    }
+}
+
+/// A duration flag or key, as humantime reads it (`500ms`, `30s`, `5m`, `1h`).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "invalid duration \"{}\": expected a number and a unit, such as 30s, 5m or 1h",
+            escape::for_terminal(text.as_bytes())
+        )
+    })
+}
+
+/// Intervals, watches and a trace's length: zero would spin, or end before it starts.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = duration(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "invalid duration \"{}\": must be more than zero",
+            escape::for_terminal(text.as_bytes())
+        ));
+    }
+    Ok(duration)
+}
+
+/// A usage error as one line: clap's message, its possible values and its tips (a similar
+/// argument, the missing argument's name), without the usage and "--help" lines that follow.
+pub fn usage_error_line(err: &clap::Error) -> String {
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required (see reapwatch --help)".to_owned();
+    }
+    let text = err.to_string();
+    let mut line = String::new();
+    let mut in_usage = false;
+    for part in text.lines().map(str::trim) {
+        // The usage block runs from `Usage:` to the next blank line.
+        in_usage = (in_usage || part.starts_with("Usage:")) && !part.is_empty();
+        if in_usage || part.is_empty() || part.starts_with("For more information") {
+            continue;
+        }
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            // A list continues its line (`not provided: <PID>`, `[possible values: ...]`);
+            // anything else is a clause of its own.
+            line.push_str(if line.ends_with(':') || part.starts_with('[') {
+                " "
+            } else {
+                "; "
+            });
+        }
+        line.push_str(part);
+    }
+    escape::for_terminal(line.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn usage_error(argv: &[&str]) -> String {
+        let mut full = vec!["reapwatch"];
+        full.extend(argv);
+        usage_error_line(&Cli::try_parse_from(full).unwrap_err())
+    }
+
+    #[test]
+    fn usage_errors_keep_what_matters_on_one_line() {
+        assert_eq!(
+            usage_error(&["why"]),
+            "the following required arguments were not provided: <PID>"
+        );
+        assert_eq!(
+            usage_error(&["snapshot", "--cgroup-hierarchy", "v2"]),
+            "invalid value 'v2' for '--cgroup-hierarchy <HIERARCHY>' \
+             [possible values: auto, unified, pids]"
+        );
+        assert_eq!(
+            usage_error(&["snapshot", "--jsn"]),
+            "unexpected argument '--jsn' found; tip: a similar argument exists: '--json'"
+        );
+        assert_eq!(
+            usage_error(&["trace", "--duration", "banana"]),
+            "invalid value 'banana' for '--duration <DURATION>': invalid duration \"banana\": \
+             expected a number and a unit, such as 30s, 5m or 1h"
+        );
+        assert_eq!(
+            usage_error(&[]),
+            "a command is required (see reapwatch --help)"
+        );
+    }
+
+    #[test]
+    fn usage_errors_escape_what_was_typed() {
+        let line = usage_error(&["snapshot", "--cgroup-hierarchy", "\x1b[2Jx"]);
+        assert!(!line.contains('\x1b'), "{line}");
+        assert!(line.contains("\\x1b[2Jx"), "{line}");
+    }
+
+    #[test]
+    fn durations_that_must_be_positive() {
+        assert_eq!(positive_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(
+            positive_duration("0s"),
+            Err("invalid duration \"0s\": must be more than zero".to_owned())
+        );
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+        for argv in [
+            ["top", "--interval", "0"],
+            ["scan", "--interval", "0s"],
+            ["scan", "--watch", "0s"],
+            ["trace", "--duration", "0"],
+        ] {
+            let line = usage_error(&argv);
+            assert!(line.ends_with("must be more than zero"), "{argv:?}: {line}");
+        }
+        assert!(Cli::try_parse_from(["reapwatch", "why", "1", "--watch", "0s"]).is_ok());
     }
 }

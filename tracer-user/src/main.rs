@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
-use reapwatch::cli::Cli;
+use reapwatch::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -16,16 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            let message = match err.kind() {
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    "a command is required (see reapwatch --help)".to_owned()
-                }
-                _ => err.to_string(),
-            };
-            eprintln!(
-                "reapwatch: {}",
-                one_line(message.trim_start_matches("error: "))
-            );
+            eprintln!("reapwatch: {}", cli::usage_error_line(&err));
             return ExitCode::from(2);
         }
     };

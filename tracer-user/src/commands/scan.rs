@@ -145,7 +145,8 @@ impl Watch {
 
 pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
-    let mut hierarchy = CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let mut hierarchy =
+        CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), args.hierarchy.cgroup_hierarchy)?;
     let take = || -> Result<Sample> {
         let (mut pids, mut refused) = (BTreeMap::new(), BTreeMap::new());
         if let Some(h) = hierarchy.as_ref() {
@@ -290,6 +291,9 @@ fn build(
 
     // Cgroups with zombies or with a pids.max: the ones with something to say.
     let mut pods = PodDirectory::new(&args.pods.pod_logs_dir);
+    for parent in &mut parents {
+        parent.name_container(&mut pods);
+    }
     let mut paths: Vec<&String> = zombies_by_cgroup.keys().collect();
     paths.extend(
         last.pids

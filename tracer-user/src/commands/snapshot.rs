@@ -10,6 +10,7 @@ use crate::{
     cli::SnapshotArgs,
     escape,
     kernel::preflight,
+    kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
 };
 
@@ -18,10 +19,14 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
         args.tracer.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.tracer.cgroup_hierarchy,
+        args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.reconcile()?;
-    let report = Report::collect(&mut engine)?;
+    let mut report = Report::collect(&mut engine)?;
+    let mut pods = PodDirectory::new(&args.pods.pod_logs_dir);
+    for parent in &mut report.parents {
+        parent.name_container(&mut pods);
+    }
     if args.json {
         let mut text = serde_json::to_string_pretty(&report)?;
         text.push('\n');
@@ -45,6 +50,11 @@ pub struct ParentReport {
     pub pid: u32,
     pub comm: String,
     pub cgroup: Option<String>,
+    /// Kubernetes names of the cgroup's pod and container (`--pod-logs-dir`); null outside
+    /// Kubernetes or when kubelet's logs do not name them.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
     pub unreaped: usize,
     pub oldest_age_seconds: f64,
     pub oldest_age_is_lower_bound: bool,
@@ -147,6 +157,9 @@ impl ParentReport {
             pid: parent.pid(),
             comm: escape::lossy(&parent.comm),
             cgroup: parent.cgroup.clone(),
+            namespace: None,
+            pod: None,
+            container: None,
             unreaped: parent.children.len(),
             oldest_age_seconds: oldest.map_or(0.0, |c| seconds(c.age_ns)),
             oldest_age_is_lower_bound: oldest.is_some_and(ChildState::age_is_lower_bound),
@@ -160,6 +173,21 @@ impl ParentReport {
                 .map(ChildReport::from_state)
                 .collect(),
         }
+    }
+}
+
+impl ParentReport {
+    /// Fills `namespace`, `pod` and `container` from kubelet's logs, where the cgroup names a
+    /// pod.
+    pub fn name_container(&mut self, pods: &mut PodDirectory) {
+        let Some(cgroup) = &self.cgroup else {
+            return;
+        };
+        let labels = pods.labels(&kubernetes::parse_path(cgroup));
+        let named = |s: String| (!s.is_empty()).then_some(s);
+        self.namespace = named(labels.namespace);
+        self.pod = named(labels.pod);
+        self.container = named(labels.container);
     }
 }
 
@@ -250,7 +278,8 @@ impl Report {
     }
 }
 
-/// One row per parent: pid, comm, count, oldest age, last wait, cgroup, some child pids.
+/// One row per parent: pid, comm, count, oldest age, last wait, `namespace/pod/container`
+/// or else the cgroup (as `top`), some child pids.
 pub fn parents_table(parents: &[ParentReport]) -> String {
     let mut out = String::new();
     if parents.is_empty() {
@@ -275,7 +304,7 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
         growth_cell("GROWTH"),
         "OLDEST",
         "LAST WAIT",
-        "CGROUP"
+        "CONTAINER/CGROUP"
     );
     for p in parents {
         let oldest = format!(
@@ -288,10 +317,13 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
             human_duration(p.oldest_age_seconds)
         );
         let last_wait = last_wait(p.last_wait_age_seconds, p.last_wait_watched_seconds);
-        let cgroup = p
-            .cgroup
-            .as_deref()
-            .map_or("-".into(), |c| escape::for_terminal(c.as_bytes()));
+        let place = match (&p.namespace, &p.pod, &p.container) {
+            (Some(ns), Some(pod), container) => {
+                format!("{ns}/{pod}/{}", container.as_deref().unwrap_or("?"))
+            }
+            _ => p.cgroup.clone().unwrap_or_else(|| "-".into()),
+        };
+        let place = escape::for_terminal(place.as_bytes());
         let per_minute = p
             .growth_per_minute
             .map_or("-".to_owned(), |g| format!("{g:+.1}/min"));
@@ -304,7 +336,7 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
             growth_cell(&per_minute),
             oldest,
             last_wait,
-            truncate_left(&cgroup, 32),
+            truncate_left(&place, 32),
             child_list(&p.children, 8),
         );
     }

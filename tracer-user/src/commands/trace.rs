@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
@@ -17,6 +17,7 @@ use tokio::{
 use tracer_common::{Event, EventKind, Loss};
 
 use crate::{
+    cgroup::CgroupHierarchy,
     cli::TraceArgs,
     escape,
     kernel::{monotonic_ns, MapSizes},
@@ -28,6 +29,9 @@ use crate::{
 const REFRESH: Duration = Duration::from_secs(1);
 
 pub fn run(args: &TraceArgs) -> Result<()> {
+    if let Some(warning) = check_filters(args, Path::new("/proc"), Path::new("/sys/fs/cgroup"))? {
+        eprintln!("reapwatch: {warning}");
+    }
     let sizes = MapSizes {
         event_buffer: args.buffer_mib * 1024 * 1024,
         ..args.tracer.maps.sizes()
@@ -36,7 +40,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        args.tracer.cgroup_hierarchy,
+        args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
     let ring = engine.tracer_mut().take_events()?;
@@ -81,6 +85,60 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         eprintln!("reapwatch: {} events shown, {lost} lost", tracer.shown);
     }
     Ok(())
+}
+
+/// Refuses a filter that can match nothing, rather than trace nothing without a word: a
+/// process that does not exist, a cgroup in no hierarchy. A container may start later: that
+/// is a warning, returned.
+fn check_filters(
+    args: &TraceArgs,
+    proc_root: &Path,
+    sys_fs_cgroup: &Path,
+) -> Result<Option<String>> {
+    if let Some(pid) = args.pid {
+        if !proc_root.join(pid.to_string()).exists() {
+            bail!("--pid {pid}: no such process");
+        }
+    }
+    if let Some(wanted) = &args.cgroup {
+        // Each v1 controller, the hybrid unified mount, or a v2 root at sys_fs_cgroup itself.
+        let relative = wanted.trim_start_matches('/');
+        let mut roots = std::fs::read_dir(sys_fs_cgroup)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .chain([sys_fs_cgroup.to_path_buf()]);
+        if !roots.any(|root| root.join(relative).is_dir()) {
+            bail!(
+                "--cgroup {}: no such cgroup in any hierarchy under {}",
+                escape::for_terminal(wanted.as_bytes()),
+                sys_fs_cgroup.display()
+            );
+        }
+    }
+    if let Some(wanted) = &args.container {
+        let hierarchy =
+            CgroupHierarchy::choose(sys_fs_cgroup, args.tracer.hierarchy.cgroup_hierarchy)?;
+        let mut pods = PodDirectory::new(&args.pods.pod_logs_dir);
+        let found = hierarchy.is_some_and(|hierarchy| {
+            hierarchy.walk().iter().any(|(_, path)| {
+                let parsed = kubernetes::parse_path(&escape::lossy(path));
+                is_container(
+                    wanted,
+                    &pods.labels(&parsed),
+                    parsed.container_id.as_deref(),
+                )
+            })
+        });
+        if !found {
+            return Ok(Some(format!(
+                "--container {} matches no container yet: tracing, in case it starts",
+                escape::for_terminal(wanted.as_bytes())
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Events the kernel could not deliver: a full ring buffer, or programs skipped.
@@ -371,12 +429,10 @@ impl<W: Write> Trace<'_, W> {
             .cgroup
             .as_ref()
             .is_some_and(|wanted| !under(&path, wanted))
-            || args.container.as_ref().is_some_and(|wanted| {
-                labels.container != *wanted
-                    && !container_id
-                        .as_ref()
-                        .is_some_and(|id| id.starts_with(wanted.as_str()))
-            })
+            || args
+                .container
+                .as_ref()
+                .is_some_and(|wanted| !is_container(wanted, &labels, container_id.as_deref()))
         {
             return Ok(());
         }
@@ -461,6 +517,11 @@ fn under(path: &str, wanted: &str) -> bool {
         || wanted.is_empty()
 }
 
+/// `--container`: its name, or a prefix of its ID.
+fn is_container(wanted: &str, labels: &kubernetes::PodLabels, id: Option<&str>) -> bool {
+    labels.container == wanted || id.is_some_and(|id| id.starts_with(wanted))
+}
+
 /// `2026-11-27T04:40:12.123456Z  zombie    4243  4242  worker  /kubepods/...  exit=7`
 fn human(line: &Line, comm: &[u8]) -> String {
     let mut detail = Vec::new();
@@ -502,7 +563,52 @@ fn ignore_broken_pipe(err: io::Error) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::under;
+    use std::fs;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn trace_args(argv: &[&str]) -> TraceArgs {
+        let mut full = vec!["reapwatch", "trace"];
+        full.extend(argv);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Trace(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn filters_that_match_nothing_are_refused_or_warned() {
+        let root = std::env::temp_dir().join(format!("reapwatch-filters-{}", std::process::id()));
+        let (proc_root, cgroups) = (root.join("proc"), root.join("cgroup"));
+        let id = "ab".repeat(32);
+        fs::create_dir_all(proc_root.join("42")).unwrap();
+        fs::create_dir_all(cgroups.join(format!("pids/kubepods/podx/{id}"))).unwrap();
+        fs::write(cgroups.join("pids/tasks"), "").unwrap();
+        fs::create_dir_all(cgroups.join("unified/system.slice")).unwrap();
+        let check = |argv: &[&str]| {
+            check_filters(&trace_args(argv), &proc_root, &cgroups).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(check(&["--pid", "42"]), Ok(None));
+        assert_eq!(
+            check(&["--pid", "43"]),
+            Err("--pid 43: no such process".into())
+        );
+        assert_eq!(check(&["--cgroup", "/kubepods/podx"]), Ok(None));
+        assert_eq!(check(&["--cgroup", "/system.slice/"]), Ok(None));
+        assert!(check(&["--cgroup", "/nonexistent\x1b"])
+            .is_err_and(|e| e.starts_with("--cgroup /nonexistent\\x1b: no such cgroup")));
+        assert_eq!(check(&["--container", "abab"]), Ok(None));
+        assert_eq!(
+            check(&["--container", "nope"]),
+            Ok(Some(
+                "--container nope matches no container yet: tracing, in case it starts".into()
+            ))
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn cgroup_filter_matches_whole_components() {

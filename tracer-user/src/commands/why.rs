@@ -12,8 +12,8 @@ use tracer_common::{Event, EventKind, SIGCHLD};
 
 use super::snapshot::human_duration;
 use crate::{
-    cgroup::{self, HierarchyChoice},
-    cli::WhyArgs,
+    cgroup,
+    cli::{TracerArgs, WhyArgs},
     escape,
     kernel::{monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
@@ -109,7 +109,10 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     let facts = ReapingFacts::parse(&status);
     let cgroups = procfs::read_cgroups(proc_root, pid)?.unwrap_or_default();
-    let mut hierarchy = cgroup::CgroupHierarchy::discover(Path::new("/sys/fs/cgroup"));
+    let mut hierarchy = cgroup::CgroupHierarchy::choose(
+        Path::new("/sys/fs/cgroup"),
+        args.tracer.hierarchy.cgroup_hierarchy,
+    )?;
     let path = cgroup::select_host_path(hierarchy.as_mut(), &cgroups).unwrap_or_default();
     let labels = PodDirectory::new(&args.pods.pod_logs_dir).labels(&kubernetes::parse_path(&path));
 
@@ -129,7 +132,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let watched = if args.watch.is_zero() {
         Err("not watched (--watch 0s)".to_owned())
     } else {
-        watch(pid, args.watch).map_err(|err| format!("not watched: {err:#}"))
+        watch(pid, args.watch, &args.tracer).map_err(|err| format!("not watched: {err:#}"))
     };
 
     let _ = writeln!(
@@ -217,16 +220,16 @@ pub fn run(args: &WhyArgs) -> Result<()> {
 /// Watches the parent with the kernel programs' event stream. Its zombies that predate the
 /// watch are recorded first, so that their reaps are seen too: from the kernel, or from
 /// `/proc` when the kernel's free event does not come.
-fn watch(pid: u32, duration: Duration) -> Result<Watched> {
+fn watch(pid: u32, duration: Duration, tracer: &TracerArgs) -> Result<Watched> {
     let sizes = MapSizes {
         event_buffer: 4 << 20,
-        ..MapSizes::default()
+        ..tracer.maps.sizes()
     };
     let mut engine = StateEngine::load(
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
-        HierarchyChoice::Auto,
+        tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
     let mut ring = engine.tracer_mut().take_events()?;

@@ -1,11 +1,16 @@
 //! `reapwatch serve` settings: flags over an optional TOML file over defaults.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, os::unix::ffi::OsStrExt, path::PathBuf, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use crate::{cgroup::HierarchyChoice, cli::ServeArgs, kernel::MapSizes};
+use crate::{
+    cgroup::HierarchyChoice,
+    cli::{self, ServeArgs},
+    escape,
+    kernel::MapSizes,
+};
 
 /// The labels of per-cgroup series, in exposition order.
 pub const CGROUP_LABELS: [&str; 4] = ["cgroup", "namespace", "pod", "container"];
@@ -63,10 +68,10 @@ impl Settings {
     pub fn resolve(args: &ServeArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) => {
+                let shown = escape::for_terminal(path.as_os_str().as_bytes());
                 let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config {}", path.display()))?;
-                parse_file(&text)
-                    .map_err(|err| anyhow::anyhow!("invalid config {}: {err}", path.display()))?
+                    .with_context(|| format!("cannot read config {shown}"))?;
+                parse_file(&text).map_err(|err| anyhow!("invalid config {shown}, {err}"))?
             }
             None => FileSettings::default(),
         };
@@ -76,8 +81,21 @@ impl Settings {
     /// Flags over the file's keys over defaults.
     fn merge(args: &ServeArgs, file: FileSettings) -> Result<Self> {
         let defaults = MapSizes::default();
+        // Intervals and the window must be positive, as the other commands' intervals; a zero
+        // grace is not (series go at once).
         let duration = |flag: &Option<String>, key: &Option<String>, name: &str, default: &str| {
-            parse_duration(name, flag.as_deref().or(key.as_deref()).unwrap_or(default))
+            let text = flag.as_deref().or(key.as_deref()).unwrap_or(default);
+            let parse = match name {
+                "gc-grace" => cli::duration,
+                _ => cli::positive_duration,
+            };
+            parse(text).map_err(|err| match &args.config {
+                Some(path) if flag.is_none() => anyhow!(
+                    "invalid config {}, key {name}: {err}",
+                    escape::for_terminal(path.as_os_str().as_bytes())
+                ),
+                _ => anyhow!("--{name}: {err}"),
+            })
         };
         let labels = args
             .label_allow_list
@@ -96,23 +114,17 @@ impl Settings {
             keep_labels: keep_labels(&labels)?,
             gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
             eta_window: duration(&args.eta_window, &file.eta_window, "eta-window", "15m")?,
-            sample_interval: positive(
-                duration(
-                    &args.sample_interval,
-                    &file.sample_interval,
-                    "sample-interval",
-                    "5s",
-                )?,
+            sample_interval: duration(
+                &args.sample_interval,
+                &file.sample_interval,
                 "sample-interval",
+                "5s",
             )?,
-            reconcile_interval: positive(
-                duration(
-                    &args.reconcile_interval,
-                    &file.reconcile_interval,
-                    "reconcile-interval",
-                    "60s",
-                )?,
+            reconcile_interval: duration(
+                &args.reconcile_interval,
+                &file.reconcile_interval,
                 "reconcile-interval",
+                "60s",
             )?,
             pod_logs_dir: args
                 .pod_logs_dir
@@ -149,10 +161,33 @@ impl Settings {
     }
 }
 
-/// The config file's keys; the error is the first line of the parser's message.
+/// The config file's keys. The error is one line that says where: `line 3, key eta-window:
+/// invalid string`, escaped, for it echoes the file.
 fn parse_file(text: &str) -> std::result::Result<FileSettings, String> {
-    toml::from_str::<FileSettings>(text)
-        .map_err(|err| err.message().lines().next().unwrap_or_default().to_owned())
+    toml::from_str::<FileSettings>(text).map_err(|err| {
+        let message = err
+            .message()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let place = err.span().map_or(String::new(), |span| {
+            let start = span.start.min(text.len());
+            let number = text.as_bytes()[..start]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            let line = text.lines().nth(number - 1).unwrap_or_default();
+            // The key is what precedes `=` on that line, when that is a key at all.
+            match line.split_once('=').map(|(key, _)| key.trim()) {
+                Some(key) if !key.is_empty() && !key.contains(['"', '\'', '[', '#']) => {
+                    format!("line {number}, key {key}: ")
+                }
+                _ => format!("line {number}: "),
+            }
+        });
+        escape::for_terminal(format!("{place}{message}").as_bytes())
+    })
 }
 
 /// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved once, at start-up; the first
@@ -180,17 +215,6 @@ pub fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
         .map_err(|err| format!("cannot resolve {text:?}: {err}"))?
         .next()
         .ok_or_else(|| format!("{text:?} resolves to no address"))
-}
-
-fn parse_duration(name: &str, text: &str) -> Result<Duration> {
-    humantime::parse_duration(text).with_context(|| format!("invalid --{name} {text:?}"))
-}
-
-fn positive(duration: Duration, name: &str) -> Result<Duration> {
-    if duration.is_zero() {
-        bail!("--{name} must be more than zero");
-    }
-    Ok(duration)
 }
 
 fn parse_level(text: &str) -> Result<log::LevelFilter> {
@@ -298,6 +322,31 @@ mod tests {
             Settings::resolve(&serve_args(&["--config", path.to_str().unwrap()])).unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert!(format!("{err:#}").starts_with("invalid config"), "{err:#}");
+    }
+
+    #[test]
+    fn config_errors_say_the_line_and_the_key() {
+        let error = |text: &str| parse_file(text).unwrap_err();
+        assert_eq!(
+            error("listen = \":1\"\n\neta-window = 15.0.0\n"),
+            "line 3, key eta-window: invalid float, expected nothing"
+        );
+        assert_eq!(
+            error("top-parents = 5\nlisten = 9750\n"),
+            "line 2, key listen: invalid type: integer `9750`, expected a string"
+        );
+        assert!(error("\"\\u001b[2J\" = 1").starts_with("line 1: unknown field `\\x1b[2J`"));
+        assert_eq!(
+            format!(
+                "{:#}",
+                Settings::merge(
+                    &serve_args(&["--eta-window", "0s"]),
+                    FileSettings::default()
+                )
+                .unwrap_err()
+            ),
+            "--eta-window: invalid duration \"0s\": must be more than zero"
+        );
     }
 }
 
