@@ -15,9 +15,16 @@ use hyper::{
     StatusCode,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 
-use super::{metrics, model::Model};
+use super::{
+    metrics,
+    model::Model,
+    webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
+};
 
 /// Connections served at once. When all are taken, a new one evicts the oldest connection
 /// of the peer address that holds the most: a neighbour that hoards slots loses its own, and
@@ -83,8 +90,28 @@ impl Published {
     }
 }
 
-pub async fn serve(listener: TcpListener, published: Arc<Published>) {
+/// What one listening address serves.
+pub struct Endpoint {
+    pub published: Arc<Published>,
+    /// TLS and basic auth; None: plain HTTP without authentication.
+    pub web: Option<WebConfigFile>,
+    /// Only /healthz and /readyz: the probes' own address.
+    pub health_only: bool,
+}
+
+/// What a connection's requests are answered with: the web config as it was when the
+/// connection came (a reload applies to the next ones).
+struct Connection {
+    published: Arc<Published>,
+    web: Arc<WebConfig>,
+    auth: Arc<Authenticator>,
+    health_only: bool,
+}
+
+pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
     let slots = Arc::new(Mutex::new(Slots::default()));
+    let plain = Arc::new(WebConfig::open());
+    let auth = Arc::new(Authenticator::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -101,24 +128,49 @@ pub async fn serve(listener: TcpListener, published: Arc<Published>) {
             peer: peer.ip(),
             slots: slots.clone(),
         };
-        let published = published.clone();
+        let connection = Arc::new(Connection {
+            published: endpoint.published.clone(),
+            web: endpoint
+                .web
+                .as_mut()
+                .map_or_else(|| plain.clone(), WebConfigFile::current),
+            auth: auth.clone(),
+            health_only: endpoint.health_only,
+        });
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, published.clone()));
-            let connection = http1::Builder::new()
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                served = tokio::time::timeout(CONNECTION_DEADLINE, connection) => match served {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => log::debug!("connection from {peer}: {err}"),
-                    Err(_) => log::debug!("connection from {peer}: deadline passed"),
-                },
+                served = tokio::time::timeout(CONNECTION_DEADLINE, answer(stream, connection)) => {
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => log::debug!("connection from {peer}: {err:#}"),
+                        Err(_) => log::debug!("connection from {peer}: deadline passed"),
+                    }
+                }
                 // The sender is dropped when the slot is given to another connection.
                 _ = evicted => log::debug!("connection from {peer}: evicted"),
             }
             drop(held);
         });
     }
+}
+
+/// One request on a new connection, after the TLS handshake if the web config asks for TLS.
+async fn answer(stream: TcpStream, connection: Arc<Connection>) -> anyhow::Result<()> {
+    let tls = connection.web.tls.clone();
+    let service = service_fn(move |request| respond(request, connection.clone()));
+    let mut http = http1::Builder::new();
+    http.keep_alive(false);
+    match tls {
+        Some(acceptor) => {
+            let stream = acceptor
+                .accept(stream)
+                .await
+                .map_err(|err| anyhow::anyhow!("TLS handshake: {err}"))?;
+            http.serve_connection(TokioIo::new(stream), service).await?;
+        }
+        None => http.serve_connection(TokioIo::new(stream), service).await?,
+    }
+    Ok(())
 }
 
 fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
@@ -188,12 +240,44 @@ impl Drop for Held {
 
 async fn respond(
     request: Request<Incoming>,
-    published: Arc<Published>,
+    connection: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
     }
-    Ok(match request.uri().path() {
+    let path = request.uri().path();
+    // Probes need no password: the kubelet's cannot send one, and they tell nothing.
+    if !matches!(path, "/healthz" | "/readyz") {
+        if connection.health_only {
+            return Ok(plain(
+                StatusCode::NOT_FOUND,
+                "this address serves /healthz and /readyz only\n",
+            ));
+        }
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        match connection.auth.check(&connection.web, authorization) {
+            Verdict::Allowed => {}
+            Verdict::Denied => {
+                let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"reapwatch\""),
+                );
+                return Ok(response);
+            }
+            Verdict::Throttled => {
+                return Ok(plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many password checks, try again\n",
+                ))
+            }
+        }
+    }
+    let published = &connection.published;
+    Ok(match path {
         "/metrics" => match published.latest() {
             Some(exposition) => {
                 let accept = request.headers().get_all(header::ACCEPT);
