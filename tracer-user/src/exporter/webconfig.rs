@@ -29,7 +29,7 @@ use rustls::{
 };
 use subtle::ConstantTimeEq;
 use tokio_rustls::TlsAcceptor;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::{parser::Parser, Event, Yaml, YamlLoader};
 
 /// What the web config file asks for.
 pub struct WebConfig {
@@ -61,6 +61,7 @@ impl WebConfig {
     /// The file's text; relative paths in it are relative to `base`, as exporter-toolkit
     /// takes them.
     fn parse(text: &str, base: &Path) -> Result<Self> {
+        shallow_and_without_aliases(text)?;
         let documents =
             YamlLoader::load_from_str(text).map_err(|err| anyhow!("not YAML: {err}"))?;
         let mut config = Self::open();
@@ -97,6 +98,37 @@ impl WebConfig {
             }
         }
         Ok(config)
+    }
+}
+
+/// The web config is three levels deep at most.
+const MAX_DEPTH: usize = 8;
+
+/// yaml-rust2 loads (and drops) nested nodes recursively, so a deeply nested file would
+/// overflow the stack, and it copies aliased nodes, so aliases of aliases grow exponentially:
+/// both are refused by a pass over the parser's events, which is iterative.
+fn shallow_and_without_aliases(text: &str) -> Result<()> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|err| anyhow!("not YAML: {err}"))?;
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    bail!(
+                        "nested more than {MAX_DEPTH} levels deep at line {}",
+                        mark.line()
+                    );
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::Alias(_) => bail!("aliases are not supported (line {})", mark.line()),
+            Event::StreamEnd => return Ok(()),
+            _ => {}
+        }
     }
 }
 
@@ -439,5 +471,71 @@ mod tests {
             basic_credentials(b"basic cHJvbTpzOmVjcmV0"),
             Some(("prom".to_owned(), b"s:ecret".to_vec()))
         );
+    }
+}
+
+/// Random and hostile web config files and headers: never a panic, every error one line.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(text: &str) -> std::result::Result<(), TestCaseError> {
+        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) {
+            let line = format!("{err:#}");
+            prop_assert!(!line.contains('\n'), "{:?}", line);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_never_panics(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn plausible_files_never_panic(
+            key in prop::sample::select(vec!["tls_server_config", "basic_auth_users", "x"]),
+            inner in prop::sample::select(vec![
+                "cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
+                "prometheus",
+            ]),
+            value in "[ -~]{0,24}",
+        ) {
+            check(&format!("{key}:\n  {inner}: {value}\n"))?;
+        }
+
+        #[test]
+        fn any_header_never_panics(header in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = basic_credentials(&header);
+        }
+    }
+
+    /// yaml-rust2 loads (and drops) nested nodes recursively: a deeply nested file would
+    /// overflow the stack, and aliases can expand exponentially.
+    #[test]
+    fn deep_nesting_and_aliases_are_errors() {
+        let block_maps: String = (0..20_000)
+            .map(|n| format!("{}k:\n", " ".repeat(n)))
+            .collect();
+        let laughs = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n";
+        for text in [
+            "[".repeat(100_000),
+            "{a: ".repeat(100_000),
+            format!("a:\n{}", " - ".repeat(50_000)),
+            block_maps,
+            laughs.to_owned(),
+        ] {
+            let err = WebConfig::parse(&text, Path::new("/nonexistent"))
+                .err()
+                .map(|err| format!("{err:#}"));
+            assert!(
+                err.as_ref().is_some_and(|err| !err.contains('\n')),
+                "{:?}: {err:?}",
+                &text[..40.min(text.len())]
+            );
+        }
     }
 }
