@@ -271,10 +271,21 @@ impl Daemon {
     /// Starts it under `wrapper` (a command that execs its arguments, such as `unshare -m`),
     /// and waits until `/readyz` answers 200.
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let mut daemon = Self::spawn(wrapper, extra);
+        let ready = eventually(Duration::from_secs(30), || {
+            daemon.assert_running();
+            daemon
+                .get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ready, "reapwatch serve never became ready");
+        daemon
+    }
+
+    /// Starts it under `wrapper` without waiting for anything (for endpoints that plain HTTP
+    /// cannot ask, such as TLS).
+    pub fn spawn(wrapper: &[&str], extra: &[&str]) -> Self {
+        let port = free_port();
         let reapwatch = workspace_binary("reapwatch");
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -297,18 +308,15 @@ impl Daemon {
             .args(extra)
             .spawn()
             .expect("spawn reapwatch serve");
-        let mut daemon = Self { child, port };
-        let ready = eventually(Duration::from_secs(30), || {
-            assert!(
-                daemon.child.try_wait().expect("wait").is_none(),
-                "reapwatch serve exited"
-            );
-            daemon
-                .get("/readyz")
-                .is_some_and(|(status, _)| status == 200)
-        });
-        assert!(ready, "reapwatch serve never became ready");
-        daemon
+        Self { child, port }
+    }
+
+    /// Panics if it has exited.
+    pub fn assert_running(&mut self) {
+        assert!(
+            self.child.try_wait().expect("wait").is_none(),
+            "reapwatch serve exited"
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -493,6 +501,113 @@ pub fn found_age_source() -> &'static str {
     } else {
         "first_seen"
     }
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on a free loopback port, scraping
+/// reapwatch as job `reapwatch`.
+pub struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Scrapes `127.0.0.1:target_port` over plain HTTP every second.
+    pub fn start(target_port: u16) -> Self {
+        Self::start_with(target_port, "1s", "")
+    }
+
+    /// Scrapes `127.0.0.1:target_port` every `interval`, with `extra` YAML lines (indented
+    /// as keys of the scrape config, such as `scheme` and `tls_config`).
+    pub fn start_with(target_port: u16, interval: &str, extra: &str) -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "reapwatch-prometheus-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: {interval}\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: reapwatch\n{extra}    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .expect("prometheus config");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus)");
+        Self { child, port, dir }
+    }
+
+    /// The instant vector of a PromQL query: `(labels, value)` pairs.
+    pub fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        let mut url = format!("http://127.0.0.1:{}/api/v1/query?query=", self.port);
+        for byte in promql.bytes() {
+            if byte.is_ascii_alphanumeric() {
+                url.push(byte as char);
+            } else {
+                url.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        let Some((200, body)) = get(&url, &[]) else {
+            return Vec::new();
+        };
+        let response: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        response["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                (
+                    r["metric"].clone(),
+                    r["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .expect("a sample value"),
+                )
+            })
+            .collect()
+    }
+
+    /// The reason Prometheus gives for the last failed scrape of reapwatch, if any.
+    pub fn last_error(&self) -> String {
+        get(
+            &format!("http://127.0.0.1:{}/api/v1/targets", self.port),
+            &[],
+        )
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .map(|v| v["data"]["activeTargets"][0]["lastError"].to_string())
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 #[cfg(test)]

@@ -1,89 +1,9 @@
 //! A real Prometheus scrapes `reapwatch serve` and answers PromQL about a leaking workload and
 //! an autoreaping one.
 
-use std::{
-    fs,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
-use reapwatch_tests::{eventually, get, Daemon, Helper, TestCgroup};
-use serde_json::Value;
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("reapwatch-prometheus-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: reapwatch\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus)");
-        Self { child, port, dir }
-    }
-
-    /// The instant vector of a PromQL query: `(labels, value)` pairs.
-    fn query(&self, promql: &str) -> Vec<(Value, f64)> {
-        let mut url = format!("http://127.0.0.1:{}/api/v1/query?query=", self.port);
-        for byte in promql.bytes() {
-            if byte.is_ascii_alphanumeric() {
-                url.push(byte as char);
-            } else {
-                url.push_str(&format!("%{byte:02X}"));
-            }
-        }
-        let Some((200, body)) = get(&url, &[]) else {
-            return Vec::new();
-        };
-        let response: Value = serde_json::from_str(&body).unwrap();
-        response["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| {
-                (
-                    r["metric"].clone(),
-                    r["value"][1].as_str().unwrap().parse().unwrap(),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
+use reapwatch_tests::{eventually, Daemon, Helper, Prometheus, TestCgroup};
 
 #[test]
 fn promql_sees_the_leak_and_not_the_autoreaper() {

@@ -7,14 +7,7 @@ use std::{
     time::Duration,
 };
 
-use reapwatch_tests::{eventually, get, workspace_binary};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
+use reapwatch_tests::{eventually, free_port, get, workspace_binary};
 
 #[test]
 fn listens_on_a_bare_port_as_node_exporter_does() {

@@ -161,6 +161,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
     pub listen: Option<SocketAddr>,
 
+    /// A second address that serves only /healthz and /readyz, over plain HTTP without
+    /// authentication, for the kubelet's probes
+    ///
+    /// [default: none]
+    #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
+    pub health_listen: Option<SocketAddr>,
+
+    /// TLS and basic auth, in the web config format of the Prometheus exporter-toolkit
+    /// (node_exporter's --web.config.file, also accepted); reloaded when it changes
+    #[arg(long, value_name = "FILE", visible_alias = "web.config.file")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Parents exported per scrape, most unreaped children first
     ///
     /// [default: 20]

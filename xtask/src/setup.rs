@@ -20,6 +20,10 @@ const PACKAGES: &[&str] = &[
     "buildah",
     "podman",
     "runc",
+    // The TLS tests make their certificates with openssl and talk to the endpoint with curl
+    // (client certificates, basic auth).
+    "openssl",
+    "curl",
     // `reapwatch top` is driven in a real terminal in the tests.
     "tmux",
     // vm-test's emulator and guest shell; the other tracers the tests and the benchmark

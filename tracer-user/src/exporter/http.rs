@@ -1,7 +1,9 @@
 //! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
 
 use std::{
+    collections::{HashMap, VecDeque},
     convert::Infallible,
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -12,16 +14,25 @@ use hyper::{
     body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
     StatusCode,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
 
-use super::{metrics, model::Model};
+use super::{
+    metrics,
+    model::Model,
+    webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
+};
 
-/// Connections served at once; more wait in the kernel's accept queue. Bounds the memory and
-/// file descriptors a scrape storm can take.
+/// Connections served at once. When all are taken, a new one evicts the oldest connection
+/// of the peer address that holds the most: a neighbour that hoards slots loses its own, and
+/// the kubelet's probes (from the node's address) and Prometheus always get one.
 const MAX_CONNECTIONS: usize = 32;
-/// A client that sends no complete request head in this time is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole life of a connection: request head read and response written. One request per
+/// connection (no keep-alive), so no client, slow, idle or not reading, holds a slot longer.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The latest sample, encoded once for every scrape, shared between the sampler thread and
 /// the connections.
@@ -79,14 +90,31 @@ impl Published {
     }
 }
 
-pub async fn serve(listener: TcpListener, published: Arc<Published>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// What one listening address serves.
+pub struct Endpoint {
+    pub published: Arc<Published>,
+    /// TLS and basic auth; None: plain HTTP without authentication.
+    pub web: Option<WebConfigFile>,
+    /// Only /healthz and /readyz: the probes' own address.
+    pub health_only: bool,
+}
+
+/// What a connection's requests are answered with: the web config as it was when the
+/// connection came (a reload applies to the next ones).
+struct Connection {
+    published: Arc<Published>,
+    web: Arc<WebConfig>,
+    auth: Arc<Authenticator>,
+    health_only: bool,
+}
+
+pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let plain = Arc::new(WebConfig::open());
+    let auth = Arc::new(Authenticator::default());
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("accept failed: {err}");
@@ -94,29 +122,162 @@ pub async fn serve(listener: TcpListener, published: Arc<Published>) {
                 continue;
             }
         };
-        let published = published.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, published.clone()));
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
-                log::debug!("connection: {err}");
-            }
-            drop(slot);
+        let (evict, evicted) = oneshot::channel::<()>();
+        let held = Held {
+            id: lock(&slots).admit(peer.ip(), evict),
+            peer: peer.ip(),
+            slots: slots.clone(),
+        };
+        let connection = Arc::new(Connection {
+            published: endpoint.published.clone(),
+            web: endpoint
+                .web
+                .as_mut()
+                .map_or_else(|| plain.clone(), WebConfigFile::current),
+            auth: auth.clone(),
+            health_only: endpoint.health_only,
         });
+        tokio::spawn(async move {
+            tokio::select! {
+                served = tokio::time::timeout(CONNECTION_DEADLINE, answer(stream, connection)) => {
+                    match served {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => log::debug!("connection from {peer}: {err:#}"),
+                        Err(_) => log::debug!("connection from {peer}: deadline passed"),
+                    }
+                }
+                // The sender is dropped when the slot is given to another connection.
+                _ = evicted => log::debug!("connection from {peer}: evicted"),
+            }
+            drop(held);
+        });
+    }
+}
+
+/// One request on a new connection, after the TLS handshake if the web config asks for TLS.
+async fn answer(stream: TcpStream, connection: Arc<Connection>) -> anyhow::Result<()> {
+    let tls = connection.web.tls.clone();
+    let service = service_fn(move |request| respond(request, connection.clone()));
+    let mut http = http1::Builder::new();
+    http.keep_alive(false);
+    match tls {
+        Some(acceptor) => {
+            let stream = acceptor
+                .accept(stream)
+                .await
+                .map_err(|err| anyhow::anyhow!("TLS handshake: {err}"))?;
+            http.serve_connection(TokioIo::new(stream), service).await?;
+        }
+        None => http.serve_connection(TokioIo::new(stream), service).await?,
+    }
+    Ok(())
+}
+
+fn lock(slots: &Mutex<Slots>) -> std::sync::MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The connections being served, oldest first per peer address, each with the sender whose
+/// drop ends it.
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    held: usize,
+    by_peer: HashMap<IpAddr, VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+impl Slots {
+    /// Gives a slot to a new connection from `peer`, evicting the oldest connection of the
+    /// peer that holds the most when all are taken. Returns the connection's id.
+    fn admit(&mut self, peer: IpAddr, evict: oneshot::Sender<()>) -> u64 {
+        if self.held >= MAX_CONNECTIONS {
+            let greediest = self
+                .by_peer
+                .iter()
+                .max_by_key(|(_, held)| held.len())
+                .map(|(address, _)| *address);
+            if let Some((address, id)) = greediest.and_then(|address| {
+                let oldest = self.by_peer.get(&address)?.front()?.0;
+                Some((address, oldest))
+            }) {
+                self.release(address, id);
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_peer.entry(peer).or_default().push_back((id, evict));
+        self.held += 1;
+        id
+    }
+
+    /// Frees the slot of connection `id` (and so ends it, if it is still served).
+    fn release(&mut self, peer: IpAddr, id: u64) {
+        let Some(held) = self.by_peer.get_mut(&peer) else {
+            return;
+        };
+        if let Some(index) = held.iter().position(|(held_id, _)| *held_id == id) {
+            held.remove(index);
+            self.held -= 1;
+        }
+        if held.is_empty() {
+            self.by_peer.remove(&peer);
+        }
+    }
+}
+
+/// A connection's slot, freed when the connection ends, whichever way.
+struct Held {
+    id: u64,
+    peer: IpAddr,
+    slots: Arc<Mutex<Slots>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.slots).release(self.peer, self.id);
     }
 }
 
 async fn respond(
     request: Request<Incoming>,
-    published: Arc<Published>,
+    connection: Arc<Connection>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n"));
     }
-    Ok(match request.uri().path() {
+    let path = request.uri().path();
+    // Probes need no password: the kubelet's cannot send one, and they tell nothing.
+    if !matches!(path, "/healthz" | "/readyz") {
+        if connection.health_only {
+            return Ok(plain(
+                StatusCode::NOT_FOUND,
+                "this address serves /healthz and /readyz only\n",
+            ));
+        }
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes());
+        match connection.auth.check(&connection.web, authorization) {
+            Verdict::Allowed => {}
+            Verdict::Denied => {
+                let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"reapwatch\""),
+                );
+                return Ok(response);
+            }
+            Verdict::Throttled => {
+                return Ok(plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many password checks, try again\n",
+                ))
+            }
+        }
+    }
+    let published = &connection.published;
+    Ok(match path {
         "/metrics" => match published.latest() {
             Some(exposition) => {
                 let accept = request.headers().get_all(header::ACCEPT);
@@ -169,6 +330,75 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod slots {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    /// Fills every slot from `peers` in turn; returns the receivers that say a connection
+    /// was evicted, by admission order.
+    fn fill(slots: &mut Slots, peers: &[IpAddr]) -> Vec<(IpAddr, oneshot::Receiver<()>)> {
+        (0..MAX_CONNECTIONS)
+            .map(|n| {
+                let peer = peers[n % peers.len()];
+                let (evict, evicted) = oneshot::channel();
+                slots.admit(peer, evict);
+                (peer, evicted)
+            })
+            .collect()
+    }
+
+    fn evicted(receivers: &mut [(IpAddr, oneshot::Receiver<()>)]) -> Vec<(usize, IpAddr)> {
+        receivers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(n, (peer, rx))| {
+                let closed = rx
+                    .try_recv()
+                    .is_err_and(|e| e == oneshot::error::TryRecvError::Closed);
+                closed.then_some((n, *peer))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_newcomer_evicts_the_oldest_of_the_greediest_peer() {
+        let mut slots = Slots::default();
+        // The hoarder holds 3 of every 4 slots, the other peer 1.
+        let mut receivers = fill(&mut slots, &[ip(1), ip(1), ip(2), ip(1)]);
+        assert!(evicted(&mut receivers).is_empty());
+        let (evict, _kept) = oneshot::channel();
+        slots.admit(ip(3), evict);
+        assert_eq!(evicted(&mut receivers), vec![(0, ip(1))]);
+        assert_eq!(slots.held, MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn a_hoarder_evicts_its_own() {
+        let mut slots = Slots::default();
+        let mut receivers = fill(&mut slots, &[ip(1), ip(1), ip(1), ip(2)]);
+        let (evict, _kept) = oneshot::channel();
+        slots.admit(ip(1), evict);
+        assert_eq!(evicted(&mut receivers), vec![(0, ip(1))]);
+    }
+
+    #[test]
+    fn released_slots_are_reused_without_eviction() {
+        let mut slots = Slots::default();
+        let (evict, _first) = oneshot::channel();
+        let first = slots.admit(ip(1), evict);
+        slots.release(ip(1), first);
+        slots.release(ip(1), first);
+        assert_eq!(slots.held, 0);
+        assert!(slots.by_peer.is_empty());
+        let mut receivers = fill(&mut slots, &[ip(2)]);
+        assert!(evicted(&mut receivers).is_empty());
+    }
 }
 
 /// Random and hostile `Accept` headers: never a panic, and OpenMetrics exactly when named.

@@ -14,6 +14,7 @@ mod metrics;
 mod model;
 mod sampler;
 pub mod settings;
+mod webconfig;
 
 use std::{
     path::Path,
@@ -29,33 +30,65 @@ use tokio::{
     sync::oneshot,
 };
 
-use self::{http::Published, model::Health, sampler::Sampler, settings::Settings};
+use self::{
+    http::{Endpoint, Published},
+    model::Health,
+    sampler::Sampler,
+    settings::Settings,
+    webconfig::WebConfigFile,
+};
 use crate::{cli::ServeArgs, kernel::preflight, state::StateEngine};
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let settings = Settings::resolve(args)?;
+    // A broken web config stops it here; a later broken version only keeps the last good one.
+    let web = settings
+        .web_config_file
+        .clone()
+        .map(WebConfigFile::open)
+        .transpose()?;
     logger::init(settings.log_level);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, web))
 }
 
-async fn serve(settings: Settings) -> Result<()> {
+async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     // What would stop the programs loading is said before anything is served.
     preflight::check_all()?;
     // Bind before loading, so a taken port fails fast and touches nothing in the kernel.
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|err| anyhow!("cannot listen on {}: {err}", settings.listen))?;
+    let listener = bind(settings.listen).await?;
+    let health_listener = match settings.health_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
     let published = Arc::new(Published::new(settings.sample_interval));
-    let server = tokio::spawn(http::serve(listener, published.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        Endpoint {
+            published: published.clone(),
+            web,
+            health_only: false,
+        },
+    ));
     log::info!("listening on {}", settings.listen);
+    // The probes' own slots: nothing the metrics address serves can crowd them out.
+    let health_server = health_listener.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            Endpoint {
+                published: published.clone(),
+                web: None,
+                health_only: true,
+            },
+        ))
+    });
 
     let stop = Arc::new(Stop::default());
     let (loaded_tx, loaded) = oneshot::channel();
@@ -85,11 +118,20 @@ async fn serve(settings: Settings) -> Result<()> {
     log::info!("shutting down");
     stop.request();
     server.abort();
+    if let Some(health_server) = health_server {
+        health_server.abort();
+    }
     // The sampler drops the programs' links and maps as it ends: nothing is left attached.
     if sampler.join().is_err() {
         return Err(anyhow!("the sampler thread panicked"));
     }
     outcome
+}
+
+async fn bind(address: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|err| anyhow!("cannot listen on {address}: {err}"))
 }
 
 /// The sampler thread: loads the programs, says how that went, then samples every interval

@@ -18,6 +18,8 @@ pub const CGROUP_LABELS: [&str; 4] = ["cgroup", "namespace", "pod", "container"]
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub health_listen: Option<SocketAddr>,
+    pub web_config_file: Option<PathBuf>,
     pub top_parents: usize,
     /// Which of [`CGROUP_LABELS`] are kept.
     pub keep_labels: [bool; 4],
@@ -49,6 +51,8 @@ pub enum CgroupSeriesChoice {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileSettings {
     listen: Option<String>,
+    health_listen: Option<String>,
+    web_config_file: Option<PathBuf>,
     top_parents: Option<usize>,
     label_allow_list: Option<Vec<String>>,
     gc_grace: Option<String>,
@@ -103,13 +107,14 @@ impl Settings {
             .or(file.label_allow_list)
             .unwrap_or_else(|| CGROUP_LABELS.map(str::to_owned).to_vec());
         Ok(Self {
-            listen: match (args.listen, file.listen.as_deref()) {
-                (Some(flag), _) => flag,
-                (None, Some(key)) => {
-                    parse_listen(key).map_err(|err| anyhow!("invalid listen: {err}"))?
-                }
-                (None, None) => SocketAddr::from(([0, 0, 0, 0], 9750)),
-            },
+            listen: address(args.listen, file.listen.as_deref(), "listen")?
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9750))),
+            health_listen: address(
+                args.health_listen,
+                file.health_listen.as_deref(),
+                "health-listen",
+            )?,
+            web_config_file: args.web_config_file.clone().or(file.web_config_file),
             top_parents: args.top_parents.or(file.top_parents).unwrap_or(20),
             keep_labels: keep_labels(&labels)?,
             gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
@@ -217,6 +222,17 @@ pub fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
+/// An address flag over its key in the file.
+fn address(flag: Option<SocketAddr>, key: Option<&str>, name: &str) -> Result<Option<SocketAddr>> {
+    match (flag, key) {
+        (Some(flag), _) => Ok(Some(flag)),
+        (None, Some(key)) => parse_listen(key)
+            .map(Some)
+            .map_err(|err| anyhow!("invalid {name}: {err}")),
+        (None, None) => Ok(None),
+    }
+}
+
 fn parse_level(text: &str) -> Result<log::LevelFilter> {
     match text {
         "error" => Ok(log::LevelFilter::Error),
@@ -301,6 +317,27 @@ mod tests {
         assert_eq!(s.top_parents, 7);
         assert_eq!(s.keep_labels, [false, true, true, false]);
         assert_eq!(s.eta_window, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn web_config_and_health_address_from_the_file() {
+        let path =
+            std::env::temp_dir().join(format!("reapwatch-web-keys-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "web-config-file = \"/etc/reapwatch/web.yml\"\nhealth-listen = \":9751\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&serve_args(&["--config", path.to_str().unwrap()])).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            s.web_config_file,
+            Some(PathBuf::from("/etc/reapwatch/web.yml"))
+        );
+        assert_eq!(s.health_listen, Some("0.0.0.0:9751".parse().unwrap()));
+        let s = Settings::resolve(&serve_args(&["--web.config.file", "w.yml"])).unwrap();
+        assert_eq!(s.web_config_file, Some(PathBuf::from("w.yml")));
+        assert_eq!(s.health_listen, None);
     }
 
     #[test]

@@ -1,0 +1,321 @@
+//! `--web-config-file` in the exporter-toolkit's format: a real Prometheus scrapes over
+//! mutual TLS with basic auth; wrong credentials, plain HTTP and clients without a
+//! certificate are refused; the file is reloaded when it changes, and a broken one is kept
+//! out.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::Duration,
+};
+
+use reapwatch_tests::{eventually, free_port, get, workspace_binary, Daemon, Prometheus};
+
+/// Uncached bcrypt checks are rationed to one per 250 ms (or three times their cost, kept
+/// small by a low bcrypt cost): checks of wrong passwords are spaced more than that, so they
+/// read 401 rather than 429.
+const BCRYPT_SPACING: Duration = Duration::from_millis(300);
+
+/// A throwaway directory with a CA, a server certificate for 127.0.0.1 and a client
+/// certificate, made by the openssl command.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("reapwatch-tls-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("pki dir");
+        let pki = Self { dir };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reapwatch test CA",
+        ]);
+        pki.signed(
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        );
+        pki.signed("client", "extendedKeyUsage=clientAuth\n");
+        pki
+    }
+
+    /// `NAME.key` and `NAME.crt`, signed by the CA with `extensions`.
+    fn signed(&self, name: &str, extensions: &str) {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        fs::write(self.dir.join(&ext), extensions).expect("extensions");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The HTTP status curl got, None when no response came (refused handshake, plain HTTP to a
+/// TLS port).
+fn curl(url: &str, args: &[&str]) -> Option<u16> {
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl (Debian package curl)");
+    let code: u16 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()?;
+    (code != 0).then_some(code)
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let new = path.with_extension("new");
+    fs::write(&new, text).expect("write the web config");
+    fs::rename(&new, path).expect("replace the web config");
+}
+
+/// The lowest cost: the exporter under test is a debug build, where bcrypt is slow.
+fn bcrypt(password: &str) -> String {
+    bcrypt::hash(password, 4).expect("bcrypt")
+}
+
+#[test]
+fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
+    let pki = Pki::new("mtls");
+    let config = pki.dir.join("web.yml");
+    // Paths relative to the file, as exporter-toolkit reads them.
+    fs::write(
+        &config,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS12\nbasic_auth_users:\n  prometheus: '{}'\n",
+            bcrypt("scrape-me")
+        ),
+    )
+    .expect("web config");
+    // The kubelet's probes can send neither a password nor a client certificate: they use
+    // the health address.
+    let health_port = free_port();
+    let mut daemon = Daemon::spawn(
+        &[],
+        &[
+            "--web-config-file",
+            &config.display().to_string(),
+            "--health-listen",
+            &format!("127.0.0.1:{health_port}"),
+        ],
+    );
+    let port = daemon.port;
+    let https = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let (ca, cert, key) = (
+        pki.path("ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+    );
+    let with_cert = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    // Probes need no password (the kubelet cannot send one).
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            daemon.assert_running();
+            curl(&https("/readyz"), &with_cert) == Some(200)
+        }),
+        "never ready over TLS"
+    );
+
+    let health = |path: &str| get(&format!("http://127.0.0.1:{health_port}{path}"), &[]);
+    assert_eq!(health("/healthz").map(|(status, _)| status), Some(200));
+    assert_eq!(health("/readyz").map(|(status, _)| status), Some(200));
+    assert_eq!(
+        health("/metrics").map(|(status, _)| status),
+        Some(404),
+        "the health address serves metrics"
+    );
+
+    let prometheus = Prometheus::start_with(
+        daemon.port,
+        "1s",
+        &format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {ca}\n      cert_file: {cert}\n      key_file: {key}\n    basic_auth:\n      username: prometheus\n      password: scrape-me\n"
+        ),
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            prometheus.query("up{job=\"reapwatch\"} == 1").len() == 1
+        }),
+        "prometheus never scraped reapwatch over TLS: {}",
+        prometheus.last_error()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            prometheus.query("reapwatch_node_pid_max > 0").len() == 1
+        }),
+        "no reapwatch series in prometheus"
+    );
+
+    let metrics = https("/metrics");
+    let as_user = |password: &str| {
+        sleep(BCRYPT_SPACING);
+        let user = format!("prometheus:{password}");
+        let mut args = with_cert.to_vec();
+        args.extend(["-u", &user]);
+        curl(&metrics, &args)
+    };
+    assert_eq!(as_user("scrape-me"), Some(200));
+    assert_eq!(as_user("wrong"), Some(401));
+    assert_eq!(curl(&metrics, &with_cert), Some(401), "no credentials");
+    assert_eq!(
+        curl(&metrics, &["--cacert", &ca, "-u", "prometheus:scrape-me"]),
+        None,
+        "a client without a certificate got an answer"
+    );
+    assert_eq!(
+        curl(&format!("http://127.0.0.1:{}/healthz", daemon.port), &[]),
+        None,
+        "plain HTTP got an answer from the TLS port"
+    );
+}
+
+#[test]
+fn the_web_config_is_reloaded_and_a_broken_one_is_kept_out() {
+    let dir = std::env::temp_dir().join(format!("reapwatch-web-reload-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("web.yml");
+    let users =
+        |password: &str| format!("basic_auth_users:\n  prometheus: '{}'\n", bcrypt(password));
+    fs::write(&config, users("first")).expect("web config");
+    // Plain HTTP with basic auth: the probes (no password) say when it is ready.
+    let daemon = Daemon::start(&["--web.config.file", &config.display().to_string()]);
+    let metrics = format!("http://127.0.0.1:{}/metrics", daemon.port);
+    let status = |password: &str| {
+        sleep(BCRYPT_SPACING);
+        curl(&metrics, &["-u", &format!("prometheus:{password}")])
+    };
+    assert_eq!(status("first"), Some(200));
+    assert_eq!(status("second"), Some(401));
+
+    write_atomically(&config, &users("second"));
+    assert!(
+        eventually(Duration::from_secs(10), || status("second") == Some(200)),
+        "the new password was never accepted"
+    );
+    assert_eq!(status("first"), Some(401));
+
+    write_atomically(&config, "basic_auth_users: [\n");
+    for _ in 0..3 {
+        assert_eq!(
+            status("second"),
+            Some(200),
+            "a broken file replaced the config"
+        );
+    }
+    fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_broken_web_config_at_start_is_a_one_line_error() {
+    let dir = std::env::temp_dir().join(format!("reapwatch-web-broken-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("dir");
+    for (name, text) in [
+        (
+            "plaintext.yml",
+            "basic_auth_users:\n  prometheus: hunter2\n",
+        ),
+        (
+            "nokey.yml",
+            "tls_server_config:\n  cert_file: missing.crt\n",
+        ),
+        (
+            "unknown.yml",
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [x]\n",
+        ),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, text).expect("web config");
+        let output = Command::new(workspace_binary("reapwatch"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--web-config-file"])
+            .arg(&path)
+            .output()
+            .expect("run reapwatch");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} accepted");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains("invalid web config"), "{name}: {stderr}");
+    }
+    fs::remove_dir_all(&dir).expect("clean up");
+}

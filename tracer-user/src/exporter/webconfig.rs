@@ -1,0 +1,541 @@
+//! `--web-config-file`: TLS and basic authentication in the format of the Prometheus
+//! exporter-toolkit (node_exporter's `--web.config.file`), reloaded when it changes.
+//!
+//! ```yaml
+//! tls_server_config:
+//!   cert_file: server.crt
+//!   key_file: server.key
+//!   client_auth_type: RequireAndVerifyClientCert
+//!   client_ca_file: ca.crt
+//!   min_version: TLS12
+//! basic_auth_users:
+//!   prometheus: $2y$10$...
+//! ```
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::WebPkiClientVerifier,
+    RootCertStore, ServerConfig,
+};
+use subtle::ConstantTimeEq;
+use tokio_rustls::TlsAcceptor;
+use yaml_rust2::{parser::Parser, Event, Yaml, YamlLoader};
+
+/// What the web config file asks for.
+pub struct WebConfig {
+    /// None: plain HTTP.
+    pub tls: Option<TlsAcceptor>,
+    /// User name to bcrypt hash; empty: no authentication.
+    users: HashMap<String, String>,
+    /// The files it names (certificates, key, CA), watched for changes with it.
+    files: Vec<PathBuf>,
+}
+
+impl WebConfig {
+    /// Plain HTTP, no authentication: no `--web-config-file`.
+    pub fn open() -> Self {
+        Self {
+            tls: None,
+            users: HashMap::new(),
+            files: Vec::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read web config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).with_context(|| format!("invalid web config {}", path.display()))
+    }
+
+    /// The file's text; relative paths in it are relative to `base`, as exporter-toolkit
+    /// takes them.
+    fn parse(text: &str, base: &Path) -> Result<Self> {
+        shallow_and_without_aliases(text)?;
+        let documents =
+            YamlLoader::load_from_str(text).map_err(|err| anyhow!("not YAML: {err}"))?;
+        let mut config = Self::open();
+        let top = match documents.as_slice() {
+            [] | [Yaml::Null] => return Ok(config),
+            [Yaml::Hash(top)] => top,
+            _ => bail!("expected one mapping of tls_server_config and basic_auth_users"),
+        };
+        for (key, value) in top {
+            match (key.as_str(), value) {
+                (Some("tls_server_config"), Yaml::Null) => {}
+                (Some("tls_server_config"), Yaml::Hash(tls)) => {
+                    config.tls = Some(tls_acceptor(tls, base, &mut config.files)?);
+                }
+                (Some("basic_auth_users"), Yaml::Null) => {}
+                (Some("basic_auth_users"), Yaml::Hash(users)) => {
+                    for (user, hash) in users {
+                        let (Some(user), Some(hash)) = (user.as_str(), hash.as_str()) else {
+                            bail!("basic_auth_users: expected user: bcrypt-hash strings");
+                        };
+                        if hash.parse::<bcrypt::HashParts>().is_err() {
+                            bail!("basic_auth_users: {user}: not a bcrypt hash");
+                        }
+                        config.users.insert(user.to_owned(), hash.to_owned());
+                    }
+                }
+                (Some(key @ ("tls_server_config" | "basic_auth_users")), _) => {
+                    bail!("{key}: expected a mapping")
+                }
+                (Some(other), _) => {
+                    bail!("{other}: not supported (tls_server_config and basic_auth_users are)")
+                }
+                (None, _) => bail!("keys must be strings"),
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// The web config is three levels deep at most.
+const MAX_DEPTH: usize = 8;
+
+/// yaml-rust2 loads (and drops) nested nodes recursively, so a deeply nested file would
+/// overflow the stack, and it copies aliased nodes, so aliases of aliases grow exponentially:
+/// both are refused by a pass over the parser's events, which is iterative.
+fn shallow_and_without_aliases(text: &str) -> Result<()> {
+    let mut parser = Parser::new_from_str(text);
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|err| anyhow!("not YAML: {err}"))?;
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    bail!(
+                        "nested more than {MAX_DEPTH} levels deep at line {}",
+                        mark.line()
+                    );
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            Event::Alias(_) => bail!("aliases are not supported (line {})", mark.line()),
+            Event::StreamEnd => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// `tls_server_config`: the certificate and key, and whether and how clients are verified.
+fn tls_acceptor(
+    tls: &yaml_rust2::yaml::Hash,
+    base: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Result<TlsAcceptor> {
+    let string = |name: &str| -> Result<Option<String>> {
+        match tls.get(&Yaml::String(name.to_owned())) {
+            None | Some(Yaml::Null) => Ok(None),
+            Some(Yaml::String(value)) if value.is_empty() => Ok(None),
+            Some(Yaml::String(value)) => Ok(Some(value.clone())),
+            Some(_) => bail!("tls_server_config: {name}: expected a string"),
+        }
+    };
+    const KNOWN: [&str; 6] = [
+        "cert_file",
+        "key_file",
+        "client_ca_file",
+        "client_auth_type",
+        "min_version",
+        "max_version",
+    ];
+    for key in tls.keys() {
+        match key.as_str() {
+            Some(known) if KNOWN.contains(&known) => {}
+            Some(other) => bail!("tls_server_config: {other}: not supported"),
+            None => bail!("tls_server_config: keys must be strings"),
+        }
+    }
+    let mut file = |name: &str| -> Result<Option<PathBuf>> {
+        Ok(string(name)?.map(|value| {
+            let path = base.join(value);
+            files.push(path.clone());
+            path
+        }))
+    };
+    let (Some(cert_file), Some(key_file)) = (file("cert_file")?, file("key_file")?) else {
+        bail!("tls_server_config: cert_file and key_file are required");
+    };
+    let client_ca_file = file("client_ca_file")?;
+    let certs = CertificateDer::pem_file_iter(&cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| anyhow!("cert_file {}: {err}", cert_file.display()))?;
+    if certs.is_empty() {
+        bail!("cert_file {}: no certificate", cert_file.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_file)
+        .map_err(|err| anyhow!("key_file {}: {err}", key_file.display()))?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = match (string("client_auth_type")?.as_deref(), client_ca_file) {
+        (None | Some("NoClientCert"), _) => WebPkiClientVerifier::no_client_auth(),
+        (Some(kind @ ("RequireAndVerifyClientCert" | "VerifyClientCertIfGiven")), ca) => {
+            let Some(ca) = ca else {
+                bail!("tls_server_config: client_auth_type {kind} needs client_ca_file");
+            };
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(&ca)
+                .map_err(|err| anyhow!("client_ca_file {}: {err}", ca.display()))?
+            {
+                let cert = cert.map_err(|err| anyhow!("client_ca_file {}: {err}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|err| anyhow!("client_ca_file {}: {err}", ca.display()))?;
+            }
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let builder = if kind == "VerifyClientCertIfGiven" {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            builder
+                .build()
+                .map_err(|err| anyhow!("client_ca_file {}: {err}", ca.display()))?
+        }
+        (Some(other), _) => bail!(
+            "tls_server_config: client_auth_type {other} not supported: use NoClientCert, \
+             VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        ),
+    };
+    let version = |name: &str| -> Result<Option<&'static rustls::SupportedProtocolVersion>> {
+        match string(name)?.as_deref() {
+            None => Ok(None),
+            Some("TLS12") => Ok(Some(&rustls::version::TLS12)),
+            Some("TLS13") => Ok(Some(&rustls::version::TLS13)),
+            Some(other) => {
+                bail!("tls_server_config: {name} {other} not supported: use TLS12 or TLS13")
+            }
+        }
+    };
+    let (min, max) = (version("min_version")?, version("max_version")?);
+    let versions: Vec<_> = [&rustls::version::TLS12, &rustls::version::TLS13]
+        .into_iter()
+        .filter(|v| min.is_none_or(|min| u16::from(v.version) >= u16::from(min.version)))
+        .filter(|v| max.is_none_or(|max| u16::from(v.version) <= u16::from(max.version)))
+        .collect();
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)
+        .map_err(|err| anyhow!("tls_server_config: min_version/max_version: {err}"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|err| anyhow!("cert_file/key_file: {err}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The web config file as last loaded, reloaded when it or a file it names changes (checked
+/// at each new connection: no watcher thread). A broken new version keeps the old one.
+pub struct WebConfigFile {
+    path: PathBuf,
+    stamps: Vec<Option<Stamp>>,
+    current: Arc<WebConfig>,
+}
+
+/// What tells a changed file: a new inode (a Kubernetes secret's atomic swap), size or mtime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    inode: u64,
+    len: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl WebConfigFile {
+    /// Loads it at start-up, where a broken file is an error.
+    pub fn open(path: PathBuf) -> Result<Self> {
+        let current = Arc::new(WebConfig::load(&path)?);
+        let mut file = Self {
+            path,
+            stamps: Vec::new(),
+            current,
+        };
+        file.stamps = file.stamp();
+        Ok(file)
+    }
+
+    fn stamp(&self) -> Vec<Option<Stamp>> {
+        std::iter::once(&self.path)
+            .chain(&self.current.files)
+            .map(|path| {
+                std::fs::metadata(path).ok().map(|m| Stamp {
+                    inode: m.ino(),
+                    len: m.len(),
+                    mtime: m.mtime(),
+                    mtime_nsec: m.mtime_nsec(),
+                })
+            })
+            .collect()
+    }
+
+    /// The config to serve a new connection with, reloaded first if the files changed.
+    pub fn current(&mut self) -> Arc<WebConfig> {
+        let stamps = self.stamp();
+        if stamps != self.stamps {
+            match WebConfig::load(&self.path) {
+                Ok(config) => {
+                    log::info!("web config {} reloaded", self.path.display());
+                    self.current = Arc::new(config);
+                    self.stamps = self.stamp();
+                }
+                Err(err) => {
+                    // Warned once per change: the stamps are those of the broken version.
+                    log::warn!("{err:#}; keeping the previous web config");
+                    self.stamps = stamps;
+                }
+            }
+        }
+        self.current.clone()
+    }
+}
+
+/// Checks HTTP basic authentication. bcrypt is deliberately slow (tens of milliseconds) and
+/// runs on the one thread that answers every request, so a credential verified once is
+/// remembered, and checks of credentials not yet verified are rationed.
+pub struct Authenticator {
+    /// User name to (bcrypt hash, password it verified).
+    verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    next_check: Mutex<Instant>,
+}
+
+/// Uncached bcrypt checks at most this often (and three times their own cost apart): a flood
+/// of wrong passwords takes a small share of the thread, never all of it.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Not checked: too many unverified credentials lately.
+    Throttled,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Self {
+            verified: Mutex::new(HashMap::new()),
+            next_check: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Authenticator {
+    /// Whether the `Authorization` header's credentials are those of a user of `config`.
+    pub fn check(&self, config: &WebConfig, authorization: Option<&[u8]>) -> Verdict {
+        if config.users.is_empty() {
+            return Verdict::Allowed;
+        }
+        let Some((user, password)) = authorization.and_then(basic_credentials) else {
+            return Verdict::Denied;
+        };
+        let Some(hash) = config.users.get(&user) else {
+            return Verdict::Denied;
+        };
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((verified_hash, verified_password)) = verified.get(&user) {
+            if verified_hash == hash && bool::from(verified_password.ct_eq(&password)) {
+                return Verdict::Allowed;
+            }
+        }
+        let mut next_check = self.next_check.lock().unwrap_or_else(|e| e.into_inner());
+        let began = Instant::now();
+        if began < *next_check {
+            return Verdict::Throttled;
+        }
+        let matches = bcrypt::verify(&password, hash).unwrap_or(false);
+        // A costlier hash waits longer: checks take at most a quarter of the thread.
+        *next_check = Instant::now() + CHECK_EVERY.max(began.elapsed() * 3);
+        if matches {
+            verified.insert(user, (hash.clone(), password));
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        }
+    }
+}
+
+/// `Basic base64(user:password)`.
+fn basic_credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
+    let (scheme, encoded) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"basic ") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
+    Some((user, decoded[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(text: &str) -> WebConfig {
+        WebConfig::parse(text, Path::new("/nonexistent")).unwrap()
+    }
+
+    fn header(user: &str, password: &str) -> Vec<u8> {
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {encoded}").into_bytes()
+    }
+
+    #[test]
+    fn basic_auth_is_verified_once_then_remembered() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = users(&format!("basic_auth_users:\n  prom: '{hash}'\n"));
+        let auth = Authenticator::default();
+        assert_eq!(auth.check(&config, None), Verdict::Denied);
+        assert_eq!(
+            auth.check(&config, Some(&header("prom", "s3cret"))),
+            Verdict::Allowed
+        );
+        // Cached: no bcrypt, so not rationed either.
+        for _ in 0..10 {
+            assert_eq!(
+                auth.check(&config, Some(&header("prom", "s3cret"))),
+                Verdict::Allowed
+            );
+        }
+        assert_eq!(
+            auth.check(&config, Some(&header("prom", "wrong"))),
+            Verdict::Throttled
+        );
+        assert_eq!(
+            auth.check(&config, Some(&header("nobody", "s3cret"))),
+            Verdict::Denied
+        );
+        std::thread::sleep(CHECK_EVERY);
+        assert_eq!(
+            auth.check(&config, Some(&header("prom", "wrong"))),
+            Verdict::Denied
+        );
+        assert_eq!(
+            auth.check(&WebConfig::open(), None),
+            Verdict::Allowed,
+            "no users: no authentication"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_one_line_errors() {
+        for text in [
+            "basic_auth_users:\n  prom: plaintext\n",
+            "basic_auth_users: [prom]\n",
+            "tls_server_config:\n  cert_file: a.crt\n",
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n",
+            "tls_server_config:\n  cipher_suites: [x]\n",
+            "http_server_config:\n  http2: false\n",
+            "- a\n- b\n",
+            "a: [\n",
+        ] {
+            let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) else {
+                panic!("{text:?} accepted");
+            };
+            let line = format!("{err:#}");
+            assert!(!line.contains('\n'), "{text:?}: {line}");
+        }
+        assert!(WebConfig::parse("", Path::new("/")).is_ok_and(|c| c.tls.is_none()));
+    }
+
+    #[test]
+    fn hostile_authorization_headers() {
+        for header in [
+            &b""[..],
+            b"Basic",
+            b"Basic ",
+            b"Basic !!!",
+            b"Bearer abc",
+            b"Basic \xff\xfe",
+            b"basic cHJvbQ==",
+        ] {
+            assert_eq!(basic_credentials(header), None, "{header:?}");
+        }
+        assert_eq!(
+            basic_credentials(b"basic cHJvbTpzOmVjcmV0"),
+            Some(("prom".to_owned(), b"s:ecret".to_vec()))
+        );
+    }
+}
+
+/// Random and hostile web config files and headers: never a panic, every error one line.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn check(text: &str) -> std::result::Result<(), TestCaseError> {
+        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) {
+            let line = format!("{err:#}");
+            prop_assert!(!line.contains('\n'), "{:?}", line);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_never_panics(text in any::<String>()) {
+            check(&text)?;
+        }
+
+        #[test]
+        fn plausible_files_never_panic(
+            key in prop::sample::select(vec!["tls_server_config", "basic_auth_users", "x"]),
+            inner in prop::sample::select(vec![
+                "cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version",
+                "prometheus",
+            ]),
+            value in "[ -~]{0,24}",
+        ) {
+            check(&format!("{key}:\n  {inner}: {value}\n"))?;
+        }
+
+        #[test]
+        fn any_header_never_panics(header in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = basic_credentials(&header);
+        }
+    }
+
+    /// yaml-rust2 loads (and drops) nested nodes recursively: a deeply nested file would
+    /// overflow the stack, and aliases can expand exponentially.
+    #[test]
+    fn deep_nesting_and_aliases_are_errors() {
+        let block_maps: String = (0..20_000)
+            .map(|n| format!("{}k:\n", " ".repeat(n)))
+            .collect();
+        let laughs = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n";
+        for text in [
+            "[".repeat(100_000),
+            "{a: ".repeat(100_000),
+            format!("a:\n{}", " - ".repeat(50_000)),
+            block_maps,
+            laughs.to_owned(),
+        ] {
+            let err = WebConfig::parse(&text, Path::new("/nonexistent"))
+                .err()
+                .map(|err| format!("{err:#}"));
+            assert!(
+                err.as_ref().is_some_and(|err| !err.contains('\n')),
+                "{:?}: {err:?}",
+                &text[..40.min(text.len())]
+            );
+        }
+    }
+}
