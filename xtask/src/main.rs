@@ -39,7 +39,14 @@ enum Task {
     /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests, vm-test.
     Test,
     /// Set up, then build the static binary and the container image (FROM scratch, buildah).
-    Image,
+    Image {
+        /// Then run the image's end-to-end test under podman, as `cargo xtask test` does.
+        #[arg(long)]
+        test: bool,
+    },
+    /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
+    /// their unit tests, dashboard, metric contract.
+    DeployCheck,
     /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
     VmTest,
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
@@ -121,9 +128,18 @@ fn run(cli: Cli) -> Result<()> {
             setup::all()?;
             field::run(sleepers, zombies, overflow_zombies)
         }
-        Task::Image => {
+        Task::DeployCheck => {
             setup::all()?;
-            image::build().map(drop)
+            deploy::check()
+        }
+        Task::Image { test } => {
+            setup::all()?;
+            let image = image::build()?;
+            if test {
+                image::test(&image)
+            } else {
+                Ok(())
+            }
         }
     }
 }
