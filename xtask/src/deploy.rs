@@ -40,7 +40,17 @@ const REQUIRED_ALERTS: &[&str] = &[
 
 /// The only capabilities the tracer may hold, and the host paths it may see (all read-only).
 const ALLOWED_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "SYS_RESOURCE"];
-const ALLOWED_HOST_PATHS: &[&str] = &["/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"];
+const ALLOWED_HOST_PATHS: &[&str] = &[
+    "/sys/kernel/btf",
+    "/sys/fs/cgroup",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+
+/// kubelet's log directories, where reapwatch reads names. `/var/log/containers` holds the
+/// only link from a container id to its name, and its links point into `/var/log/pods` by
+/// absolute path: both are mounted, each at its host path.
+const KUBELET_LOG_DIRS: &[&str] = &["/var/log/pods", "/var/log/containers"];
 
 /// Series Prometheus makes itself, which rules and dashboard may use besides the contract.
 const PROMETHEUS_SERIES: &[&str] = &["up"];
@@ -666,14 +676,26 @@ fn check_least_privilege(resources: &[Resource]) -> Result<()> {
             "host path {path} is more than the tracer needs"
         );
     }
-    for mount in container["volumeMounts"]
+    let mounts = container["volumeMounts"]
         .as_array()
-        .context("volumeMounts")?
-    {
+        .context("volumeMounts")?;
+    for mount in mounts {
         ensure!(
             mount["readOnly"] == true,
             "mount {} must be read-only",
             mount["mountPath"]
+        );
+    }
+    for dir in KUBELET_LOG_DIRS {
+        let volume = volumes
+            .iter()
+            .find(|v| v["hostPath"]["path"] == *dir)
+            .with_context(|| format!("no volume of {dir}: container names need it"))?;
+        ensure!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == volume["name"] && m["mountPath"] == *dir),
+            "{dir} must be mounted at {dir}, its path on the host"
         );
     }
     let resources = &container["resources"];

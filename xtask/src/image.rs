@@ -7,9 +7,10 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -126,8 +127,9 @@ fn ensure_static(binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// podman arguments granting what the DaemonSet grants, and nothing else.
-fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String>> {
+/// podman arguments granting what the DaemonSet grants, and nothing else. kubelet's
+/// directories (host paths under /var/log) come from the stand-in node at `node_root`.
+fn daemonset_privileges(daemonset: &Value, node_root: &Path) -> Result<Vec<String>> {
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
@@ -166,14 +168,12 @@ fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String
             .iter()
             .find(|v| v["name"] == mount["name"])
             .context("mount of an undeclared volume")?;
-        let mut host = volume["hostPath"]["path"]
-            .as_str()
-            .context("hostPath")?
-            .to_owned();
-        // Not a Kubernetes node: an empty pod log directory stands in for the kubelet's.
-        if host == "/var/log/pods" && !Path::new(&host).exists() {
-            host = pod_logs.to_str().context("path")?.to_owned();
-        }
+        let host = volume["hostPath"]["path"].as_str().context("hostPath")?;
+        let host = match host.strip_prefix("/var/log/") {
+            Some(kubelet_dir) => node_root.join("var/log").join(kubelet_dir),
+            None => PathBuf::from(host),
+        };
+        let host = host.to_str().context("path")?;
         let ro = if mount["readOnly"] == true { ":ro" } else { "" };
         args.push(format!(
             "--volume={host}:{}{ro}",
@@ -214,14 +214,101 @@ fn podman(args: &[String]) -> Result<Output> {
         .context("cannot run podman")
 }
 
-/// `zombie-helper leak 3`: three children exited and never reaped, on the host.
+const POD_NAMESPACE: &str = "image-test";
+const POD_NAME: &str = "leaky-7d9f";
+const CONTAINER_NAME: &str = "agent";
+
+/// A pod as kubelet leaves it on a node, for the names reapwatch finds without the API: the
+/// container's cgroup as the cgroupfs driver names it (`/kubepods/burstable/pod<uid>/<id>`),
+/// and the logs under a stand-in node root: `/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`
+/// and `/var/log/containers/<pod>_<ns>_<container>-<id>.log`, a link to it by its absolute
+/// path on the node, as kubelet makes them.
+struct KubeletPod {
+    node_root: PathBuf,
+    /// The container's cgroup directory, in the hierarchy reapwatch counts by.
+    cgroup: PathBuf,
+    /// The cgroup's path as the host shows it, reapwatch's `cgroup` label.
+    cgroup_path: String,
+}
+
+impl KubeletPod {
+    fn create() -> Result<Self> {
+        // Unique per run, shaped as kubelet's: a v4 UUID and a 64-hex container id.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_nanos();
+        let uid = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            std::process::id(),
+            nanos & 0xffff_ffff_ffff
+        );
+        let id = format!("{:032x}{nanos:032x}", std::process::id());
+
+        let node_root = workspace_root().join("target/image-test/node");
+        let _ = fs::remove_dir_all(&node_root);
+        let pods = Path::new("/var/log/pods");
+        let log = pods
+            .join(format!("{POD_NAMESPACE}_{POD_NAME}_{uid}"))
+            .join(CONTAINER_NAME)
+            .join("0.log");
+        let on_node = |path: &Path| node_root.join(path.strip_prefix("/").unwrap_or(path));
+        fs::create_dir_all(on_node(log.parent().context("log dir")?))
+            .context("create the stand-in /var/log/pods")?;
+        fs::write(on_node(&log), "").context("write the stand-in container log")?;
+        let containers = on_node(Path::new("/var/log/containers"));
+        fs::create_dir_all(&containers).context("create the stand-in /var/log/containers")?;
+        symlink(
+            &log,
+            containers.join(format!(
+                "{POD_NAME}_{POD_NAMESPACE}_{CONTAINER_NAME}-{id}.log"
+            )),
+        )
+        .context("link the container log")?;
+
+        // Hybrid and v1 hosts count by the v1 pids hierarchy, v2 hosts by the unified one.
+        let v1_pids = Path::new("/sys/fs/cgroup/pids");
+        let hierarchy = if v1_pids.join("cgroup.procs").exists() {
+            v1_pids
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let cgroup_path = format!("/kubepods/burstable/pod{uid}/{id}");
+        let cgroup = hierarchy.join(&cgroup_path[1..]);
+        fs::create_dir_all(&cgroup)
+            .with_context(|| format!("create the cgroup {}", cgroup.display()))?;
+        Ok(Self {
+            node_root,
+            cgroup,
+            cgroup_path,
+        })
+    }
+}
+
+impl Drop for KubeletPod {
+    fn drop(&mut self) {
+        // The container, its pod, then kubepods' own directories if this made them (a
+        // directory still in use is not empty and stays). The zombies' last processes may
+        // still be on their way out.
+        for dir in self.cgroup.ancestors().take(4) {
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `zombie-helper leak 3` in the pod's cgroup: three children exited and never reaped, on
+/// the host.
 struct Zombies {
     helper: Child,
     parent: u32,
 }
 
 impl Zombies {
-    fn start() -> Result<Self> {
+    fn start(cgroup: &Path) -> Result<Self> {
         cargo(
             None,
             &[
@@ -233,6 +320,8 @@ impl Zombies {
             ],
         )?;
         let mut helper = Command::new(workspace_root().join("target/debug/zombie-helper"))
+            .arg("--cgroup")
+            .arg(cgroup)
             .args(["leak", "3"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -264,10 +353,9 @@ impl Drop for Zombies {
 /// them; then checks it cannot without the DaemonSet's capabilities.
 pub fn test(image: &str) -> Result<()> {
     let daemonset = deploy::daemonset()?;
-    let pod_logs = workspace_root().join("target/image-test/pods");
-    fs::create_dir_all(&pod_logs).context("create the stand-in pod log directory")?;
-    let privileges = daemonset_privileges(&daemonset, &pod_logs)?;
-    let zombies = Zombies::start()?;
+    let pod = KubeletPod::create()?;
+    let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
+    let zombies = Zombies::start(&pod.cgroup)?;
 
     let mut args = vec!["run".to_owned(), "--rm".into()];
     args.extend(runtime_args()?);
@@ -317,7 +405,7 @@ pub fn test(image: &str) -> Result<()> {
         "without capabilities the image must refuse to run: {stderr}"
     );
 
-    scrape(image, &daemonset, &privileges, zombies.parent)?;
+    scrape(image, &daemonset, &privileges, &zombies, &pod)?;
     eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
     Ok(())
 }
@@ -335,7 +423,13 @@ impl Drop for Container {
 
 /// Runs the image's entrypoint (`reapwatch serve`) with the DaemonSet's arguments and scrapes
 /// it. Skipped, saying so, while this build of reapwatch has no `serve` command.
-fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) -> Result<()> {
+fn scrape(
+    image: &str,
+    daemonset: &Value,
+    privileges: &[String],
+    zombies: &Zombies,
+    pod: &KubeletPod,
+) -> Result<()> {
     let mut probe = vec!["run".to_owned(), "--rm".into()];
     probe.extend(runtime_args()?);
     probe.extend([
@@ -395,15 +489,45 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
         std::thread::sleep(Duration::from_millis(200));
     }
     ensure!(http_get(port, "/healthz")?.0 == 200, "/healthz not 200");
-    let (status, metrics) = http_get(port, "/metrics")?;
-    ensure!(status == 200, "/metrics answered {status}");
-    let pid = format!("pid=\"{parent}\"");
+    // The names, as kubelet's layout gives them to the DaemonSet's mounts.
+    let labels = [
+        format!("cgroup=\"{}\"", pod.cgroup_path),
+        format!("namespace=\"{POD_NAMESPACE}\""),
+        format!("pod=\"{POD_NAME}\""),
+        format!("container=\"{CONTAINER_NAME}\""),
+    ];
+    let pid = format!("pid=\"{}\"", zombies.parent);
+    let has = |metrics: &str, family: &str, labels: &[String]| {
+        metrics.lines().any(|l| {
+            l.starts_with(&format!("{family}{{"))
+                && labels.iter().all(|label| l.contains(label.as_str()))
+                && l.ends_with(" 3")
+        })
+    };
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has(&metrics, "reapwatch_zombies", &labels) {
+        ensure!(
+            Instant::now() < deadline,
+            "/metrics has no reapwatch_zombies{{{}}} 3 within 20 s:\n{}",
+            labels.join(","),
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("reapwatch_zombies{"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, text) = http_get(port, "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        metrics = text;
+    }
     ensure!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("reapwatch_parent_zombies{")
-                && l.contains(&pid)
-                && l.ends_with(" 3")),
+        has(
+            &metrics,
+            "reapwatch_parent_zombies",
+            std::slice::from_ref(&pid)
+        ),
         "/metrics has no reapwatch_parent_zombies{{{pid}}} 3"
     );
     // Every family served is in the contract the alerts and dashboard are checked on, with its
