@@ -352,7 +352,7 @@ impl Drop for Zombies {
 /// Runs the image as the DaemonSet runs it, with zombies on the host, and checks it finds
 /// them; then checks it cannot without the DaemonSet's capabilities.
 pub fn test(image: &str) -> Result<()> {
-    let daemonset = deploy::daemonset()?;
+    let daemonset = deploy::daemonset(None)?;
     let pod = KubeletPod::create()?;
     let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
     let zombies = Zombies::start(&pod.cgroup)?;
