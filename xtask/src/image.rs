@@ -128,7 +128,7 @@ fn ensure_static(binary: &Path) -> Result<()> {
 }
 
 /// podman arguments granting what the DaemonSet grants, and nothing else. kubelet's
-/// directories (host paths under /var/log) come from the stand-in node at `node_root`.
+/// directories (its logs, its seccomp profiles) come from the stand-in node at `node_root`.
 fn daemonset_privileges(daemonset: &Value, node_root: &Path) -> Result<Vec<String>> {
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -159,6 +159,13 @@ fn daemonset_privileges(daemonset: &Value, node_root: &Path) -> Result<Vec<Strin
     match security["seccompProfile"]["type"].as_str() {
         Some("Unconfined") => args.push("--security-opt=seccomp=unconfined".into()),
         Some("RuntimeDefault") | None => {}
+        Some("Localhost") => {
+            let profile = security["seccompProfile"]["localhostProfile"]
+                .as_str()
+                .context("localhostProfile")?;
+            let path = node_root.join(KUBELET_SECCOMP_DIR).join(profile);
+            args.push(format!("--security-opt=seccomp={}", path.display()));
+        }
         Some(other) => bail!("seccomp profile {other} is not reproduced by the image test"),
     }
     for mount in container["volumeMounts"].as_array().context("mounts")? {
@@ -213,6 +220,9 @@ fn podman(args: &[String]) -> Result<Output> {
         .output()
         .context("cannot run podman")
 }
+
+/// Where the kubelet looks for Localhost seccomp profiles, below the node's root.
+const KUBELET_SECCOMP_DIR: &str = "var/lib/kubelet/seccomp";
 
 const POD_NAMESPACE: &str = "image-test";
 const POD_NAME: &str = "leaky-7d9f";
@@ -407,6 +417,47 @@ pub fn test(image: &str) -> Result<()> {
 
     scrape(image, &daemonset, &privileges, &zombies, &pod)?;
     eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
+
+    // The seccomp component's profile, installed on the stand-in node as the runbook says:
+    // serve starts, samples, answers scrapes and stops under it.
+    let daemonset = deploy::daemonset(Some("seccomp"))?;
+    let profile = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["seccompProfile"]["localhostProfile"]
+        .as_str()
+        .context("the seccomp component's localhostProfile")?;
+    let installed = pod.node_root.join(KUBELET_SECCOMP_DIR).join(profile);
+    fs::create_dir_all(installed.parent().context("profile dir")?)?;
+    fs::copy(
+        deploy::components_dir().join("seccomp").join(profile),
+        &installed,
+    )
+    .context("install the seccomp profile on the stand-in node")?;
+    let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
+    scrape(image, &daemonset, &privileges, &zombies, &pod)?;
+
+    // Enforced, not ignored: the same profile without bpf() stops the tracer at its first map.
+    let mut denying: Value = serde_json::from_str(&fs::read_to_string(&installed)?)?;
+    for group in denying["syscalls"].as_array_mut().context("syscalls")? {
+        if let Some(names) = group["names"].as_array_mut() {
+            names.retain(|name| name != "bpf");
+        }
+    }
+    fs::write(&installed, denying.to_string()).context("write the denying profile")?;
+    let mut args = vec!["run".to_owned(), "--rm".into()];
+    args.extend(runtime_args()?);
+    args.extend(privileges);
+    args.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "snapshot".into(),
+    ]);
+    let out = podman(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("failed to create map"),
+        "a profile without bpf() must stop reapwatch: {stderr}"
+    );
+    eprintln!("xtask: image {image} runs under the seccomp component's profile");
     Ok(())
 }
 
@@ -481,7 +532,7 @@ fn scrape(
         "reapwatch serve did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _container = Container(name);
+    let container = Container(name);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(port, "/readyz").ok().map(|(status, _)| status) != Some(200) {
@@ -553,6 +604,21 @@ fn scrape(
             "/metrics serves {family} ({kind}), which deploy/metrics.txt does not list so"
         );
     }
+    // SIGTERM, as the kubelet stops it: a clean exit, its programs detached.
+    let name = &container.0;
+    let out = podman(&["stop".into(), "--time=10".into(), name.clone()])?;
+    ensure!(out.status.success(), "podman stop {name} failed");
+    let out = podman(&[
+        "inspect".into(),
+        "--format={{.State.ExitCode}}".into(),
+        name.clone(),
+    ])?;
+    let code = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        code.trim() == "0",
+        "reapwatch serve exited {} on SIGTERM",
+        code.trim()
+    );
     Ok(())
 }
 

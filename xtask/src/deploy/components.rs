@@ -5,7 +5,7 @@
 use super::*;
 
 /// The components the issue asks for; each has a check of its own below.
-const COMPONENTS: &[&str] = &["datadog", "network-policy", "tls"];
+const COMPONENTS: &[&str] = &["datadog", "network-policy", "seccomp", "tls"];
 
 pub(super) fn check(base: &[Resource], contract: &Contract, out: &Path) -> Result<()> {
     let dir = components_dir();
@@ -29,6 +29,7 @@ pub(super) fn check(base: &[Resource], contract: &Contract, out: &Path) -> Resul
         match *name {
             "datadog" => check_datadog(&rendered, &dir, contract),
             "network-policy" => check_network_policy(&rendered),
+            "seccomp" => check_seccomp(&rendered, &dir),
             _ => check_tls(&rendered),
         }
         .with_context(what)?;
@@ -386,6 +387,40 @@ fn check_network_policy(resources: &[Resource]) -> Result<()> {
             .all(|f| f["namespaceSelector"].is_object() && f["podSelector"].is_object())),
         "each peer names both Prometheus' namespace and its pods"
     );
+    Ok(())
+}
+
+/// The profile the DaemonSet asks for exists in the component, in the OCI seccomp format,
+/// denying what it does not list.
+fn check_seccomp(resources: &[Resource], dir: &Path) -> Result<()> {
+    let (_, container) = pod_and_container(resources)?;
+    let profile = &container["securityContext"]["seccompProfile"];
+    ensure!(
+        profile["type"] == "Localhost",
+        "a Localhost seccomp profile"
+    );
+    let file = profile["localhostProfile"]
+        .as_str()
+        .context("localhostProfile")?;
+    let name = file.rsplit('/').next().unwrap_or(file);
+    let profile: Value = serde_json::from_str(&read(&dir.join(name))?).context(name.to_owned())?;
+    ensure!(
+        profile["defaultAction"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("SCMP_ACT_ERRNO") || a.starts_with("SCMP_ACT_KILL")),
+        "{name}: defaultAction must deny"
+    );
+    let allowed: BTreeSet<&str> = profile["syscalls"]
+        .as_array()
+        .context("syscalls")?
+        .iter()
+        .filter(|s| s["action"] == "SCMP_ACT_ALLOW")
+        .flat_map(|s| s["names"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    for needed in ["bpf", "execve", "exit_group"] {
+        ensure!(allowed.contains(needed), "{name}: {needed} must be allowed");
+    }
     Ok(())
 }
 
