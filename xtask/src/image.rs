@@ -527,12 +527,13 @@ fn scrape(
         });
     }
     let out = podman(&args)?;
+    // Created even when it fails to start (a seccomp profile that stops the runtime): removed.
+    let container = Container(name);
     ensure!(
         out.status.success(),
         "reapwatch serve did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let container = Container(name);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(port, "/readyz").ok().map(|(status, _)| status) != Some(200) {
