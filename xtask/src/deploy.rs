@@ -16,14 +16,19 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::workspace_root;
 
+mod components;
+
 /// The oldest Kubernetes minor still in the clouds' extended support, and the newest that
 /// kubernetes-validate ships schemas for.
 const KUBERNETES_VERSIONS: &[&str] = &["1.28.0", "1.37.0"];
 
-/// Prometheus Operator CRDs (vendored as data under tests/deploy/crds), by kind.
+/// Prometheus Operator and cert-manager CRDs (vendored as data under tests/deploy/crds), by
+/// kind.
 const CRDS: &[(&str, &str)] = &[
     ("ServiceMonitor", "servicemonitors-crd.json"),
     ("PrometheusRule", "prometheusrules-crd.json"),
+    ("Certificate", "certificates-crd.json"),
+    ("Issuer", "issuers-crd.json"),
 ];
 
 const RUNBOOK_URL: &str = "https://github.com/reapwatch/reapwatch/blob/main/docs/runbook.md#";
@@ -40,7 +45,17 @@ const REQUIRED_ALERTS: &[&str] = &[
 
 /// The only capabilities the tracer may hold, and the host paths it may see (all read-only).
 const ALLOWED_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "SYS_RESOURCE"];
-const ALLOWED_HOST_PATHS: &[&str] = &["/sys/kernel/btf", "/sys/fs/cgroup", "/var/log/pods"];
+const ALLOWED_HOST_PATHS: &[&str] = &[
+    "/sys/kernel/btf",
+    "/sys/fs/cgroup",
+    "/var/log/pods",
+    "/var/log/containers",
+];
+
+/// kubelet's log directories, where reapwatch reads names. `/var/log/containers` holds the
+/// only link from a container id to its name, and its links point into `/var/log/pods` by
+/// absolute path: both are mounted, each at its host path.
+const KUBELET_LOG_DIRS: &[&str] = &["/var/log/pods", "/var/log/containers"];
 
 /// Series not reapwatch's that rules and dashboard may use besides the contract: Prometheus'
 /// own `up`, and kube-state-metrics' `kube_pod_owner` (workloads, where it runs).
@@ -127,6 +142,7 @@ pub fn check() -> Result<()> {
     let resources = kustomize(&deploy_dir())?;
     validate_schemas(&resources, &out)?;
     check_least_privilege(&resources)?;
+    components::check(&resources, &contract, &out)?;
     let rules = &find(&resources, "PrometheusRule")?["spec"];
     let recorded = check_rules(rules, &contract, &out)?;
     let dashboard = read(&deploy_dir().join("grafana/reapwatch.json"))?;
@@ -326,6 +342,7 @@ fn check_names(
 }
 
 /// A manifest: where it came from, as JSON.
+#[derive(Clone)]
 struct Resource {
     source: String,
     doc: Value,
@@ -453,10 +470,18 @@ pub fn contract() -> Result<BTreeMap<String, String>> {
     Ok(Contract::parse(&read(&deploy_dir().join("metrics.txt"))?)?.families)
 }
 
-/// The DaemonSet as `kubectl apply -k deploy/` creates it, for the image's end-to-end test.
-pub fn daemonset() -> Result<Value> {
-    let resources = kustomize(&deploy_dir())?;
+/// The DaemonSet as `kubectl apply -k deploy/` creates it, for the image's end-to-end test;
+/// with `component`, as an overlay with that one of deploy/components creates it.
+pub fn daemonset(component: Option<&str>) -> Result<Value> {
+    let mut resources = kustomize(&deploy_dir())?;
+    if let Some(component) = component {
+        resources = components::render(&resources, &components_dir().join(component))?;
+    }
     Ok(find(&resources, "DaemonSet")?.clone())
+}
+
+pub fn components_dir() -> PathBuf {
+    deploy_dir().join("components")
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<String> {
@@ -659,6 +684,10 @@ fn check_least_privilege(resources: &[Resource]) -> Result<()> {
     );
     let volumes = pod["volumes"].as_array().context("volumes")?;
     for volume in volumes {
+        // Besides the host's, only the pod's own configuration (components' TLS files).
+        if volume["secret"].is_object() || volume["configMap"].is_object() {
+            continue;
+        }
         let path = volume["hostPath"]["path"]
             .as_str()
             .with_context(|| format!("volume {} is not a hostPath", volume["name"]))?;
@@ -667,14 +696,26 @@ fn check_least_privilege(resources: &[Resource]) -> Result<()> {
             "host path {path} is more than the tracer needs"
         );
     }
-    for mount in container["volumeMounts"]
+    let mounts = container["volumeMounts"]
         .as_array()
-        .context("volumeMounts")?
-    {
+        .context("volumeMounts")?;
+    for mount in mounts {
         ensure!(
             mount["readOnly"] == true,
             "mount {} must be read-only",
             mount["mountPath"]
+        );
+    }
+    for dir in KUBELET_LOG_DIRS {
+        let volume = volumes
+            .iter()
+            .find(|v| v["hostPath"]["path"] == *dir)
+            .with_context(|| format!("no volume of {dir}: container names need it"))?;
+        ensure!(
+            mounts
+                .iter()
+                .any(|m| m["name"] == volume["name"] && m["mountPath"] == *dir),
+            "{dir} must be mounted at {dir}, its path on the host"
         );
     }
     let resources = &container["resources"];

@@ -7,9 +7,10 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -126,8 +127,9 @@ fn ensure_static(binary: &Path) -> Result<()> {
     Ok(())
 }
 
-/// podman arguments granting what the DaemonSet grants, and nothing else.
-fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String>> {
+/// podman arguments granting what the DaemonSet grants, and nothing else. kubelet's
+/// directories (its logs, its seccomp profiles) come from the stand-in node at `node_root`.
+fn daemonset_privileges(daemonset: &Value, node_root: &Path) -> Result<Vec<String>> {
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
@@ -157,6 +159,13 @@ fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String
     match security["seccompProfile"]["type"].as_str() {
         Some("Unconfined") => args.push("--security-opt=seccomp=unconfined".into()),
         Some("RuntimeDefault") | None => {}
+        Some("Localhost") => {
+            let profile = security["seccompProfile"]["localhostProfile"]
+                .as_str()
+                .context("localhostProfile")?;
+            let path = node_root.join(KUBELET_SECCOMP_DIR).join(profile);
+            args.push(format!("--security-opt=seccomp={}", path.display()));
+        }
         Some(other) => bail!("seccomp profile {other} is not reproduced by the image test"),
     }
     for mount in container["volumeMounts"].as_array().context("mounts")? {
@@ -166,14 +175,12 @@ fn daemonset_privileges(daemonset: &Value, pod_logs: &Path) -> Result<Vec<String
             .iter()
             .find(|v| v["name"] == mount["name"])
             .context("mount of an undeclared volume")?;
-        let mut host = volume["hostPath"]["path"]
-            .as_str()
-            .context("hostPath")?
-            .to_owned();
-        // Not a Kubernetes node: an empty pod log directory stands in for the kubelet's.
-        if host == "/var/log/pods" && !Path::new(&host).exists() {
-            host = pod_logs.to_str().context("path")?.to_owned();
-        }
+        let host = volume["hostPath"]["path"].as_str().context("hostPath")?;
+        let host = match host.strip_prefix("/var/log/") {
+            Some(kubelet_dir) => node_root.join("var/log").join(kubelet_dir),
+            None => PathBuf::from(host),
+        };
+        let host = host.to_str().context("path")?;
         let ro = if mount["readOnly"] == true { ":ro" } else { "" };
         args.push(format!(
             "--volume={host}:{}{ro}",
@@ -214,14 +221,104 @@ fn podman(args: &[String]) -> Result<Output> {
         .context("cannot run podman")
 }
 
-/// `zombie-helper leak 3`: three children exited and never reaped, on the host.
+/// Where the kubelet looks for Localhost seccomp profiles, below the node's root.
+const KUBELET_SECCOMP_DIR: &str = "var/lib/kubelet/seccomp";
+
+const POD_NAMESPACE: &str = "image-test";
+const POD_NAME: &str = "leaky-7d9f";
+const CONTAINER_NAME: &str = "agent";
+
+/// A pod as kubelet leaves it on a node, for the names reapwatch finds without the API: the
+/// container's cgroup as the cgroupfs driver names it (`/kubepods/burstable/pod<uid>/<id>`),
+/// and the logs under a stand-in node root: `/var/log/pods/<ns>_<pod>_<uid>/<container>/0.log`
+/// and `/var/log/containers/<pod>_<ns>_<container>-<id>.log`, a link to it by its absolute
+/// path on the node, as kubelet makes them.
+struct KubeletPod {
+    node_root: PathBuf,
+    /// The container's cgroup directory, in the hierarchy reapwatch counts by.
+    cgroup: PathBuf,
+    /// The cgroup's path as the host shows it, reapwatch's `cgroup` label.
+    cgroup_path: String,
+}
+
+impl KubeletPod {
+    fn create() -> Result<Self> {
+        // Unique per run, shaped as kubelet's: a v4 UUID and a 64-hex container id.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_nanos();
+        let uid = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            std::process::id(),
+            nanos & 0xffff_ffff_ffff
+        );
+        let id = format!("{:032x}{nanos:032x}", std::process::id());
+
+        let node_root = workspace_root().join("target/image-test/node");
+        let _ = fs::remove_dir_all(&node_root);
+        let pods = Path::new("/var/log/pods");
+        let log = pods
+            .join(format!("{POD_NAMESPACE}_{POD_NAME}_{uid}"))
+            .join(CONTAINER_NAME)
+            .join("0.log");
+        let on_node = |path: &Path| node_root.join(path.strip_prefix("/").unwrap_or(path));
+        fs::create_dir_all(on_node(log.parent().context("log dir")?))
+            .context("create the stand-in /var/log/pods")?;
+        fs::write(on_node(&log), "").context("write the stand-in container log")?;
+        let containers = on_node(Path::new("/var/log/containers"));
+        fs::create_dir_all(&containers).context("create the stand-in /var/log/containers")?;
+        symlink(
+            &log,
+            containers.join(format!(
+                "{POD_NAME}_{POD_NAMESPACE}_{CONTAINER_NAME}-{id}.log"
+            )),
+        )
+        .context("link the container log")?;
+
+        // Hybrid and v1 hosts count by the v1 pids hierarchy, v2 hosts by the unified one.
+        let v1_pids = Path::new("/sys/fs/cgroup/pids");
+        let hierarchy = if v1_pids.join("cgroup.procs").exists() {
+            v1_pids
+        } else {
+            Path::new("/sys/fs/cgroup")
+        };
+        let cgroup_path = format!("/kubepods/burstable/pod{uid}/{id}");
+        let cgroup = hierarchy.join(&cgroup_path[1..]);
+        fs::create_dir_all(&cgroup)
+            .with_context(|| format!("create the cgroup {}", cgroup.display()))?;
+        Ok(Self {
+            node_root,
+            cgroup,
+            cgroup_path,
+        })
+    }
+}
+
+impl Drop for KubeletPod {
+    fn drop(&mut self) {
+        // The container, its pod, then kubepods' own directories if this made them (a
+        // directory still in use is not empty and stays). The zombies' last processes may
+        // still be on their way out.
+        for dir in self.cgroup.ancestors().take(4) {
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `zombie-helper leak 3` in the pod's cgroup: three children exited and never reaped, on
+/// the host.
 struct Zombies {
     helper: Child,
     parent: u32,
 }
 
 impl Zombies {
-    fn start() -> Result<Self> {
+    fn start(cgroup: &Path) -> Result<Self> {
         cargo(
             None,
             &[
@@ -233,6 +330,8 @@ impl Zombies {
             ],
         )?;
         let mut helper = Command::new(workspace_root().join("target/debug/zombie-helper"))
+            .arg("--cgroup")
+            .arg(cgroup)
             .args(["leak", "3"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -263,11 +362,10 @@ impl Drop for Zombies {
 /// Runs the image as the DaemonSet runs it, with zombies on the host, and checks it finds
 /// them; then checks it cannot without the DaemonSet's capabilities.
 pub fn test(image: &str) -> Result<()> {
-    let daemonset = deploy::daemonset()?;
-    let pod_logs = workspace_root().join("target/image-test/pods");
-    fs::create_dir_all(&pod_logs).context("create the stand-in pod log directory")?;
-    let privileges = daemonset_privileges(&daemonset, &pod_logs)?;
-    let zombies = Zombies::start()?;
+    let daemonset = deploy::daemonset(None)?;
+    let pod = KubeletPod::create()?;
+    let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
+    let zombies = Zombies::start(&pod.cgroup)?;
 
     let mut args = vec!["run".to_owned(), "--rm".into()];
     args.extend(runtime_args()?);
@@ -317,8 +415,49 @@ pub fn test(image: &str) -> Result<()> {
         "without capabilities the image must refuse to run: {stderr}"
     );
 
-    scrape(image, &daemonset, &privileges, zombies.parent)?;
+    scrape(image, &daemonset, &privileges, &zombies, &pod)?;
     eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
+
+    // The seccomp component's profile, installed on the stand-in node as the runbook says:
+    // serve starts, samples, answers scrapes and stops under it.
+    let daemonset = deploy::daemonset(Some("seccomp"))?;
+    let profile = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["seccompProfile"]["localhostProfile"]
+        .as_str()
+        .context("the seccomp component's localhostProfile")?;
+    let installed = pod.node_root.join(KUBELET_SECCOMP_DIR).join(profile);
+    fs::create_dir_all(installed.parent().context("profile dir")?)?;
+    fs::copy(
+        deploy::components_dir().join("seccomp").join(profile),
+        &installed,
+    )
+    .context("install the seccomp profile on the stand-in node")?;
+    let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
+    scrape(image, &daemonset, &privileges, &zombies, &pod)?;
+
+    // Enforced, not ignored: the same profile without bpf() stops the tracer at its first map.
+    let mut denying: Value = serde_json::from_str(&fs::read_to_string(&installed)?)?;
+    for group in denying["syscalls"].as_array_mut().context("syscalls")? {
+        if let Some(names) = group["names"].as_array_mut() {
+            names.retain(|name| name != "bpf");
+        }
+    }
+    fs::write(&installed, denying.to_string()).context("write the denying profile")?;
+    let mut args = vec!["run".to_owned(), "--rm".into()];
+    args.extend(runtime_args()?);
+    args.extend(privileges);
+    args.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "snapshot".into(),
+    ]);
+    let out = podman(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("failed to create map"),
+        "a profile without bpf() must stop reapwatch: {stderr}"
+    );
+    eprintln!("xtask: image {image} runs under the seccomp component's profile");
     Ok(())
 }
 
@@ -335,7 +474,13 @@ impl Drop for Container {
 
 /// Runs the image's entrypoint (`reapwatch serve`) with the DaemonSet's arguments and scrapes
 /// it. Skipped, saying so, while this build of reapwatch has no `serve` command.
-fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) -> Result<()> {
+fn scrape(
+    image: &str,
+    daemonset: &Value,
+    privileges: &[String],
+    zombies: &Zombies,
+    pod: &KubeletPod,
+) -> Result<()> {
     let mut probe = vec!["run".to_owned(), "--rm".into()];
     probe.extend(runtime_args()?);
     probe.extend([
@@ -382,12 +527,13 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
         });
     }
     let out = podman(&args)?;
+    // Created even when it fails to start (a seccomp profile that stops the runtime): removed.
+    let container = Container(name);
     ensure!(
         out.status.success(),
         "reapwatch serve did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _container = Container(name);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(port, "/readyz").ok().map(|(status, _)| status) != Some(200) {
@@ -395,15 +541,45 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
         std::thread::sleep(Duration::from_millis(200));
     }
     ensure!(http_get(port, "/healthz")?.0 == 200, "/healthz not 200");
-    let (status, metrics) = http_get(port, "/metrics")?;
-    ensure!(status == 200, "/metrics answered {status}");
-    let pid = format!("pid=\"{parent}\"");
+    // The names, as kubelet's layout gives them to the DaemonSet's mounts.
+    let labels = [
+        format!("cgroup=\"{}\"", pod.cgroup_path),
+        format!("namespace=\"{POD_NAMESPACE}\""),
+        format!("pod=\"{POD_NAME}\""),
+        format!("container=\"{CONTAINER_NAME}\""),
+    ];
+    let pid = format!("pid=\"{}\"", zombies.parent);
+    let has = |metrics: &str, family: &str, labels: &[String]| {
+        metrics.lines().any(|l| {
+            l.starts_with(&format!("{family}{{"))
+                && labels.iter().all(|label| l.contains(label.as_str()))
+                && l.ends_with(" 3")
+        })
+    };
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has(&metrics, "reapwatch_zombies", &labels) {
+        ensure!(
+            Instant::now() < deadline,
+            "/metrics has no reapwatch_zombies{{{}}} 3 within 20 s:\n{}",
+            labels.join(","),
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("reapwatch_zombies{"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, text) = http_get(port, "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}");
+        metrics = text;
+    }
     ensure!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("reapwatch_parent_zombies{")
-                && l.contains(&pid)
-                && l.ends_with(" 3")),
+        has(
+            &metrics,
+            "reapwatch_parent_zombies",
+            std::slice::from_ref(&pid)
+        ),
         "/metrics has no reapwatch_parent_zombies{{{pid}}} 3"
     );
     // Every family served is in the contract the alerts and dashboard are checked on, with its
@@ -429,6 +605,21 @@ fn scrape(image: &str, daemonset: &Value, privileges: &[String], parent: u32) ->
             "/metrics serves {family} ({kind}), which deploy/metrics.txt does not list so"
         );
     }
+    // SIGTERM, as the kubelet stops it: a clean exit, its programs detached.
+    let name = &container.0;
+    let out = podman(&["stop".into(), "--time=10".into(), name.clone()])?;
+    ensure!(out.status.success(), "podman stop {name} failed");
+    let out = podman(&[
+        "inspect".into(),
+        "--format={{.State.ExitCode}}".into(),
+        name.clone(),
+    ])?;
+    let code = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        code.trim() == "0",
+        "reapwatch serve exited {} on SIGTERM",
+        code.trim()
+    );
     Ok(())
 }
 

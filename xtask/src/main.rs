@@ -39,7 +39,11 @@ enum Task {
     /// Set up, then run every check CI runs: fmt, clippy (host and bpf), all tests, vm-test.
     Test,
     /// Set up, then build the static binary and the container image (FROM scratch, buildah).
-    Image,
+    Image {
+        /// Then run the image's end-to-end test under podman, as `cargo xtask test` does.
+        #[arg(long)]
+        test: bool,
+    },
     /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
     /// their unit tests, dashboard, metric contract.
     DeployCheck,
@@ -128,9 +132,14 @@ fn run(cli: Cli) -> Result<()> {
             setup::all()?;
             deploy::check()
         }
-        Task::Image => {
+        Task::Image { test } => {
             setup::all()?;
-            image::build().map(drop)
+            let image = image::build()?;
+            if test {
+                image::test(&image)
+            } else {
+                Ok(())
+            }
         }
     }
 }
