@@ -483,6 +483,20 @@ impl Drop for FakeKubelet {
     }
 }
 
+/// The JSON document a successful `reapwatch ARGS` prints (`snapshot --json`, `scan --json`).
+pub fn reapwatch_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(args)
+        .output()
+        .expect("run reapwatch");
+    assert!(
+        output.status.success(),
+        "reapwatch {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON document")
+}
+
 /// The entry of `pid` in a report's `parents` array (`snapshot --json`, `scan --json`).
 pub fn parent_entry(report: &serde_json::Value, pid: u32) -> &serde_json::Value {
     report["parents"]

@@ -8,21 +8,9 @@ use std::{
 };
 
 use reapwatch_tests::{
-    found_age_source, parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup,
+    found_age_source, parent_entry, proc_unreaped_children, reapwatch_json, workspace_binary,
+    Helper, TestCgroup,
 };
-
-fn json_of(args: &[&str]) -> serde_json::Value {
-    let output = Command::new(workspace_binary("reapwatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
 
 /// A zombie made before the command started has its real age, from the scheduler, in
 /// `snapshot` (eBPF) and `scan` (`/proc` alone) alike.
@@ -33,7 +21,7 @@ fn zombies_older_than_the_command_have_their_real_age() {
     let helper = Helper::start("leak", 1, &cgroup);
     std::thread::sleep(Duration::from_secs(3));
     for command in [&["snapshot", "--json"][..], &["scan", "--json"]] {
-        let report = json_of(command);
+        let report = reapwatch_json(command);
         let elapsed = made.elapsed().as_secs_f64();
         let parent = parent_entry(&report, helper.parent);
         let child = &parent["children"][0];
@@ -61,7 +49,7 @@ fn a_short_watch_does_not_say_never() {
     let cgroup = TestCgroup::new("wait-unknown");
     let helper = Helper::start("leak", 1, &cgroup);
     for (command, watched) in [("snapshot", true), ("scan", false)] {
-        let report = json_of(&[command, "--json"]);
+        let report = reapwatch_json(&[command, "--json"]);
         let parent = parent_entry(&report, helper.parent);
         assert_eq!(parent["last_wait_age_seconds"], serde_json::Value::Null);
         let watch = &parent["last_wait_watched_seconds"];

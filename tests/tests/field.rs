@@ -10,8 +10,8 @@ use std::{
 };
 
 use reapwatch_tests::{
-    eventually, found_age_source, parent_entry, proc_unreaped_children, sample_value,
-    workspace_binary, Daemon, Helper, TestCgroup,
+    eventually, found_age_source, parent_entry, proc_unreaped_children, reapwatch_json,
+    sample_value, workspace_binary, Daemon, Helper, TestCgroup,
 };
 
 /// Every counter series seen so far, to catch one that falls between two scrapes.
@@ -77,16 +77,7 @@ fn more_zombies_than_the_maps_hold_are_counted_from_proc() {
     let full = sample_value(&text, "reapwatch_map_full_total", &[("map", "zombies")]);
     assert!(full.is_some_and(|f| f >= 372.0), "{full:?}");
 
-    let output = Command::new(workspace_binary("reapwatch"))
-        .args(["snapshot", "--json", "--max-zombies", "64"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = reapwatch_json(&["snapshot", "--json", "--max-zombies", "64"]);
     assert_eq!(parent_entry(&report, helper.parent)["unreaped"], 500);
     let lost = report["tracer"]["losses"]["zombies_map_full"].as_u64();
     assert!(lost.is_some_and(|l| l >= 372), "{lost:?}");
@@ -363,11 +354,7 @@ fn a_restart_neither_loses_nor_double_counts_zombies() {
         "oldest {oldest}, restarted {since_restart:?} ago, made {since_made:?} ago"
     );
 
-    let output = Command::new(workspace_binary("reapwatch"))
-        .args(["snapshot", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = reapwatch_json(&["snapshot", "--json"]);
     for parent in [early.parent, late.parent] {
         let children = parent_entry(&report, parent)["children"]
             .as_array()
@@ -387,20 +374,16 @@ fn a_restart_neither_loses_nor_double_counts_zombies() {
     assert_eq!(value(&text, "reapwatch_zombies_created_total"), Some(5.0));
 }
 
-/// A cgroup at its pids.max: the forks it refuses are counted, as `pids.events` counts them.
-#[test]
-fn forks_refused_at_pids_max_are_counted() {
-    let daemon = Daemon::start(&[]);
-    let cgroup = TestCgroup::new("pids-full");
-    let helper = Helper::start("leak", 1, &cgroup);
-    // The helper and its zombie: full.
+/// Sets the pids.max of `cgroup`, which holds a `leak 1` helper and its zombie, to those two;
+/// then `tries` shells join it (joining is not limited) and each tries a fork, refused.
+/// Returns the refusals `pids.events` counts.
+fn fill_and_refuse_forks(cgroup: &TestCgroup, tries: usize) -> u64 {
     fs::write(cgroup.path.join("pids.max"), "2").unwrap();
-    // Shells join (joining is not limited) and each tries a fork, refused: the shell gives up.
     let script = format!(
         "echo $$ > {}/cgroup.procs && /bin/true",
         cgroup.path.display()
     );
-    for _ in 0..3 {
+    for _ in 0..tries {
         let status = Command::new("/bin/sh")
             .args(["-c", &script])
             .status()
@@ -408,12 +391,21 @@ fn forks_refused_at_pids_max_are_counted() {
         assert!(!status.success(), "a fork at pids.max succeeded");
     }
     let events = fs::read_to_string(cgroup.path.join("pids.events")).unwrap();
-    let refused: f64 = events
+    events
         .lines()
         .find_map(|l| l.strip_prefix("max "))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap();
-    assert!(refused >= 3.0, "{events}");
+        .unwrap_or_else(|| panic!("{events}"))
+}
+
+/// A cgroup at its pids.max: the forks it refuses are counted, as `pids.events` counts them.
+#[test]
+fn forks_refused_at_pids_max_are_counted() {
+    let daemon = Daemon::start(&[]);
+    let cgroup = TestCgroup::new("pids-full");
+    let helper = Helper::start("leak", 1, &cgroup);
+    let refused = fill_and_refuse_forks(&cgroup, 3) as f64;
+    assert!(refused >= 3.0);
 
     let path = cgroup.host_path();
     let labels = [("cgroup", path.as_str())];
@@ -439,22 +431,7 @@ fn forks_refused_at_pids_max_are_counted() {
 fn a_full_cgroup_shows_in_scan_and_top() {
     let cgroup = TestCgroup::new("pids-full-cli");
     let _helper = Helper::start("leak", 1, &cgroup);
-    fs::write(cgroup.path.join("pids.max"), "2").unwrap();
-    let script = format!(
-        "echo $$ > {}/cgroup.procs && /bin/true",
-        cgroup.path.display()
-    );
-    let status = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .status()
-        .unwrap();
-    assert!(!status.success(), "a fork at pids.max succeeded");
-    let events = fs::read_to_string(cgroup.path.join("pids.events")).unwrap();
-    let refused: u64 = events
-        .lines()
-        .find_map(|l| l.strip_prefix("max "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
+    let refused = fill_and_refuse_forks(&cgroup, 1);
     let path = cgroup.host_path();
 
     let output = Command::new(workspace_binary("reapwatch"))

@@ -19,8 +19,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, workspace_root};
-
 /// Cgroups made a second, and how many exist at once: each lives 4 s, long enough for the
 /// commands to resolve its path (they walk the hierarchy at most once a second) and keep it.
 const RATE: u64 = 250;
@@ -207,19 +205,7 @@ pub fn run(cgroups: u64) -> Result<()> {
     if cgroups < CHECKPOINT_EVERY {
         bail!("--churn must be at least {CHECKPOINT_EVERY}");
     }
-    cargo(
-        None,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "reapwatch",
-            "--package",
-            "reapwatch-tests",
-            "--bins",
-        ],
-    )?;
-    let release = workspace_root().join("target/release");
+    let release = crate::release_binaries()?;
     let reapwatch = release.join("reapwatch");
     let (serve, port) = start_serve(&reapwatch)?;
     let top = start_top(&reapwatch)?;

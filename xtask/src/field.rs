@@ -21,26 +21,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, workspace_root};
-
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 /// How long the probes run in each phase.
 const PROBE_WINDOW: Duration = Duration::from_secs(20);
 
 pub fn run(sleepers: usize, zombies: usize, overflow_zombies: usize) -> Result<()> {
-    cargo(
-        None,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "reapwatch",
-            "--package",
-            "reapwatch-tests",
-            "--bins",
-        ],
-    )?;
-    let release = workspace_root().join("target/release");
+    let release = crate::release_binaries()?;
     let _pid_max = PidMax::at_least(sleepers.max(overflow_zombies) + zombies + 65536)?;
     let mut report = probe_latency(&release, sleepers, zombies)?;
     if overflow_zombies > 0 {

@@ -191,6 +191,24 @@ fn plain_progress(line: &str) -> String {
     }
 }
 
+/// Builds `reapwatch` and the test binaries (`zombie-helper`, `reapwatch-bench`) optimised,
+/// for the benchmarks; returns their directory.
+pub fn release_binaries() -> Result<PathBuf> {
+    cargo(
+        None,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "reapwatch",
+            "--package",
+            "reapwatch-tests",
+            "--bins",
+        ],
+    )?;
+    Ok(workspace_root().join("target/release"))
+}
+
 fn build_release() -> Result<()> {
     cargo(None, &["build", "--release", "--package", "reapwatch"])
 }
