@@ -51,6 +51,23 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
     ("cardinality", "scrapes reapwatch serve over loopback (no network in the VM)"),
     ("prometheus", "runs a real Prometheus server, a host tool"),
     ("top", "drives a terminal with tmux, a host tool"),
+    (
+        "field",
+        "runs reapwatch serve over loopback and sets pids.max (no network, no pids controller in the VM)",
+    ),
+    ("serve_cli", "serves over loopback (no network in the VM)"),
+    (
+        "hostile_bytes",
+        "scrapes serve over loopback and sets pids.max (no network, no pids controller in the VM)",
+    ),
+    (
+        "tls",
+        "runs Prometheus, openssl and curl, host tools, over loopback",
+    ),
+    (
+        "hostile_clients",
+        "runs Prometheus, a host tool, and attacks serve over loopback",
+    ),
     ("adhoc", "sets pids.max in a test cgroup (the VM's cgroup v2 root enables no controllers)"),
 ];
 

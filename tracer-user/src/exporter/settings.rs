@@ -267,9 +267,11 @@ mod tests {
             parse_listen("[::1]:9755"),
             Ok("[::1]:9755".parse().unwrap())
         );
-        assert!(
-            parse_listen("localhost:9755").is_ok_and(|a| a.ip().is_loopback() && a.port() == 9755)
-        );
+        // A host name needs a resolver (a test VM's initramfs has none).
+        if std::net::ToSocketAddrs::to_socket_addrs("localhost:1").is_ok() {
+            assert!(parse_listen("localhost:9755")
+                .is_ok_and(|a| a.ip().is_loopback() && a.port() == 9755));
+        }
         for bad in [":", ":http", ":70000", "localhost", "9755", "", "a b:1"] {
             let err = parse_listen(bad).unwrap_err();
             assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
