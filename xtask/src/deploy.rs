@@ -381,6 +381,26 @@ fn load_yaml(path: &Path) -> Result<Vec<Value>> {
         .with_context(|| path.display().to_string())
 }
 
+/// Loads a kustomization's `resources` list from `dir` into `into`; returns the file names.
+fn load_resources(
+    dir: &Path,
+    files: &[Value],
+    into: &mut Vec<Resource>,
+) -> Result<BTreeSet<String>> {
+    let mut listed = BTreeSet::new();
+    for file in files {
+        let file = file.as_str().context("resource path")?;
+        listed.insert(file.to_owned());
+        for doc in load_yaml(&dir.join(file))? {
+            into.push(Resource {
+                source: file.to_owned(),
+                doc,
+            });
+        }
+    }
+    Ok(listed)
+}
+
 /// What `kubectl apply -k deploy/` applies. Only the kustomization features deploy/ uses are
 /// rendered, and any other one is refused, so that this cannot drift from kustomize.
 fn kustomize(dir: &Path) -> Result<Vec<Resource>> {
@@ -397,20 +417,13 @@ fn kustomize(dir: &Path) -> Result<Vec<Resource>> {
         );
     }
     let mut resources = Vec::new();
-    let mut listed = BTreeSet::new();
-    for file in kustomization["resources"]
-        .as_array()
-        .context("kustomization resources")?
-    {
-        let file = file.as_str().context("resource path")?;
-        listed.insert(file.to_owned());
-        for doc in load_yaml(&dir.join(file))? {
-            resources.push(Resource {
-                source: file.to_owned(),
-                doc,
-            });
-        }
-    }
+    let listed = load_resources(
+        dir,
+        kustomization["resources"]
+            .as_array()
+            .context("kustomization resources")?,
+        &mut resources,
+    )?;
     // A manifest in deploy/ that the kustomization forgets is never applied.
     for entry in fs::read_dir(dir).context("deploy/")? {
         let name = entry?.file_name().to_string_lossy().into_owned();

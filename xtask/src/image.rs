@@ -361,6 +361,23 @@ impl Drop for Zombies {
 
 /// Runs the image as the DaemonSet runs it, with zombies on the host, and checks it finds
 /// them; then checks it cannot without the DaemonSet's capabilities.
+/// Runs `reapwatch snapshot` in `image` with the podman `args` given so far, and checks that it
+/// fails saying `because`.
+fn refused_snapshot(image: &str, mut args: Vec<String>, because: &str, what: &str) -> Result<()> {
+    args.extend([
+        "--entrypoint=/reapwatch".into(),
+        image.into(),
+        "snapshot".into(),
+    ]);
+    let out = podman(&args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains(because),
+        "{what}: {stderr}"
+    );
+    Ok(())
+}
+
 pub fn test(image: &str) -> Result<()> {
     let daemonset = deploy::daemonset(None)?;
     let pod = KubeletPod::create()?;
@@ -403,17 +420,12 @@ pub fn test(image: &str) -> Result<()> {
             .filter(|a| !a.starts_with("--cap-add="))
             .cloned(),
     );
-    args.extend([
-        "--entrypoint=/reapwatch".into(),
-        image.into(),
-        "snapshot".into(),
-    ]);
-    let out = podman(&args)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && stderr.contains("permission denied"),
-        "without capabilities the image must refuse to run: {stderr}"
-    );
+    refused_snapshot(
+        image,
+        args,
+        "permission denied",
+        "without capabilities the image must refuse to run",
+    )?;
 
     scrape(image, &daemonset, &privileges, &zombies, &pod)?;
     eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
@@ -446,17 +458,12 @@ pub fn test(image: &str) -> Result<()> {
     let mut args = vec!["run".to_owned(), "--rm".into()];
     args.extend(runtime_args()?);
     args.extend(privileges);
-    args.extend([
-        "--entrypoint=/reapwatch".into(),
-        image.into(),
-        "snapshot".into(),
-    ]);
-    let out = podman(&args)?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && stderr.contains("failed to create map"),
-        "a profile without bpf() must stop reapwatch: {stderr}"
-    );
+    refused_snapshot(
+        image,
+        args,
+        "failed to create map",
+        "a profile without bpf() must stop reapwatch",
+    )?;
     eprintln!("xtask: image {image} runs under the seccomp component's profile");
     Ok(())
 }

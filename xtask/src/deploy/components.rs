@@ -60,17 +60,11 @@ pub(super) fn render(base: &[Resource], dir: &Path) -> Result<Vec<Resource>> {
         );
     }
     let mut resources = base.to_vec();
-    let mut listed = BTreeSet::new();
-    for file in component["resources"].as_array().into_iter().flatten() {
-        let file = file.as_str().context("resource path")?;
-        listed.insert(file.to_owned());
-        for doc in load_yaml(&dir.join(file))? {
-            resources.push(Resource {
-                source: file.to_owned(),
-                doc,
-            });
-        }
-    }
+    let files = component["resources"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut listed = load_resources(dir, &files, &mut resources)?;
     for patch in component["patches"].as_array().into_iter().flatten() {
         let file = patch["path"].as_str().context("patch path")?;
         listed.insert(file.to_owned());
