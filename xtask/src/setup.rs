@@ -24,6 +24,9 @@ const PACKAGES: &[&str] = &[
     // (client certificates, basic auth).
     "openssl",
     "curl",
+    // The static musl build (the image, the VMs) compiles ring's C and assembly (rustls'
+    // crypto) with x86_64-linux-musl-gcc.
+    "musl-tools",
     // `reapwatch top` is driven in a real terminal in the tests.
     "tmux",
     // vm-test's emulator and guest shell; the other tracers the tests and the benchmark
