@@ -11,10 +11,9 @@ use std::{
 };
 
 use reapwatch_tests::{
-    eventually, parent_entry, proc_unreaped_children, sample_value, workspace_binary, Daemon,
-    FakeKubelet, Helper, TestCgroup,
+    eventually, parent_entry, proc_unreaped_children, reapwatch_json, sample_value,
+    workspace_binary, Daemon, FakeKubelet, Helper, TestCgroup,
 };
-use serde_json::Value;
 
 const CONTAINER_ID: &str = "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b";
 
@@ -45,13 +44,7 @@ fn snapshot_counts_a_leak_in_a_non_utf8_cgroup() {
     let lossy = cgroup.host_path();
     assert!(lossy.contains("bad\u{fffd}name"), "{lossy}");
 
-    let output = reapwatch(&["snapshot", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let report = reapwatch_json(&["snapshot", "--json"]);
     let parent = parent_entry(&report, helper.parent);
     assert_eq!(parent["unreaped"], 3);
     assert_eq!(parent["children"].as_array().unwrap().len(), 3);
@@ -79,13 +72,7 @@ fn scan_counts_a_leak_in_a_non_utf8_cgroup() {
     assert_eq!(proc_unreaped_children(helper.parent).len(), 3);
     let lossy = cgroup.host_path();
 
-    let output = reapwatch(&["scan", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let report = reapwatch_json(&["scan", "--json"]);
     assert_eq!(
         parent_entry(&report, helper.parent)["cgroup"],
         lossy.as_str()
