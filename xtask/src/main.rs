@@ -230,7 +230,7 @@ fn test() -> Result<()> {
     )?;
     // The kernel programs only compile for the bpf target.
     cargo(
-        Some("nightly"),
+        Some(&setup::ebpf_toolchain()?),
         &[
             "clippy",
             "--package",
