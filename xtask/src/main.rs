@@ -47,8 +47,13 @@ enum Task {
     /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
     /// their unit tests, dashboard, metric contract.
     DeployCheck,
-    /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
-    VmTest,
+    /// Run the end-to-end suite in qemu on each kernel and cgroup layout of the matrix
+    /// (5.10 with cgroup v1, 6.1 with cgroup v2, 6.12 hybrid).
+    VmTest {
+        /// Only the machines whose name contains this (e.g. `5.10`, `cgroup-v2`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
     Bench {
         /// Interleaved off/on pairs for reapwatch.
@@ -103,11 +108,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()?;
-            vm::run()
+            vm::run(None)
         }
-        Task::VmTest => {
+        Task::VmTest { only } => {
             setup::all()?;
-            vm::run()
+            vm::run(only.as_deref())
         }
         Task::Bench {
             pairs,

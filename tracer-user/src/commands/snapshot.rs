@@ -9,7 +9,7 @@ use tracer_common::{Loss, LIFETIME_BUCKETS};
 use crate::{
     cli::SnapshotArgs,
     escape,
-    kernel::preflight,
+    kernel::{preflight, KernelPaths},
     kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
 };
@@ -110,6 +110,7 @@ pub struct BucketReport {
 #[derive(Serialize)]
 pub struct TracerReport {
     pub kernel: String,
+    pub paths: KernelPaths,
     pub hooks: Vec<HookReport>,
     pub losses: LossReport,
     pub repairs: RepairTotals,
@@ -238,6 +239,7 @@ impl Report {
             },
             tracer: TracerReport {
                 kernel: preflight::kernel_release()?,
+                paths: tracer.paths(),
                 hooks: tracer
                     .hook_stats()?
                     .into_iter()

@@ -15,7 +15,7 @@ use aya::{
 };
 use tracer_common::{
     CgroupCounters, KernelOffsets, LifetimeHistogram, ProcessKey, WaitRecord, Zombie,
-    LIFETIME_BUCKETS, LOSS_KINDS,
+    CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, LIFETIME_BUCKETS, LOSS_KINDS,
 };
 
 use self::{
@@ -57,6 +57,42 @@ pub struct Hook {
     pub tracepoint: &'static str,
 }
 
+/// Which of the programs' kernel-dependent paths this kernel takes; the VM matrix reports
+/// them per kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelPaths {
+    /// `slots+hash`: the lock-free slot table first (BPF compare-and-swap, 5.12+), the hash
+    /// map for collisions; `hash`: the hash map alone.
+    pub zombie_store: &'static str,
+    /// `task_btf`: `bpf_get_current_task_btf` (5.11+); `probe_read`: `bpf_get_current_task`
+    /// and reads through `bpf_probe_read_kernel`.
+    pub current_task: &'static str,
+    /// The hierarchy whose cgroup ids key the per-cgroup counters: `unified` or `v1_pids`.
+    pub cgroup_ids: &'static str,
+}
+
+impl KernelPaths {
+    fn of(offsets: &KernelOffsets) -> Self {
+        Self {
+            zombie_store: if offsets.zombie_slots > 0 {
+                "slots+hash"
+            } else {
+                "hash"
+            },
+            current_task: if offsets.helpers & HELPER_CURRENT_TASK_BTF != 0 {
+                "task_btf"
+            } else {
+                "probe_read"
+            },
+            cgroup_ids: if offsets.cgroup_hierarchy == CGROUP_V1_PIDS {
+                "v1_pids"
+            } else {
+                "unified"
+            },
+        }
+    }
+}
+
 /// A program and how often the kernel skipped it.
 #[derive(Clone, Debug)]
 pub struct HookStats {
@@ -84,6 +120,7 @@ pub struct Tracer {
     hooks: Vec<Hook>,
     /// The zombie slot table, where the kernel has one (5.12+).
     slots: Option<SlotTable>,
+    paths: KernelPaths,
 }
 
 impl Tracer {
@@ -164,11 +201,16 @@ impl Tracer {
             ebpf,
             hooks: hooks.to_vec(),
             slots,
+            paths: KernelPaths::of(offsets),
         })
     }
 
     pub fn hooks(&self) -> &[Hook] {
         &self.hooks
+    }
+
+    pub fn paths(&self) -> KernelPaths {
+        self.paths
     }
 
     pub fn hook_stats(&self) -> Result<Vec<HookStats>> {
