@@ -19,6 +19,16 @@ pub fn line(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// Runs `cmd` on the terminal's stdio, its line logged first; a non-zero exit is an error.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", line(cmd));
+    let status = cmd.status().with_context(|| cannot_start(cmd))?;
+    if !status.success() {
+        bail!("{} failed ({status})", line(cmd));
+    }
+    Ok(())
+}
+
 /// Runs `cmd` without a log line (a query, or one check of many) and returns its stdout; a
 /// non-zero exit is an error that carries everything it printed, as validators report on
 /// either stream.
@@ -40,6 +50,11 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 /// commands whose failure the caller interprets.
 pub fn capture(cmd: &mut Command) -> Result<Output> {
     cmd.output().with_context(|| cannot_start(cmd))
+}
+
+/// Whether `cmd` exits 0, its output discarded; an error only if it cannot start.
+pub fn succeeds(cmd: &mut Command) -> Result<bool> {
+    Ok(capture(cmd)?.status.success())
 }
 
 fn cannot_start(cmd: &Command) -> String {
@@ -116,5 +131,7 @@ mod tests {
         assert!(err.starts_with("sh -c echo out; echo err >&2; exit 3 failed ("));
         assert!(err.ends_with("out\nerr\n"), "{err:?}");
         assert_eq!(output(Command::new("echo").arg("hi")).unwrap(), "hi\n");
+        assert!(!succeeds(&mut Command::new("false")).unwrap());
+        assert!(run(&mut Command::new("/nonexistent/program")).is_err());
     }
 }

@@ -1,16 +1,15 @@
 //! The manifests against the Kubernetes and CRD schemas, offline, with the venv's validators.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
 use super::{
-    fails,
     kustomize::{find, Resource},
-    read, run, venv, write_json,
+    read, venv, write_json,
 };
-use crate::workspace_root;
+use crate::{process, workspace_root};
 
 /// The oldest Kubernetes minor still in the clouds' extended support, and the newest that
 /// kubernetes-validate ships schemas for.
@@ -93,12 +92,18 @@ fn crd_schema(file: &str, api_version: &str) -> Result<Value> {
 /// Validates every resource: built-in kinds with kubernetes-validate against each supported
 /// Kubernetes version, CRD kinds with check-jsonschema against the vendored CRD.
 pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
-    const REGEX: &str = "--regex-variant=python";
-    let kubernetes_validate = venv::program("kubernetes-validate");
-    let kubernetes_validate = kubernetes_validate.to_str().context("venv path")?;
-    let check_jsonschema = venv::program("check-jsonschema");
-    let check_jsonschema = check_jsonschema.to_str().context("venv path")?;
+    let kubernetes_validate = |version: &str| {
+        let mut cmd = Command::new(venv::program("kubernetes-validate"));
+        cmd.args(["--strict", "--quiet", "-k", version]);
+        cmd
+    };
+    let check_jsonschema = |schema: &str, file: &str| {
+        let mut cmd = Command::new(venv::program("check-jsonschema"));
+        cmd.args(["--regex-variant=python", "--schemafile", schema, file]);
+        cmd
+    };
 
+    // Quiet, as the validators print a line per file: their report comes with a failure.
     let mut builtin = Vec::new();
     for (i, resource) in resources.iter().enumerate() {
         let kind = resource.doc["kind"].as_str().context("kind")?;
@@ -110,16 +115,14 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
                     &out.join(format!("{kind}.schema.json")),
                     &crd_schema(file, api_version)?,
                 )?;
-                run(check_jsonschema, &[REGEX, "--schemafile", &schema, &path])
+                process::output(&mut check_jsonschema(&schema, &path))
                     .with_context(|| format!("{} ({kind})", resource.source))?;
             }
             None => builtin.push(path),
         }
     }
     for version in KUBERNETES_VERSIONS {
-        let mut args = vec!["--strict", "--quiet", "-k", version];
-        args.extend(builtin.iter().map(String::as_str));
-        run(kubernetes_validate, &args)
+        process::output(kubernetes_validate(version).args(&builtin))
             .with_context(|| format!("manifests against Kubernetes {version}"))?;
     }
 
@@ -129,10 +132,7 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
     daemonset["spec"]["template"]["spec"]["hostPid"] = Value::Bool(true);
     let bad = write_json(&out.join("bad-daemonset.json"), &daemonset)?;
     ensure!(
-        fails(
-            kubernetes_validate,
-            &["--strict", "--quiet", "-k", KUBERNETES_VERSIONS[0], &bad]
-        )?,
+        !process::succeeds(kubernetes_validate(KUBERNETES_VERSIONS[0]).arg(&bad))?,
         "kubernetes-validate accepts a DaemonSet with the unknown field hostPid"
     );
     let mut monitor = find(resources, "ServiceMonitor")?.clone();
@@ -140,15 +140,10 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
     let bad = write_json(&out.join("bad-servicemonitor.json"), &monitor)?;
     let schema = out.join("ServiceMonitor.schema.json");
     ensure!(
-        fails(
-            check_jsonschema,
-            &[
-                REGEX,
-                "--schemafile",
-                schema.to_str().context("path")?,
-                &bad
-            ]
-        )?,
+        !process::succeeds(&mut check_jsonschema(
+            schema.to_str().context("path")?,
+            &bad
+        ))?,
         "check-jsonschema accepts a ServiceMonitor with the unknown field relabellings"
     );
     Ok(())

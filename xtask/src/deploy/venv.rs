@@ -1,11 +1,11 @@
 //! The Python environment of the schema validators, made from pinned requirements.
 
-use std::{fs, path::PathBuf};
+use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result};
 
-use super::{read, run};
-use crate::workspace_root;
+use super::read;
+use crate::{process, workspace_root};
 
 fn venv() -> PathBuf {
     workspace_root().join("target/deploy-venv")
@@ -24,25 +24,24 @@ pub fn setup() -> Result<()> {
     if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(());
     }
-    let venv = venv();
-    let venv = venv.to_str().context("workspace path is not UTF-8")?;
-    run("python3", &["-m", "venv", "--clear", venv])?;
-    let pip = format!("{venv}/bin/pip");
-    let requirements = requirements
-        .to_str()
-        .context("workspace path is not UTF-8")?;
-    run(
-        &pip,
-        &[
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "-r",
-            requirements,
-        ],
+    process::run(
+        Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(venv()),
+    )?;
+    let pip = || Command::new(program("pip"));
+    process::run(
+        pip()
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "-r",
+            ])
+            .arg(requirements),
     )?;
     // --no-deps installs exactly the pins; this fails if one is missing.
-    run(&pip, &["check"])?;
+    process::run(pip().arg("check"))?;
     fs::write(stamp, wanted).context("cannot write the venv stamp")
 }
