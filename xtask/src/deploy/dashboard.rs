@@ -156,10 +156,10 @@ pub(super) fn check(
     }
     // promtool parses PromQL only in rule files: one recording rule per expression.
     let file = write_json(
-        &out.join("dashboard.rules.yaml"),
+        out.join("dashboard.rules.yaml"),
         &json!({ "groups": [{ "name": "dashboard", "rules": rules }] }),
     )?;
-    promtool(&["check", "rules", &file]).context("the dashboard's PromQL")?;
+    promtool("check", &file).context("the dashboard's PromQL")?;
     for family in contract.families.keys() {
         ensure!(
             used.contains(family),

@@ -83,11 +83,9 @@ fn read(path: &Path) -> Result<String> {
     fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Writes `value` for a validator to read; returns the path as its argument.
-fn write_json(path: &Path, value: &Value) -> Result<String> {
-    fs::write(path, serde_json::to_string_pretty(value)?)
+/// Writes `value` at `path` for a validator to read; returns the path, its argument.
+fn write_json(path: PathBuf, value: &Value) -> Result<PathBuf> {
+    fs::write(&path, serde_json::to_string_pretty(value)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    path.to_str()
-        .map(str::to_owned)
-        .context("workspace path is not UTF-8")
+    Ok(path)
 }

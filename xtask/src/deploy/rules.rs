@@ -25,20 +25,25 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ReapwatchEventsLost",
 ];
 
-/// Runs promtool quietly: its report comes with a failure.
-pub(super) fn promtool(args: &[&str]) -> Result<()> {
-    process::output(Command::new("promtool").args(args)).map(drop)
+/// `promtool VERB rules FILE`, quietly: its report comes with a failure.
+pub(super) fn promtool(verb: &str, rule_file: &Path) -> Result<()> {
+    process::output(
+        Command::new("promtool")
+            .args([verb, "rules"])
+            .arg(rule_file),
+    )
+    .map(drop)
 }
 
 /// Checks the rules; returns the names they record, which the dashboard may use.
 pub(super) fn check(spec: &Value, contract: &Contract, out: &Path) -> Result<BTreeSet<String>> {
-    let rules_file = write_json(&out.join("reapwatch.rules.yaml"), spec)?;
-    promtool(&["check", "rules", &rules_file])?;
+    let rules_file = write_json(out.join("reapwatch.rules.yaml"), spec)?;
+    promtool("check", &rules_file)?;
     // The unit tests name the extracted rule file, which is written beside them.
     let tests = workspace_root().join("tests/deploy/alerts.test.yaml");
     let tests_copy = out.join("alerts.test.yaml");
     fs::copy(&tests, &tests_copy).context("copy alerts.test.yaml")?;
-    promtool(&["test", "rules", tests_copy.to_str().context("path")?])?;
+    promtool("test", &tests_copy)?;
 
     let rules: Vec<&Value> = spec["groups"]
         .as_array()

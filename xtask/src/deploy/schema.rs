@@ -97,9 +97,10 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
         cmd.args(["--strict", "--quiet", "-k", version]);
         cmd
     };
-    let check_jsonschema = |schema: &str, file: &str| {
+    let check_jsonschema = |schema: &Path, file: &Path| {
         let mut cmd = Command::new(venv::program("check-jsonschema"));
-        cmd.args(["--regex-variant=python", "--schemafile", schema, file]);
+        cmd.args(["--regex-variant=python", "--schemafile"])
+            .args([schema, file]);
         cmd
     };
 
@@ -107,12 +108,12 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
     let mut builtin = Vec::new();
     for (i, resource) in resources.iter().enumerate() {
         let kind = resource.doc["kind"].as_str().context("kind")?;
-        let path = write_json(&out.join(format!("{i}-{kind}.json")), &resource.doc)?;
+        let path = write_json(out.join(format!("{i}-{kind}.json")), &resource.doc)?;
         match CRDS.iter().find(|(k, _)| *k == kind) {
             Some((_, file)) => {
                 let api_version = resource.doc["apiVersion"].as_str().context("apiVersion")?;
                 let schema = write_json(
-                    &out.join(format!("{kind}.schema.json")),
+                    out.join(format!("{kind}.schema.json")),
                     &crd_schema(file, api_version)?,
                 )?;
                 process::output(&mut check_jsonschema(&schema, &path))
@@ -130,20 +131,17 @@ pub(super) fn validate(resources: &[Resource], out: &Path) -> Result<()> {
     // schema, so that a validator that skips a kind cannot pass silently.
     let mut daemonset = find(resources, "DaemonSet")?.clone();
     daemonset["spec"]["template"]["spec"]["hostPid"] = Value::Bool(true);
-    let bad = write_json(&out.join("bad-daemonset.json"), &daemonset)?;
+    let bad = write_json(out.join("bad-daemonset.json"), &daemonset)?;
     ensure!(
         !process::succeeds(kubernetes_validate(KUBERNETES_VERSIONS[0]).arg(&bad))?,
         "kubernetes-validate accepts a DaemonSet with the unknown field hostPid"
     );
     let mut monitor = find(resources, "ServiceMonitor")?.clone();
     monitor["spec"]["endpoints"][0]["relabellings"] = json!([]);
-    let bad = write_json(&out.join("bad-servicemonitor.json"), &monitor)?;
+    let bad = write_json(out.join("bad-servicemonitor.json"), &monitor)?;
     let schema = out.join("ServiceMonitor.schema.json");
     ensure!(
-        !process::succeeds(&mut check_jsonschema(
-            schema.to_str().context("path")?,
-            &bad
-        ))?,
+        !process::succeeds(&mut check_jsonschema(&schema, &bad))?,
         "check-jsonschema accepts a ServiceMonitor with the unknown field relabellings"
     );
     Ok(())
