@@ -5,18 +5,20 @@ mod churn;
 mod deploy;
 mod field;
 mod image;
+mod process;
 mod setup;
 mod vm;
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::PathBuf,
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+use process::cargo;
 
 #[derive(Parser)]
 #[command(about = "reapwatch developer workflows")]
@@ -156,46 +158,6 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command in the workspace root, failing on a non-zero exit.
-pub fn cargo(toolchain: Option<&str>, args: &[&str]) -> Result<()> {
-    let mut cmd = match toolchain {
-        Some(toolchain) => {
-            let mut cmd = Command::new("rustup");
-            cmd.args(["run", toolchain, "cargo"]);
-            cmd
-        }
-        None => Command::new(env!("CARGO")),
-    };
-    cmd.args(args)
-        .current_dir(workspace_root())
-        .stderr(Stdio::piped());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let mut child = cmd.spawn().context("cannot run cargo")?;
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-            eprintln!("{}", plain_progress(&String::from_utf8_lossy(&line)));
-        }
-    }
-    let status = child.wait().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// `tracer-user/build.rs` builds the eBPF programs with a nested cargo whose every line
-/// cargo shows as a build-script warning (`warning: reapwatch@0.1.0: Compiling ...`),
-/// which reads as trouble. They are progress: shown as such.
-fn plain_progress(line: &str) -> String {
-    match line
-        .strip_prefix("warning: reapwatch@")
-        .and_then(|rest| rest.split_once(": "))
-    {
-        Some((_version, progress)) => format!("   ebpf: {}", progress.trim_start()),
-        None => line.to_owned(),
-    }
-}
-
 /// Builds `reapwatch` and the test binaries (`zombie-helper`, `reapwatch-bench`) optimised,
 /// for the benchmarks; returns their directory.
 pub fn release_binaries() -> Result<PathBuf> {
@@ -259,22 +221,4 @@ fn test() -> Result<()> {
     cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])?;
     deploy::check()?;
     image::test(&image::build()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_progress;
-
-    #[test]
-    fn the_nested_ebpf_build_reads_as_progress() {
-        assert_eq!(
-            plain_progress("warning: reapwatch@0.1.0:    Compiling core v0.0.0 (/x)"),
-            "   ebpf: Compiling core v0.0.0 (/x)"
-        );
-        assert_eq!(
-            plain_progress("warning: unused variable: `x`"),
-            "warning: unused variable: `x`"
-        );
-        assert_eq!(plain_progress("   Compiling xtask"), "   Compiling xtask");
-    }
 }
