@@ -5,6 +5,8 @@ use std::{path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
+use crate::process;
+
 /// Debian packages: LLVM 22 to build bpf-linker against (rustc's LLVM major), and the real
 /// components the tests drive.
 const PACKAGES: &[&str] = &[
@@ -52,24 +54,13 @@ pub fn all() -> Result<()> {
     tracefs()
 }
 
-fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// A query whose failure means "not there": its stdout, or None.
+fn query(program: &str, args: &[&str]) -> Option<String> {
+    process::output(Command::new(program).args(args)).ok()
 }
 
 fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
-    eprintln!("xtask: {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .envs(envs.iter().copied())
-        .status()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !status.success() {
-        bail!("{program} {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    process::run(Command::new(program).args(args).envs(envs.iter().copied()))
 }
 
 fn debian_packages() -> Result<()> {
@@ -77,7 +68,7 @@ fn debian_packages() -> Result<()> {
         .iter()
         .copied()
         .filter(|pkg| {
-            !output("dpkg-query", &["-W", "-f=${Status}", pkg])
+            !query("dpkg-query", &["-W", "-f=${Status}", pkg])
                 .is_some_and(|s| s.contains("install ok installed"))
         })
         .collect();
@@ -106,8 +97,8 @@ fn channel_of(toolchain_file: &str) -> Option<String> {
 }
 
 fn pinned_nightly(toolchain: &str) -> Result<()> {
-    if output("rustup", &["run", toolchain, "rustc", "--version"]).is_some() {
-        let installed = output(
+    if query("rustup", &["run", toolchain, "rustc", "--version"]).is_some() {
+        let installed = query(
             "rustup",
             &["component", "list", "--toolchain", toolchain, "--installed"],
         )
@@ -137,18 +128,19 @@ fn llvm_major(version_text: &str) -> Option<u32> {
 /// The LLVM major `bpf-linker` was built against, asked of LLVM itself.
 fn bpf_linker_llvm() -> Option<u32> {
     let scratch = std::env::temp_dir().join("reapwatch-bpf-linker-version.o");
-    let out = Command::new("bpf-linker")
-        .arg("--llvm-args=--version")
-        .arg("-o")
-        .arg(&scratch)
-        .arg("/dev/null")
-        .output()
-        .ok()?;
+    let out = process::capture(
+        Command::new("bpf-linker")
+            .arg("--llvm-args=--version")
+            .arg("-o")
+            .arg(&scratch)
+            .arg("/dev/null"),
+    )
+    .ok()?;
     llvm_major(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn bpf_linker(toolchain: &str) -> Result<()> {
-    let rustc = output("rustup", &["run", toolchain, "rustc", "-vV"])
+    let rustc = query("rustup", &["run", toolchain, "rustc", "-vV"])
         .with_context(|| format!("cannot run rustc of {toolchain}"))?;
     let rustc_llvm = llvm_major(&rustc)
         .with_context(|| format!("rustc of {toolchain} does not say its LLVM version"))?;
@@ -159,7 +151,7 @@ fn bpf_linker(toolchain: &str) -> Result<()> {
              tracer-ebpf/rust-toolchain.toml, or raise BPF_LINKER_LLVM in xtask/src/setup.rs"
         );
     }
-    let installed = output("bpf-linker", &["--version"])
+    let installed = query("bpf-linker", &["--version"])
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
         .then(bpf_linker_llvm)
         .flatten();

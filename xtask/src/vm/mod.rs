@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use self::{cpio::Cpio, guest::GuestRun};
-use crate::workspace_root;
+use crate::{process, workspace_root};
 
 mod cpio;
 mod guest;
@@ -207,7 +207,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
     let cache = workspace_root().join("target/vm-cache");
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let initramfs = cache.join("initramfs.cpio");
-    run_checked(Command::new("rustup").args(["target", "add", TARGET]))?;
+    process::run(Command::new("rustup").args(["target", "add", TARGET]))?;
     build_initramfs(&initramfs)?;
 
     let mut failed = Vec::new();
@@ -286,7 +286,7 @@ fn apt_download(cache: &Path, package: &str, version: &str) -> Result<()> {
     };
     if !download() {
         // A fresh machine has no package lists yet.
-        run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+        process::run(Command::new("apt-get").args(["update", "-qq"]))?;
         if !download() {
             bail!("apt-get download {spec} failed (is the pinned version still in the archive?)");
         }
@@ -296,17 +296,13 @@ fn apt_download(cache: &Path, package: &str, version: &str) -> Result<()> {
 
 fn archive_download(url: &str, sha256: &str, deb: &Path) -> Result<()> {
     let partial = deb.with_extension("partial");
-    run_checked(
+    process::run(
         Command::new("curl")
             .args(["-fsSL", "--retry", "3", "-o"])
             .arg(&partial)
             .arg(url),
     )?;
-    let out = Command::new("sha256sum")
-        .arg(&partial)
-        .output()
-        .context("cannot run sha256sum")?;
-    let got = String::from_utf8_lossy(&out.stdout);
+    let got = process::output(Command::new("sha256sum").arg(&partial))?;
     if got.split_whitespace().next() != Some(sha256) {
         let _ = fs::remove_file(&partial);
         bail!("{url}: SHA-256 is not the pinned {sha256}");
@@ -325,21 +321,10 @@ fn find_vmlinuz(boot_dir: &Path) -> Option<PathBuf> {
         })
 }
 
-fn run_checked(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
-}
-
 /// Builds for `TARGET` and returns the executables cargo reports, by target name: test
 /// harnesses if `tests`, else programs.
 fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<(String, PathBuf)>> {
-    let mut cmd = Command::new(env!("CARGO"));
+    let mut cmd = process::cargo_command(None);
     cmd.args(args)
         .args([
             "--release",
@@ -348,7 +333,6 @@ fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<(String, PathBuf)
             "--message-format=json-render-diagnostics",
         ])
         .args(["--package", "reapwatch", "--package", "reapwatch-tests"])
-        .current_dir(workspace_root())
         .stdout(Stdio::piped());
     eprintln!("xtask: cargo {} --target {TARGET}", args.join(" "));
     let mut child = cmd.spawn().context("cannot run cargo")?;
@@ -459,13 +443,8 @@ fn read_path(path: &Path) -> Result<Vec<u8>> {
 
 /// The libraries and loader `ldd` lists for `binary`, as paths without the leading `/`.
 fn shared_libraries(binary: &str) -> Result<Vec<String>> {
-    let out = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .with_context(|| format!("cannot run ldd {binary}"))?;
-    if !out.status.success() {
-        bail!("ldd {binary} failed (is util-linux installed?)");
-    }
+    // A static binary makes ldd exit 1 ("not a dynamic executable"): it needs nothing.
+    let out = process::capture(Command::new("ldd").arg(binary))?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
