@@ -14,6 +14,7 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod procfs;
 pub mod state;
+pub mod text;
 
 use anyhow::Result;
 

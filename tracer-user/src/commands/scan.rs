@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tracer_common::{ProcessKey, ZOMBIE_EXIT_FROM_SCHEDULER};
 
-use super::snapshot::{human_duration, parents_table, ParentReport};
+use super::snapshot::{parents_table, ParentReport};
 use crate::{
     cgroup::{self, CgroupHierarchy},
     cli::ScanArgs,
@@ -23,6 +23,7 @@ use crate::{
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
     state::{exit_times, found_in_proc, ChildState, ParentState},
+    text::human_duration,
 };
 
 /// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.

@@ -12,6 +12,7 @@ use crate::{
     kernel::preflight,
     kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
+    text::{age, last_wait},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -307,15 +308,7 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
         "CONTAINER/CGROUP"
     );
     for p in parents {
-        let oldest = format!(
-            "{}{}",
-            if p.oldest_age_is_lower_bound {
-                ">="
-            } else {
-                ""
-            },
-            human_duration(p.oldest_age_seconds)
-        );
+        let oldest = age(p.oldest_age_seconds, p.oldest_age_is_lower_bound);
         let last_wait = last_wait(p.last_wait_age_seconds, p.last_wait_watched_seconds);
         let place = match (&p.namespace, &p.pod, &p.container) {
             (Some(ns), Some(pod), container) => {
@@ -343,21 +336,6 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
     out
 }
 
-/// A watch of `wait()` shorter than this says nothing of a parent that waits now and then.
-const WAIT_WATCH_MEANINGFUL_SECONDS: f64 = 10.0;
-
-/// The LAST WAIT column: `12s ago`; `none in 5m` after a watch long enough to mean it;
-/// `unknown` when not watched, or too briefly.
-pub fn last_wait(age_seconds: Option<f64>, watched_seconds: Option<f64>) -> String {
-    match (age_seconds, watched_seconds) {
-        (Some(age), _) => human_duration(age) + " ago",
-        (None, Some(watched)) if watched >= WAIT_WATCH_MEANINGFUL_SECONDS => {
-            format!("none in {}", human_duration(watched))
-        }
-        _ => "unknown".into(),
-    }
-}
-
 fn child_list(children: &[ChildReport], shown: usize) -> String {
     let mut list: Vec<String> = children
         .iter()
@@ -368,28 +346,6 @@ fn child_list(children: &[ChildReport], shown: usize) -> String {
         list.push(format!("(+{} more)", children.len() - shown));
     }
     list.join(" ")
-}
-
-/// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
-pub fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let whole = s as u64;
-    let (d, h, m, sec) = (
-        whole / 86400,
-        whole / 3600 % 24,
-        whole / 60 % 60,
-        whole % 60,
-    );
-    if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else {
-        format!("{m}m{sec}s")
-    }
 }
 
 /// Keeps the head: a command name's start says most.
@@ -414,15 +370,6 @@ fn truncate_left(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(0.04), "0.0s");
-        assert_eq!(human_duration(12.34), "12.3s");
-        assert_eq!(human_duration(250.0), "4m10s");
-        assert_eq!(human_duration(7500.0), "2h5m");
-        assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0 + 5.0), "3d4h");
-    }
 
     #[test]
     fn truncation_keeps_width() {

@@ -23,6 +23,7 @@ use crate::{
     kernel::{monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
+    text::human_duration,
 };
 
 /// How often zombies are checked against /proc for reparenting and missed reaps.
@@ -64,7 +65,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     match args.duration {
         Some(duration) => eprintln!(
             "reapwatch: tracing for {}",
-            super::snapshot::human_duration(duration.as_secs_f64())
+            human_duration(duration.as_secs_f64())
         ),
         None => eprintln!("reapwatch: tracing (Ctrl-C to stop)"),
     }
@@ -532,7 +533,7 @@ fn human(line: &Line, comm: &[u8]) -> String {
         detail.push(format!("signal={signal}"));
     }
     if let Some(age) = line.age_seconds {
-        detail.push(format!("age={}", super::snapshot::human_duration(age)));
+        detail.push(format!("age={}", human_duration(age)));
     }
     if let Some(from) = line.from_ppid {
         detail.push(format!("from={from}"));

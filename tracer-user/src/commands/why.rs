@@ -10,7 +10,6 @@ use std::{
 use anyhow::{Context, Result};
 use tracer_common::{Event, EventKind, SIGCHLD};
 
-use super::snapshot::human_duration;
 use crate::{
     cgroup,
     cli::{TracerArgs, WhyArgs},
@@ -19,6 +18,7 @@ use crate::{
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
     state::{self, Change, StateEngine},
+    text::human_duration,
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.

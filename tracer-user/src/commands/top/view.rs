@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use crate::{
-    commands::snapshot::{human_duration, last_wait},
     procfs::NodeLimits,
+    text::{age, human_duration, last_wait},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -403,14 +403,6 @@ fn rate(per_minute: f64) -> String {
     } else {
         format!("{per_minute:.0}/min")
     }
-}
-
-fn age(seconds: f64, lower_bound: bool) -> String {
-    format!(
-        "{}{}",
-        if lower_bound { ">=" } else { "" },
-        human_duration(seconds)
-    )
 }
 
 /// `text` padded to the column's display width (text already fitted; numbers never cut).
