@@ -1,4 +1,7 @@
-//! How the commands word what they show: durations and ages.
+//! How the commands word what they show: durations, ages, and names fitted into columns by
+//! their display width.
+
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
 pub fn human_duration(seconds: f64) -> String {
@@ -43,6 +46,46 @@ pub fn last_wait(age_seconds: Option<f64>, watched_seconds: Option<f64>) -> Stri
     }
 }
 
+/// Keeps the head (a command name's start says most), marking the cut with `…`.
+pub fn fit_end(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut kept: String = take_width(text.chars(), width - 1).collect();
+    kept.push('…');
+    kept
+}
+
+/// Keeps the tail (a cgroup path's last component names the container), marking the cut.
+pub fn fit_start(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut tail: Vec<char> = take_width(text.chars().rev(), width - 1).collect();
+    tail.reverse();
+    std::iter::once('…').chain(tail).collect()
+}
+
+/// The characters of `chars` that fit in `width` display columns, in order.
+fn take_width(chars: impl Iterator<Item = char>, width: usize) -> impl Iterator<Item = char> {
+    let mut used = 0;
+    chars.take_while(move |c| {
+        used += c.width().unwrap_or(0);
+        used <= width
+    })
+}
+
+/// `text` followed by spaces up to `width` display columns (`format!`'s `{:<N}` counts
+/// characters, which misaligns wide ones).
+pub fn pad_end(text: &str, width: usize) -> String {
+    format!("{text}{}", " ".repeat(width.saturating_sub(text.width())))
+}
+
+/// `text` after spaces up to `width` display columns.
+pub fn pad_start(text: &str, width: usize) -> String {
+    format!("{}{text}", " ".repeat(width.saturating_sub(text.width())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +98,31 @@ mod tests {
         assert_eq!(human_duration(7500.0), "2h5m");
         assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0 + 5.0), "3d4h");
         assert_eq!(age(250.0, true), ">=4m10s");
+    }
+
+    #[test]
+    fn fitting_marks_the_cut() {
+        assert_eq!(fit_end("short", 15), "short");
+        assert_eq!(fit_end("short", 16), "short");
+        assert_eq!(fit_end("abcdefghij", 5), "abcd…");
+        assert_eq!(fit_end("a-very-long-command-name", 10), "a-very-lo…");
+        assert_eq!(fit_start("/a/b/container", 8), "…ntainer");
+        assert_eq!(fit_start("/a/b/container", 8).width(), 8);
+        assert_eq!(
+            fit_start("/kubepods/burstable/pod1/abcdef", 10),
+            "…d1/abcdef"
+        );
+        assert_eq!(fit_start("/x", 10), "/x");
+    }
+
+    #[test]
+    fn wide_characters_are_fitted_and_padded_by_display_width() {
+        // Two columns each: a cut never leaves half of one.
+        assert_eq!(fit_end("宽字符宽字符宽字符", 16), "宽字符宽字符宽…");
+        assert_eq!(fit_end("🐳🐳🐳", 4), "🐳…");
+        assert_eq!(fit_start("/a/容器", 4), "…器");
+        assert_eq!(pad_end("宽字", 6), "宽字  ");
+        assert_eq!(pad_start("🐳", 4), "  🐳");
+        assert_eq!(pad_end("toolong", 3), "toolong");
     }
 }

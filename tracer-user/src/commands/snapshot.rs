@@ -12,7 +12,7 @@ use crate::{
     kernel::preflight,
     kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
-    text::{age, last_wait},
+    text::{age, fit_end, fit_start, last_wait, pad_end},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -322,14 +322,14 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
             .map_or("-".to_owned(), |g| format!("{g:+.1}/min"));
         let _ = writeln!(
             out,
-            "{:>8}  {:<16}  {:>8}{}  {:>9}  {:>13}  {:<32}  {}",
+            "{:>8}  {}  {:>8}{}  {:>9}  {:>13}  {}  {}",
             p.pid,
-            truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
+            pad_end(&fit_end(&escape::for_terminal(p.comm.as_bytes()), 16), 16),
             p.unreaped,
             growth_cell(&per_minute),
             oldest,
             last_wait,
-            truncate_left(&place, 32),
+            pad_end(&fit_start(&place, 32), 32),
             child_list(&p.children, 8),
         );
     }
@@ -348,37 +348,72 @@ fn child_list(children: &[ChildReport], shown: usize) -> String {
     list.join(" ")
 }
 
-/// Keeps the head: a command name's start says most.
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        return text.to_owned();
-    }
-    let head: String = text.chars().take(width - 1).collect();
-    format!("{head}…")
-}
-
-/// Keeps the tail: a cgroup path's last component names the container or unit.
-fn truncate_left(text: &str, width: usize) -> String {
-    let count = text.chars().count();
-    if count <= width {
-        return text.to_owned();
-    }
-    let tail: String = text.chars().skip(count - (width - 1)).collect();
-    format!("…{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parent(pid: u32, comm: &str, cgroup: &str) -> ParentReport {
+        ParentReport {
+            pid,
+            comm: comm.to_owned(),
+            cgroup: Some(cgroup.to_owned()),
+            namespace: None,
+            pod: None,
+            container: None,
+            unreaped: 1,
+            oldest_age_seconds: 12.0,
+            oldest_age_is_lower_bound: false,
+            oldest_age_source: Some(AgeSource::Exit),
+            last_wait_age_seconds: None,
+            last_wait_watched_seconds: None,
+            growth_per_minute: None,
+            children: vec![ChildReport {
+                pid: 4242,
+                comm: "worker".to_owned(),
+                exit_code: Some(0),
+                signal: None,
+                exit_signal: 17,
+                age_seconds: 12.0,
+                age_is_lower_bound: false,
+                age_source: AgeSource::Exit,
+            }],
+        }
+    }
+
     #[test]
-    fn truncation_keeps_width() {
-        assert_eq!(truncate("short", 16), "short");
-        assert_eq!(truncate("a-very-long-command-name", 10), "a-very-lo…");
-        assert_eq!(
-            truncate_left("/kubepods/burstable/pod1/abcdef", 10),
-            "…d1/abcdef"
+    fn wide_names_keep_the_columns_in_line() {
+        use unicode_width::UnicodeWidthStr;
+
+        let table = parents_table(&[
+            parent(1, "init", "/system.slice/x.service"),
+            parent(
+                2,
+                "宽字符宽字符宽字符",
+                "/kubepods/🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳/app",
+            ),
+            parent(3, "🐳🐳🐳", "/容器/容器/容器/容器/容器"),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        // The display column where `text` starts in `line`.
+        let at = |line: &str, text: &str| line[..line.find(text).unwrap()].width();
+        let heading = lines[0];
+        for row in &lines[1..] {
+            assert_eq!(
+                row.width() - "4242".len(),
+                at(heading, "CHILDREN"),
+                "{table}"
+            );
+            let oldest_end = at(row, "12.0s") + "12.0s".len();
+            assert_eq!(
+                oldest_end,
+                at(heading, "OLDEST") + "OLDEST".len(),
+                "{table}"
+            );
+        }
+        assert!(lines[2].contains(" 宽字符宽字符宽… "), "{table}");
+        assert!(
+            lines[2].contains(" …ds/🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳/app "),
+            "{table}"
         );
-        assert_eq!(truncate_left("/x", 10), "/x");
     }
 }

@@ -3,11 +3,11 @@
 
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+use unicode_width::UnicodeWidthStr;
 
 use crate::{
     procfs::NodeLimits,
-    text::{age, human_duration, last_wait},
+    text::{age, fit_end, fit_start, human_duration, last_wait, pad_end, pad_start},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -407,10 +407,9 @@ fn rate(per_minute: f64) -> String {
 
 /// `text` padded to the column's display width (text already fitted; numbers never cut).
 fn cell(text: &str, column: &Column) -> String {
-    let pad = " ".repeat(column.width.saturating_sub(text.width()));
     match column.align {
-        Align::Left => format!("{text}{pad}"),
-        Align::Right => format!("{pad}{text}"),
+        Align::Left => pad_end(text, column.width),
+        Align::Right => pad_start(text, column.width),
     }
 }
 
@@ -419,45 +418,10 @@ fn line(cells: impl IntoIterator<Item = String>) -> String {
     cells.join(" ").trim_end().to_owned()
 }
 
-/// Keeps the head (a command name's start says most), marking the cut with `…`.
-fn fit_end(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        return text.to_owned();
-    }
-    let mut kept = String::new();
-    let mut used = 0;
-    for c in text.chars() {
-        let w = c.width().unwrap_or(0);
-        if used + w > width - 1 {
-            break;
-        }
-        kept.push(c);
-        used += w;
-    }
-    kept.push('…');
-    kept
-}
-
-/// Keeps the tail (a cgroup path's last component names the container), marking the cut.
-fn fit_start(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        return text.to_owned();
-    }
-    let mut kept = Vec::new();
-    let mut used = 0;
-    for c in text.chars().rev() {
-        let w = c.width().unwrap_or(0);
-        if used + w > width - 1 {
-            break;
-        }
-        kept.push(c);
-        used += w;
-    }
-    std::iter::once('…').chain(kept.into_iter().rev()).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use unicode_width::UnicodeWidthChar;
+
     use super::*;
 
     fn parent(
@@ -671,13 +635,5 @@ mod tests {
         assert!(text.lines().any(|l| l.ends_with(long)), "{text}");
         let empty = plain(&sample(vec![]), &Display::default(), Duration::from_secs(1));
         assert!(empty.contains("\nno unreaped children\n"), "{empty}");
-    }
-
-    #[test]
-    fn fitting_marks_the_cut() {
-        assert_eq!(fit_end("short", 15), "short");
-        assert_eq!(fit_end("abcdefghij", 5), "abcd…");
-        assert_eq!(fit_start("/a/b/container", 8), "…ntainer");
-        assert_eq!(fit_start("/a/b/container", 8).width(), 8);
     }
 }
