@@ -1,5 +1,7 @@
-//! How the commands word what they show: durations, ages, and names fitted into columns by
-//! their display width.
+//! How the commands word what they show: durations, ages, names fitted into columns by
+//! their display width, and how a process ended.
+
+use std::fmt;
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
@@ -86,6 +88,47 @@ pub fn pad_start(text: &str, width: usize) -> String {
     format!("{}{text}", " ".repeat(width.saturating_sub(text.width())))
 }
 
+/// How a process ended, from its wait status (the kernel's `exit_code`, `/proc`'s field 52).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Killed(i32),
+}
+
+impl Ending {
+    pub fn from_wait_status(status: i32) -> Self {
+        match status & 0x7f {
+            0 => Self::Exited((status >> 8) & 0xff),
+            signal => Self::Killed(signal),
+        }
+    }
+
+    /// `exit(code)`'s code, or None if a signal killed it.
+    pub fn exit_code(self) -> Option<i32> {
+        match self {
+            Self::Exited(code) => Some(code),
+            Self::Killed(_) => None,
+        }
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Self::Exited(_) => None,
+            Self::Killed(signal) => Some(signal),
+        }
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exit {code}"),
+            Self::Killed(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +167,17 @@ mod tests {
         assert_eq!(pad_end("宽字", 6), "宽字  ");
         assert_eq!(pad_start("🐳", 4), "  🐳");
         assert_eq!(pad_end("toolong", 3), "toolong");
+    }
+
+    #[test]
+    fn wait_statuses() {
+        assert_eq!(Ending::from_wait_status(7 << 8), Ending::Exited(7));
+        assert_eq!(Ending::from_wait_status(9), Ending::Killed(9));
+        // A core dump's flag is not part of the signal.
+        assert_eq!(Ending::from_wait_status(0x80 | 11), Ending::Killed(11));
+        assert_eq!(Ending::Exited(7).to_string(), "exit 7");
+        assert_eq!(Ending::Killed(9).to_string(), "killed by signal 9");
+        assert_eq!(Ending::Killed(9).exit_code(), None);
+        assert_eq!(Ending::Exited(0).signal(), None);
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     kernel::{monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
-    text::human_duration,
+    text::{human_duration, Ending},
 };
 
 /// How often zombies are checked against /proc for reparenting and missed reaps.
@@ -437,11 +437,7 @@ impl<W: Write> Trace<'_, W> {
         {
             return Ok(());
         }
-        let (exit_code, signal) = match record.status {
-            Some(status) if status & 0x7f == 0 => (Some((status >> 8) & 0xff), None),
-            Some(status) => (None, Some(status & 0x7f)),
-            None => (None, None),
-        };
+        let ending = record.status.map(Ending::from_wait_status);
         let line = Line {
             time: humantime::format_rfc3339_micros(wall).to_string(),
             event: record.event,
@@ -452,8 +448,8 @@ impl<W: Write> Trace<'_, W> {
             namespace: named(&labels.namespace),
             pod: named(&labels.pod),
             container: named(&labels.container),
-            exit_code,
-            signal,
+            exit_code: ending.and_then(Ending::exit_code),
+            signal: ending.and_then(Ending::signal),
             age_seconds: record.age_ns.map(|ns| ns as f64 / 1e9),
             from_ppid: record.from_ppid,
         };
