@@ -1,5 +1,5 @@
-//! How the commands word what they show: durations, ages, names fitted into columns by
-//! their display width, and how a process ended.
+//! How the commands word what they show: durations, ages, fitting names into columns by
+//! their display width, how a process ended, and where it runs.
 
 use std::fmt;
 
@@ -129,6 +129,22 @@ impl fmt::Display for Ending {
     }
 }
 
+/// `namespace/pod/container` where kubelet's logs name the pod (`?` for a container they do
+/// not name); None outside a named pod.
+pub fn pod_place(
+    namespace: Option<&str>,
+    pod: Option<&str>,
+    container: Option<&str>,
+) -> Option<String> {
+    let (namespace, pod) = namespace.zip(pod)?;
+    Some(format!("{namespace}/{pod}/{}", container.unwrap_or("?")))
+}
+
+/// A Kubernetes name as the reports carry it: an empty one, not found, is None.
+pub fn known<S: AsRef<str>>(name: S) -> Option<S> {
+    (!name.as_ref().is_empty()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +195,20 @@ mod tests {
         assert_eq!(Ending::Killed(9).to_string(), "killed by signal 9");
         assert_eq!(Ending::Killed(9).exit_code(), None);
         assert_eq!(Ending::Exited(0).signal(), None);
+    }
+
+    #[test]
+    fn pod_places() {
+        assert_eq!(
+            pod_place(Some("shop"), Some("web-1"), Some("app")).as_deref(),
+            Some("shop/web-1/app")
+        );
+        assert_eq!(
+            pod_place(Some("shop"), Some("web-1"), None).as_deref(),
+            Some("shop/web-1/?")
+        );
+        assert_eq!(pod_place(None, None, None), None);
+        assert_eq!(known(""), None);
+        assert_eq!(known("shop".to_owned()).as_deref(), Some("shop"));
     }
 }

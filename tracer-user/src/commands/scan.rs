@@ -23,7 +23,7 @@ use crate::{
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
     state::{exit_times, found_in_proc, ChildState, ParentState},
-    text::human_duration,
+    text::{human_duration, known, pod_place},
 };
 
 /// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
@@ -308,14 +308,13 @@ fn build(
         .into_iter()
         .map(|path| {
             let labels = pods.labels(&kubernetes::parse_path(path));
-            let named = |s: String| (!s.is_empty()).then_some(s);
             let (current, max) = last.pids.get(path).copied().unzip();
             let max = max.flatten();
             CgroupReport {
                 cgroup: path.clone(),
-                namespace: named(labels.namespace),
-                pod: named(labels.pod),
-                container: named(labels.container),
+                namespace: known(labels.namespace),
+                pod: known(labels.pod),
+                container: known(labels.container),
                 zombies: zombies_by_cgroup.get(path).copied().unwrap_or(0),
                 pids_current: current,
                 pids_max: max,
@@ -381,15 +380,14 @@ fn table(report: &ScanReport) -> String {
                 (Some(cur), None) => cur.to_string(),
                 _ => "-".into(),
             };
-            let place = match (&c.namespace, &c.pod, &c.container) {
-                (Some(ns), Some(pod), container) => {
-                    format!(
-                        "{ns}/{pod}/{} {}",
-                        container.as_deref().unwrap_or("?"),
-                        c.cgroup
-                    )
-                }
-                _ => c.cgroup.clone(),
+            let names = pod_place(
+                c.namespace.as_deref(),
+                c.pod.as_deref(),
+                c.container.as_deref(),
+            );
+            let place = match names {
+                Some(names) => format!("{names} {}", c.cgroup),
+                None => c.cgroup.clone(),
             };
             let eta = if c.pids_full {
                 "FULL".to_owned()

@@ -12,7 +12,7 @@ use crate::{
     kernel::preflight,
     kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
-    text::{age, fit_end, fit_start, last_wait, pad_end},
+    text::{age, fit_end, fit_start, known, last_wait, pad_end, pod_place},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -185,10 +185,9 @@ impl ParentReport {
             return;
         };
         let labels = pods.labels(&kubernetes::parse_path(cgroup));
-        let named = |s: String| (!s.is_empty()).then_some(s);
-        self.namespace = named(labels.namespace);
-        self.pod = named(labels.pod);
-        self.container = named(labels.container);
+        self.namespace = known(labels.namespace);
+        self.pod = known(labels.pod);
+        self.container = known(labels.container);
     }
 }
 
@@ -310,12 +309,13 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
     for p in parents {
         let oldest = age(p.oldest_age_seconds, p.oldest_age_is_lower_bound);
         let last_wait = last_wait(p.last_wait_age_seconds, p.last_wait_watched_seconds);
-        let place = match (&p.namespace, &p.pod, &p.container) {
-            (Some(ns), Some(pod), container) => {
-                format!("{ns}/{pod}/{}", container.as_deref().unwrap_or("?"))
-            }
-            _ => p.cgroup.clone().unwrap_or_else(|| "-".into()),
-        };
+        let place = pod_place(
+            p.namespace.as_deref(),
+            p.pod.as_deref(),
+            p.container.as_deref(),
+        )
+        .or_else(|| p.cgroup.clone())
+        .unwrap_or_else(|| "-".into());
         let place = escape::for_terminal(place.as_bytes());
         let per_minute = p
             .growth_per_minute

@@ -23,7 +23,7 @@ use crate::{
     kernel::{monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
-    text::{human_duration, Ending},
+    text::{human_duration, known, pod_place, Ending},
 };
 
 /// How often zombies are checked against /proc for reparenting and missed reaps.
@@ -411,9 +411,6 @@ impl<W: Write> Trace<'_, W> {
     }
 
     fn write(&mut self, engine: &mut StateEngine, record: Record) -> Result<()> {
-        fn named(s: &str) -> Option<&str> {
-            (!s.is_empty()).then_some(s)
-        }
         let args = self.args;
         let comm = &record.comm[..record.comm.iter().position(|&b| b == 0).unwrap_or(16)];
         if args.zombies_only && !matches!(record.event, "zombie" | "reap" | "reparent")
@@ -445,9 +442,9 @@ impl<W: Write> Trace<'_, W> {
             ppid: record.ppid,
             comm: escape::lossy(comm),
             cgroup: &path,
-            namespace: named(&labels.namespace),
-            pod: named(&labels.pod),
-            container: named(&labels.container),
+            namespace: known(labels.namespace.as_str()),
+            pod: known(labels.pod.as_str()),
+            container: known(labels.container.as_str()),
             exit_code: ending.and_then(Ending::exit_code),
             signal: ending.and_then(Ending::signal),
             age_seconds: record.age_ns.map(|ns| ns as f64 / 1e9),
@@ -534,10 +531,8 @@ fn human(line: &Line, comm: &[u8]) -> String {
     if let Some(from) = line.from_ppid {
         detail.push(format!("from={from}"));
     }
-    let place = match (line.namespace, line.pod, line.container) {
-        (Some(ns), Some(pod), container) => format!("{ns}/{pod}/{}", container.unwrap_or("?")),
-        _ => line.cgroup.to_owned(),
-    };
+    let place = pod_place(line.namespace, line.pod, line.container)
+        .unwrap_or_else(|| line.cgroup.to_owned());
     format!(
         "{}  {:<8} {:>7} {:>7}  {:<16}  {}  {}",
         line.time,
