@@ -5,7 +5,7 @@ mod view;
 
 use std::{
     collections::BTreeMap,
-    io::{self, IsTerminal, Write},
+    io::{self, IsTerminal},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
@@ -273,18 +273,8 @@ fn plain(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     let display = Display::default();
     let mut refreshes = 0;
     loop {
-        let text = view::plain(&collector.collect()?, &display, args.interval);
+        super::emit(&view::plain(&collector.collect()?, &display, args.interval))?;
         refreshes += 1;
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // The reader went away (`reapwatch top | head`): nothing more to do.
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(err) => return Err(err.into()),
-            Ok(()) => {}
-        }
         if args.iterations.is_some_and(|n| refreshes >= n) || !sleep_unless_stopped(args.interval) {
             return Ok(());
         }

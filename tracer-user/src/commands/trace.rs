@@ -272,7 +272,7 @@ impl<W: Write> Trace<'_, W> {
                         }
                     }
                     guard.clear_ready();
-                    self.out.flush().or_else(ignore_broken_pipe)?;
+                    self.out.flush()?;
                 }
                 _ = refresh.tick() => {
                     self.show_ripe(engine)?;
@@ -280,7 +280,7 @@ impl<W: Write> Trace<'_, W> {
                     for change in engine.drain_changes() {
                         self.change(engine, change)?;
                     }
-                    self.out.flush().or_else(ignore_broken_pipe)?;
+                    self.out.flush()?;
                     if forgotten_at.elapsed() >= super::FORGET_REMOVED_EVERY {
                         self.forget_removed(engine)?;
                         forgotten_at = Instant::now();
@@ -307,12 +307,12 @@ impl<W: Write> Trace<'_, W> {
             self.out,
             "{:<27}  {:<8} {:>7} {:>7}  {:<16}  CONTAINER  DETAIL",
             "TIME", "EVENT", "PID", "PPID", "COMM"
-        )
-        .or_else(ignore_broken_pipe)
+        )?;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.out.flush().or_else(ignore_broken_pipe)
+        Ok(self.out.flush()?)
     }
 
     /// Shows the held zombies that are old enough now, with their age.
@@ -456,7 +456,8 @@ impl<W: Write> Trace<'_, W> {
             human(&line, comm)
         };
         self.shown += 1;
-        writeln!(self.out, "{text}").or_else(ignore_broken_pipe)
+        writeln!(self.out, "{text}")?;
+        Ok(())
     }
 
     /// Drops cached paths of removed cgroups (ids are not reused) and their counters.
@@ -543,14 +544,6 @@ fn human(line: &Line, comm: &[u8]) -> String {
         escape::for_terminal(place.as_bytes()),
         detail.join(" ")
     )
-}
-
-fn ignore_broken_pipe(err: io::Error) -> Result<()> {
-    if err.kind() == io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(err.into())
-    }
 }
 
 #[cfg(test)]
