@@ -41,7 +41,7 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
 #[derive(Serialize)]
 pub struct Report {
     pub parents: Vec<ParentReport>,
-    pub cgroups: Vec<CgroupReport>,
+    pub cgroups: Vec<CgroupCountersReport>,
     pub zombie_lifetime: LifetimeReport,
     pub tracer: TracerReport,
 }
@@ -84,8 +84,9 @@ pub struct ChildReport {
     pub age_source: AgeSource,
 }
 
+/// The kernel programs' lifecycle counters of one cgroup.
 #[derive(Serialize)]
-pub struct CgroupReport {
+pub struct CgroupCountersReport {
     pub id: u64,
     pub path: Option<String>,
     pub forks: u64,
@@ -191,7 +192,7 @@ impl ParentReport {
     }
 }
 
-impl CgroupReport {
+impl CgroupCountersReport {
     fn from_state(cgroup: &CgroupState) -> Self {
         let c = cgroup.counters;
         Self {
@@ -230,7 +231,10 @@ impl Report {
         let losses = engine.losses()?;
         Ok(Self {
             parents: parents.iter().map(ParentReport::from_state).collect(),
-            cgroups: cgroups.iter().map(CgroupReport::from_state).collect(),
+            cgroups: cgroups
+                .iter()
+                .map(CgroupCountersReport::from_state)
+                .collect(),
             zombie_lifetime: LifetimeReport {
                 count: histogram.count,
                 sum_seconds: seconds(histogram.sum_ns),

@@ -27,7 +27,7 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, FullCgroup, ParentRow, Sample};
+use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
@@ -101,7 +101,7 @@ fn sleep_unless_stopped(duration: Duration) -> bool {
     false
 }
 
-/// Turns the state engine's view into [`Sample`]s.
+/// Turns the state engine's view into [`TopSample`]s.
 struct Collector {
     engine: StateEngine,
     pods: PodDirectory,
@@ -176,7 +176,7 @@ impl Collector {
             .collect()
     }
 
-    fn collect(&mut self) -> Result<Sample> {
+    fn collect(&mut self) -> Result<TopSample> {
         let now = Instant::now();
         if now.duration_since(self.last_reconcile) >= RECONCILE_EVERY {
             self.engine.reconcile()?;
@@ -222,7 +222,7 @@ impl Collector {
                 .eta_seconds(node.limit() as f64)
                 .map_or(Eta::NotGrowing, Eta::Seconds),
         };
-        Ok(Sample {
+        Ok(TopSample {
             taken: SystemTime::now(),
             node,
             eta,
@@ -359,7 +359,7 @@ fn full_screen(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     }
 }
 
-fn draw(frame: &mut ratatui::Frame, sample: &Sample, display: &Display, interval: Duration) {
+fn draw(frame: &mut ratatui::Frame, sample: &TopSample, display: &Display, interval: Duration) {
     let summary = view::summary(sample, display, interval);
     let [top, table, keys] = Layout::vertical([
         Constraint::Length(summary.len() as u16),

@@ -92,7 +92,7 @@ pub enum Eta {
 
 /// What one refresh measured.
 #[derive(Clone, Debug)]
-pub struct Sample {
+pub struct TopSample {
     pub taken: SystemTime,
     pub node: NodeLimits,
     pub eta: Eta,
@@ -191,7 +191,7 @@ const CONTAINER_TITLE: &str = "CONTAINER";
 const MIN_CONTAINER_WIDTH: usize = 12;
 
 /// The lines above the table: time, settings, node headroom and the exhaustion forecast.
-pub fn summary(sample: &Sample, display: &Display, interval: Duration) -> Vec<String> {
+pub fn summary(sample: &TopSample, display: &Display, interval: Duration) -> Vec<String> {
     let node = &sample.node;
     let limit = node.limit().max(1);
     let eta = match sample.eta {
@@ -259,7 +259,7 @@ pub fn keys(display: &Display) -> String {
 /// The table heading and its rows, sorted and grouped as `display` says. With a `width`, the
 /// container column takes what the others leave (truncated from the left: a path's tail names
 /// the container); without, it is as wide as its longest value.
-pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (String, Vec<String>) {
+pub fn table(sample: &TopSample, display: &Display, width: Option<usize>) -> (String, Vec<String>) {
     let mut rows: Vec<Row> = match display.grouping {
         Grouping::Parents => sample.parents.iter().map(Row::of).collect(),
         Grouping::Containers => {
@@ -363,7 +363,7 @@ pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (Strin
 }
 
 /// Everything of one refresh for a log or a pipe: summary, heading, rows, a blank line.
-pub fn plain(sample: &Sample, display: &Display, interval: Duration) -> String {
+pub fn plain(sample: &TopSample, display: &Display, interval: Duration) -> String {
     let (heading, rows) = table(sample, display, None);
     let mut out = summary(sample, display, interval).join("\n");
     out.push('\n');
@@ -445,8 +445,8 @@ mod tests {
         }
     }
 
-    fn sample(parents: Vec<ParentRow>) -> Sample {
-        Sample {
+    fn sample(parents: Vec<ParentRow>) -> TopSample {
+        TopSample {
             taken: SystemTime::UNIX_EPOCH,
             node: NodeLimits {
                 tasks: 1000,
