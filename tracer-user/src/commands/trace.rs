@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     io::{self, BufWriter, Write},
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -159,11 +160,65 @@ fn wall_clock_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What a line reports: the kernel's events, and the reparent only userspace sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TraceEvent {
+    Fork,
+    Exit,
+    Zombie,
+    Reap,
+    Reparent,
+    Wait,
+}
+
+impl TraceEvent {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Zombie => "zombie",
+            Self::Reap => "reap",
+            Self::Reparent => "reparent",
+            Self::Wait => "wait",
+        }
+    }
+
+    /// What `--zombies-only` keeps.
+    fn is_about_zombies(self) -> bool {
+        matches!(self, Self::Zombie | Self::Reap | Self::Reparent)
+    }
+}
+
+impl From<EventKind> for TraceEvent {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Fork => Self::Fork,
+            EventKind::Exit => Self::Exit,
+            EventKind::Zombie => Self::Zombie,
+            EventKind::Reap => Self::Reap,
+            EventKind::Wait => Self::Wait,
+        }
+    }
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that the text lines' `{:<8}` lines the names up.
+        f.pad(self.name())
+    }
+}
+
+impl Serialize for TraceEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One output line (`--json`): the stable contract, see README.
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
-    event: &'static str,
+    event: TraceEvent,
     pid: u32,
     ppid: u32,
     comm: String,
@@ -322,7 +377,7 @@ impl<W: Write> Trace<'_, W> {
         for event in ripe {
             let record = Record {
                 time_ns: event.time_ns,
-                event: "zombie",
+                event: TraceEvent::Zombie,
                 pid: event.pid,
                 ppid: event.ppid,
                 comm: &event.comm,
@@ -354,18 +409,12 @@ impl<W: Write> Trace<'_, W> {
                 _ => {}
             }
         }
-        let (name, age) = match kind {
-            EventKind::Fork => ("fork", None),
-            EventKind::Exit => ("exit", None),
-            EventKind::Zombie => ("zombie", None),
-            EventKind::Reap => ("reap", Some(event.age_ns)),
-            EventKind::Wait => ("wait", None),
-        };
+        let age = (kind == EventKind::Reap).then_some(event.age_ns);
         let status = matches!(kind, EventKind::Exit | EventKind::Zombie | EventKind::Reap)
             .then_some(event.exit_status);
         let record = Record {
             time_ns: event.time_ns,
-            event: name,
+            event: kind.into(),
             pid: event.pid,
             ppid: event.ppid,
             comm: &event.comm,
@@ -379,18 +428,20 @@ impl<W: Write> Trace<'_, W> {
 
     fn change(&mut self, engine: &mut StateEngine, change: Change) -> Result<()> {
         let now = monotonic_ns();
-        let (name, child, zombie, from) = match &change {
+        let (event, child, zombie, from) = match &change {
             Change::Reparented {
                 child,
                 zombie,
                 from,
-            } => ("reparent", child, zombie, Some(*from)),
-            Change::ReapedLate { child, zombie } => ("reap", child, zombie, None),
+            } => (TraceEvent::Reparent, child, zombie, Some(*from)),
+            Change::ReapedLate { child, zombie } => (TraceEvent::Reap, child, zombie, None),
         };
+        let reaped = event == TraceEvent::Reap;
         if let Some(held) = &mut self.held {
-            let hidden = match name {
-                "reap" => !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns)),
-                _ => held.waiting.contains_key(&child.tgid),
+            let hidden = if reaped {
+                !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns))
+            } else {
+                held.waiting.contains_key(&child.tgid)
             };
             if hidden {
                 return Ok(());
@@ -398,13 +449,13 @@ impl<W: Write> Trace<'_, W> {
         }
         let record = Record {
             time_ns: now,
-            event: name,
+            event,
             pid: child.tgid,
             ppid: zombie.parent.tgid,
             comm: &zombie.comm,
             cgroup_id: zombie.cgroup_id,
             status: Some(zombie.exit_status),
-            age_ns: (name == "reap").then(|| now.saturating_sub(zombie.exit_ns)),
+            age_ns: reaped.then(|| now.saturating_sub(zombie.exit_ns)),
             from_ppid: from,
         };
         self.write(engine, record)
@@ -413,7 +464,7 @@ impl<W: Write> Trace<'_, W> {
     fn write(&mut self, engine: &mut StateEngine, record: Record) -> Result<()> {
         let args = self.args;
         let comm = &record.comm[..record.comm.iter().position(|&b| b == 0).unwrap_or(16)];
-        if args.zombies_only && !matches!(record.event, "zombie" | "reap" | "reparent")
+        if args.zombies_only && !record.event.is_about_zombies()
             || args
                 .pid
                 .is_some_and(|pid| pid != record.pid && pid != record.ppid)
@@ -489,7 +540,7 @@ type CgroupInfo = (String, kubernetes::PodLabels, Option<String>);
 
 struct Record<'a> {
     time_ns: u64,
-    event: &'static str,
+    event: TraceEvent,
     pid: u32,
     ppid: u32,
     comm: &'a [u8; 16],
@@ -593,6 +644,15 @@ mod tests {
             ))
         );
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn event_names_fill_the_text_column_and_are_json_strings() {
+        assert_eq!(format!("{:<8}|", TraceEvent::Reap), "reap    |");
+        assert_eq!(
+            serde_json::to_string(&TraceEvent::Reparent).unwrap(),
+            "\"reparent\""
+        );
     }
 
     #[test]
