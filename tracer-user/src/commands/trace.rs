@@ -473,7 +473,11 @@ impl<W: Write> Trace<'_, W> {
             return Ok(());
         }
         let wall = UNIX_EPOCH + Duration::from_nanos(record.time_ns + self.wall_offset_ns);
-        let (path, labels, container_id) = self.cgroup(engine, record.cgroup_id);
+        let CgroupInfo {
+            path,
+            labels,
+            container_id,
+        } = self.cgroup(engine, record.cgroup_id);
         if args
             .cgroup
             .as_ref()
@@ -515,28 +519,40 @@ impl<W: Write> Trace<'_, W> {
     fn forget_removed(&mut self, engine: &mut StateEngine) -> Result<()> {
         if let Some(hierarchy) = engine.hierarchy() {
             self.paths
-                .retain(|&id, (path, ..)| hierarchy.id_of(path.as_bytes()) == Some(id));
+                .retain(|&id, info| hierarchy.id_of(info.path.as_bytes()) == Some(id));
         }
         super::forget_removed_cgroups(engine)
     }
 
-    /// Path, pod labels and container ID of a cgroup id, cached while the cgroup exists.
+    /// What a cgroup id says, cached while the cgroup exists.
     fn cgroup(&mut self, engine: &mut StateEngine, id: u64) -> CgroupInfo {
-        if let Some(known) = self.paths.get(&id) {
-            return known.clone();
+        if let Some(cached) = self.paths.get(&id) {
+            return cached.clone();
         }
         let path = engine.cgroup_path(id).unwrap_or_default();
         let parsed = kubernetes::parse_path(&path);
-        let info = (path, self.pods.labels(&parsed), parsed.container_id);
+        let info = CgroupInfo {
+            labels: self.pods.labels(&parsed),
+            container_id: parsed.container_id,
+            path,
+        };
         // An unresolved id may resolve later (a cgroup newer than the last walk).
-        if !info.0.is_empty() {
+        if !info.path.is_empty() {
             self.paths.insert(id, info.clone());
         }
         info
     }
 }
 
-type CgroupInfo = (String, kubernetes::PodLabels, Option<String>);
+/// A cgroup as the filters and the lines see it.
+#[derive(Clone)]
+struct CgroupInfo {
+    /// Empty while the id is not resolved.
+    path: String,
+    labels: kubernetes::PodLabels,
+    /// What `--container` also matches, by prefix.
+    container_id: Option<String>,
+}
 
 struct Record<'a> {
     time_ns: u64,
