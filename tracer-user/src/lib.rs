@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod procfs;
 pub mod state;
+pub mod text;
 pub mod watch;
 
 use anyhow::Result;

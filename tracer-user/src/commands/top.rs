@@ -5,7 +5,7 @@ mod view;
 
 use std::{
     collections::BTreeMap,
-    io::{self, IsTerminal, Write},
+    io::{self, IsTerminal},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
@@ -27,7 +27,7 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, FullCgroup, ParentRow, Sample};
+use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
@@ -100,7 +100,7 @@ fn sleep_unless_stopped(duration: Duration) -> bool {
     false
 }
 
-/// Turns each tick of the watch into a [`Sample`].
+/// Turns each tick of the watch into a [`TopSample`].
 struct Collector {
     watch: Watch,
     pods: PodDirectory,
@@ -170,7 +170,7 @@ impl Collector {
             .collect()
     }
 
-    fn collect(&mut self) -> Result<Sample> {
+    fn collect(&mut self) -> Result<TopSample> {
         let tick = self.watch.tick()?;
         if self.last_forget.elapsed() >= super::FORGET_REMOVED_EVERY {
             super::forget_removed_cgroups(self.watch.engine_mut())?;
@@ -205,7 +205,7 @@ impl Collector {
             Some(left) => Eta::Measuring(left),
             None => tick.node_eta_seconds.map_or(Eta::NotGrowing, Eta::Seconds),
         };
-        Ok(Sample {
+        Ok(TopSample {
             taken: SystemTime::now(),
             node: tick.node,
             eta,
@@ -256,18 +256,8 @@ fn plain(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     let display = Display::default();
     let mut refreshes = 0;
     loop {
-        let text = view::plain(&collector.collect()?, &display, args.interval);
+        super::emit(&view::plain(&collector.collect()?, &display, args.interval))?;
         refreshes += 1;
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // The reader went away (`reapwatch top | head`): nothing more to do.
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(err) => return Err(err.into()),
-            Ok(()) => {}
-        }
         if args.iterations.is_some_and(|n| refreshes >= n) || !sleep_unless_stopped(args.interval) {
             return Ok(());
         }
@@ -352,7 +342,7 @@ fn full_screen(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     }
 }
 
-fn draw(frame: &mut ratatui::Frame, sample: &Sample, display: &Display, interval: Duration) {
+fn draw(frame: &mut ratatui::Frame, sample: &TopSample, display: &Display, interval: Duration) {
     let summary = view::summary(sample, display, interval);
     let [top, table, keys] = Layout::vertical([
         Constraint::Length(summary.len() as u16),

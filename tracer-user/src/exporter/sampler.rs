@@ -12,7 +12,7 @@ use tracer_common::{CgroupCounters, Loss};
 use super::{
     ledger::CounterLedger,
     model::{
-        CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries,
+        CgroupLabels, CgroupSeries, Health, MapUsage, Model, NodeSeries, ParentSeries, PidsSeries,
         SeriesCounters,
     },
     settings::{CgroupSeriesChoice, Settings},
@@ -192,17 +192,21 @@ impl Sampler {
             kernel: self.kernel.clone(),
             events_lost: losses.iter().sum::<u64>() + misses,
             maps: vec![
-                ("zombies", in_maps, losses[Loss::ZombiesMapFull as usize]),
-                (
-                    "cgroup_counters",
-                    counters,
-                    losses[Loss::CgroupsMapFull as usize],
-                ),
-                (
-                    "waits",
-                    self.wait_entries,
-                    losses[Loss::WaitsMapFull as usize],
-                ),
+                MapUsage {
+                    map: "zombies",
+                    entries: in_maps,
+                    times_full: losses[Loss::ZombiesMapFull as usize],
+                },
+                MapUsage {
+                    map: "cgroup_counters",
+                    entries: counters,
+                    times_full: losses[Loss::CgroupsMapFull as usize],
+                },
+                MapUsage {
+                    map: "waits",
+                    entries: self.wait_entries,
+                    times_full: losses[Loss::WaitsMapFull as usize],
+                },
             ],
             proc_skipped: engine.totals().skipped,
             health: Health::default(),
