@@ -163,7 +163,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 # The tests serve and scrape over loopback.
 ip link set lo up
-layout=$(sed -n 's/.*reapwatch\.cgroups=\([a-z0-9]*\).*//p' /proc/cmdline)
+layout=$(sed -n 's/.*reapwatch\.cgroups=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 case "$layout" in
 v2)
     mount -t cgroup2 cgroup2 /sys/fs/cgroup
