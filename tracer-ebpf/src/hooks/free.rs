@@ -17,8 +17,20 @@ use crate::{
     task::{configured, Task},
 };
 
+/// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    on_free::<true>(ctx)
+}
+
+/// Kernels without: the hash map alone (see `exit`).
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free_hash(ctx: BtfTracePointContext) -> i32 {
+    on_free::<false>(ctx)
+}
+
+#[inline(always)]
+fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
@@ -33,7 +45,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     let Some(start_ticks) = task.start_ticks() else {
         return 0;
     };
-    if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
+    if let Some(zombie) = take_zombie::<SLOTS>(&ProcessKey::new(tgid, start_ticks)) {
         let lifetime = tick_ns().saturating_sub(zombie.exit_ns);
         // Charged where it was created, even if it was reparented since; a zombie found in
         // /proc was counted created by userspace when found. Only a seen exit has a lifetime.

@@ -148,11 +148,18 @@ impl Tracer {
     }
 
     fn load_with(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Self> {
+        // Kernels before 5.12 refuse a program holding BPF compare-and-swap, even on a path
+        // it never takes: there the exit and free hooks are the builds without the slots.
+        let (exit, free) = if offsets.zombie_slots > 0 {
+            ("sched_process_exit", "sched_process_free")
+        } else {
+            ("sched_process_exit_hash", "sched_process_free_hash")
+        };
         let hooks = [
             ("sched_process_fork", "sched_process_fork"),
-            ("sched_process_exit", "sched_process_exit"),
+            (exit, "sched_process_exit"),
             ("sched_process_wait", "sched_process_wait"),
-            ("sched_process_free", "sched_process_free"),
+            (free, "sched_process_free"),
         ]
         .map(|(program, tracepoint)| Hook {
             program,
