@@ -379,9 +379,11 @@ fn a_restart_neither_loses_nor_double_counts_zombies() {
 /// Returns the refusals `pids.events` counts.
 fn fill_and_refuse_forks(cgroup: &TestCgroup, tries: usize) -> u64 {
     fs::write(cgroup.path.join("pids.max"), "2").unwrap();
+    // A program outside the shell: busybox's sh runs its own applets (`true`) unforked.
     let script = format!(
-        "echo $$ > {}/cgroup.procs && /bin/true",
-        cgroup.path.display()
+        "echo $$ > {}/cgroup.procs && {} --version > /dev/null",
+        cgroup.path.display(),
+        workspace_binary("reapwatch").display()
     );
     for _ in 0..tries {
         let status = Command::new("/bin/sh")

@@ -10,7 +10,7 @@ use reapwatch::{
     state::{ChildState, StateEngine},
 };
 use reapwatch_tests::{eventually, load_engine, proc_unreaped_children, Helper, TestCgroup};
-use tracer_common::CgroupCounters;
+use tracer_common::{CgroupCounters, Loss};
 
 fn engine() -> StateEngine {
     load_engine(MapSizes::default())
@@ -105,6 +105,19 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
     });
     let cgroup = TestCgroup::new("overflow");
     let mut helper = Helper::start("leak", 5, &cgroup);
+    let mut losses = [0; tracer_common::LOSS_KINDS as usize];
+    if engine.tracer().paths().zombie_store == "hash" {
+        // Before 5.12 there is no slot table: the hash map holds 4 and the fifth is a
+        // counted loss (this engine never reconciles, so it stays unseen).
+        let counted = eventually(Duration::from_secs(10), || {
+            proc_unreaped_children(helper.parent).len() == 5
+                && traced_children(&mut engine, helper.parent).len() == 4
+        });
+        assert!(counted, "{:?}", traced_children(&mut engine, helper.parent));
+        losses[Loss::ZombiesMapFull as usize] = 1;
+        assert_eq!(engine.tracer().losses().unwrap(), losses);
+        return;
+    }
     // 1 in the slot, 4 in the hash map, which is then full.
     assert_matches_proc(&mut engine, helper.parent, 5);
     assert_created(&engine, &cgroup, 5);
@@ -119,10 +132,7 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
                 .any(|c| c.id == cgroup.id() && c.counters.zombies_reaped == 5)
     });
     assert!(reaped, "{:?}", counters(&engine, &cgroup));
-    assert_eq!(
-        engine.tracer().losses().unwrap(),
-        [0; tracer_common::LOSS_KINDS as usize]
-    );
+    assert_eq!(engine.tracer().losses().unwrap(), losses);
 }
 
 #[test]

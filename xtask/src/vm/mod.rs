@@ -145,6 +145,9 @@ const HOST_TOOLS: &[&str] = &[
 /// Terminal descriptions tmux and the `top` tests look up.
 const TERMINFO_DIRS: &[&str] = &["/lib/terminfo", "/usr/share/terminfo"];
 
+/// Data files of the host tools: openssl's configuration.
+const HOST_FILES: &[&str] = &["/usr/lib/ssl/openssl.cnf"];
+
 /// One boot: a few seconds to boot, minutes of emulated tests; a hung guest is killed.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -153,6 +156,8 @@ const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 # Host tools in /usr/bin before busybox's applets of the same name.
 export PATH=/usr/bin:/bin HOME=/ TMPDIR=/tmp TERM=xterm-256color
+# tmux needs a UTF-8 locale; glibc has C.UTF-8 built in.
+export LANG=C.UTF-8
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -407,6 +412,11 @@ fn build_initramfs(out: &Path) -> Result<()> {
     }
     for dir in TERMINFO_DIRS {
         archive.tree(Path::new(dir))?;
+    }
+    for file in HOST_FILES {
+        let file = file.trim_start_matches('/');
+        archive.parents_of(file);
+        archive.file(file, &read(&format!("/{file}"))?, 0o644);
     }
     for (name, exe) in &binaries {
         if ["reapwatch", "zombie-helper"].contains(&name.as_str()) {
