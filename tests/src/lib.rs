@@ -64,7 +64,6 @@ impl TestCgroup {
         let hierarchy = hierarchy(choice);
         let root = hierarchy.root().join("reapwatch-tests");
         fs::create_dir_all(&root).expect("create the tests' cgroup");
-        enable_pids_below(hierarchy.root(), &root);
         let mut unique = OsString::from(name);
         unique.push(format!(
             "-{}-{}",
@@ -73,6 +72,7 @@ impl TestCgroup {
         ));
         let path = root.join(unique);
         fs::create_dir(&path).expect("create a test cgroup");
+        enable_pids_below(hierarchy.root(), &path);
         Self {
             path,
             root: hierarchy.root().to_path_buf(),
