@@ -238,20 +238,36 @@ pub struct WaitRecord {
     pub last_wait_ns: u64,
 }
 
-/// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    ZombiesMapFull = 0,
-    CgroupsMapFull = 1,
-    WaitsMapFull = 2,
-    /// A kernel pointer the programs follow was null, or a `bpf_probe_read_kernel` failed.
-    KernelRead = 3,
-    /// `reapwatch trace` fell behind: the event ring buffer was full.
-    EventsDropped = 4,
+/// Declares [`Loss`] with its variants numbered from 0 in order, and [`Loss::ALL`] listing
+/// them, so the size of the `LOSSES` array follows from the enum.
+macro_rules! loss_kinds {
+    ($($(#[$attr:meta])* $variant:ident,)*) => {
+        /// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Loss {
+            $($(#[$attr])* $variant,)*
+        }
+
+        impl Loss {
+            /// Every kind, in index order.
+            pub const ALL: [Loss; [$(Loss::$variant),*].len()] = [$(Loss::$variant),*];
+        }
+    };
 }
 
-pub const LOSS_KINDS: u32 = 5;
+loss_kinds! {
+    ZombiesMapFull,
+    CgroupsMapFull,
+    WaitsMapFull,
+    /// A kernel pointer the programs follow was null, or a `bpf_probe_read_kernel` failed.
+    KernelRead,
+    /// `reapwatch trace` fell behind: the event ring buffer was full.
+    EventsDropped,
+}
+
+/// Entries of the `LOSSES` array.
+pub const LOSS_KINDS: u32 = Loss::ALL.len() as u32;
 
 /// What an [`Event`] reports.
 #[repr(u32)]
@@ -300,6 +316,25 @@ pub struct Event {
     pub comm: [u8; 16],
 }
 
+// The ABI, checked at compile time on both sides: no implicit padding anywhere (every field
+// counted), and loss kinds numbered as `LOSSES` is indexed.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ProcessKey>() == 16);
+    assert!(size_of::<Zombie>() == 16 + 8 * 3 + 4 * 3 + 16 + 4);
+    assert!(size_of::<ZombieSlot>() == 8 + 8 + 16 + size_of::<Zombie>());
+    assert!(size_of::<KernelOffsets>() == 25 * 4);
+    assert!(size_of::<CgroupCounters>() == 4 * 8);
+    assert!(size_of::<LifetimeHistogram>() == (LIFETIME_BUCKETS + 2) * 8);
+    assert!(size_of::<WaitRecord>() == 2 * 8);
+    assert!(size_of::<Event>() == 3 * 8 + 4 * 4 + 16);
+    let mut i = 0;
+    while i < Loss::ALL.len() {
+        assert!(Loss::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]` plain integers with explicit padding fields.
@@ -329,18 +364,5 @@ mod tests {
         // 1 s = 1e6 us lies in [2^19, 2^20)
         assert_eq!(lifetime_bucket(1_000_000_000), 20);
         assert_eq!(lifetime_bucket(u64::MAX), LIFETIME_BUCKETS - 1);
-    }
-
-    #[test]
-    fn shared_layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
-        assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 25 * 4);
-        assert_eq!(
-            core::mem::size_of::<ZombieSlot>(),
-            8 + 8 + 16 + core::mem::size_of::<Zombie>()
-        );
-        assert_eq!(core::mem::size_of::<WaitRecord>(), 2 * 8);
-        assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }
