@@ -14,7 +14,8 @@ use crate::{
     clock::tick_ns,
     events::report,
     maps::{record_lifetime, take_zombie, update_cgroup},
-    task::{configured, Task},
+    offsets::configured,
+    task::Task,
 };
 
 #[btf_tracepoint(function = "sched_process_free")]
