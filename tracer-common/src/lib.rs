@@ -14,12 +14,10 @@ pub const SA_NOCLDWAIT: u64 = 2;
 /// Byte offsets of the kernel struct members the programs read.
 ///
 /// Rust eBPF has no CO-RE relocations, so userspace reads these from the running kernel's BTF
-/// and hands them to the programs as a read-only global before load. `ready == 0` (the zeroed
-/// default compiled into the object) makes every program a no-op.
+/// and hands them to the programs as a read-only global before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    pub ready: u32,
     pub task_exit_code: u32,
     pub task_exit_signal: u32,
     pub task_pid: u32,
@@ -43,11 +41,20 @@ pub struct KernelOffsets {
     pub css_set_pids_css: u32,
     /// `cgroup_subsys_state::cgroup`.
     pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+/// How the programs behave on this host, set by userspace before load beside the offsets
+/// (a read-only global too). `ready == 0` (the zeroed default compiled into the object) makes
+/// every program a no-op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramSettings {
+    pub ready: u32,
     /// Which hierarchy cgroup ids (and so every per-cgroup counter) refer to: see
     /// [`CGROUP_UNIFIED`], [`CGROUP_V1_PIDS`].
     pub cgroup_hierarchy: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
     pub nsec_per_tick: u32,
     /// Entries of the `ZOMBIE_SLOTS` table (a power of two), or 0 where the kernel has no
@@ -57,6 +64,8 @@ pub struct KernelOffsets {
     /// call one only when its bit is set; the verifier drops the other branch as dead code,
     /// so older kernels never see the call.
     pub helpers: u32,
+    /// Non-zero for `reapwatch trace` only: other commands emit no events.
+    pub trace_events: u32,
 }
 
 /// `bpf_get_current_task_btf` (5.11+): the current task as a typed pointer.
@@ -140,7 +149,7 @@ pub struct Zombie {
     pub parent: ProcessKey,
     /// `CLOCK_MONOTONIC` nanoseconds of the exit, to the kernel tick (see `ZOMBIE_SEEN_LATE`).
     pub exit_ns: u64,
-    /// Cgroup id (see `KernelOffsets::cgroup_hierarchy`) of the zombie itself.
+    /// Cgroup id (see `ProgramSettings::cgroup_hierarchy`) of the zombie itself.
     pub cgroup_id: u64,
     /// Cgroup id of its parent when it was created: the cgroup its creation and its reap are
     /// charged to, even after it is reparented.
@@ -299,7 +308,8 @@ impl EventKind {
 }
 
 /// One lifecycle event for `reapwatch trace`, written to the `EVENTS` ring buffer only while
-/// tracing is switched on (the `TRACE_EVENTS` global), so other commands pay one load for it.
+/// tracing is switched on (`ProgramSettings::trace_events`), so other commands pay one load
+/// for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -323,7 +333,8 @@ const _: () = {
     assert!(size_of::<ProcessKey>() == 16);
     assert!(size_of::<Zombie>() == 16 + 8 * 3 + 4 * 3 + 16 + 4);
     assert!(size_of::<ZombieSlot>() == 8 + 8 + 16 + size_of::<Zombie>());
-    assert!(size_of::<KernelOffsets>() == 25 * 4);
+    assert!(size_of::<KernelOffsets>() == 20 * 4);
+    assert!(size_of::<ProgramSettings>() == 6 * 4);
     assert!(size_of::<CgroupCounters>() == 4 * 8);
     assert!(size_of::<LifetimeHistogram>() == (LIFETIME_BUCKETS + 2) * 8);
     assert!(size_of::<WaitRecord>() == 2 * 8);
@@ -339,6 +350,7 @@ const _: () = {
 mod pod {
     // SAFETY: all of these are `#[repr(C)]` plain integers with explicit padding fields.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProgramSettings {}
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::Zombie {}
     unsafe impl aya::Pod for super::ZombieSlot {}

@@ -6,20 +6,13 @@ use tracer_common::{Event, EventKind, Loss};
 use crate::{
     clock::now_ns,
     losses::count_loss,
+    settings::tracing,
     task::{Access, Task},
 };
 
 /// Lifecycle events for `reapwatch trace`; one page unless tracing sizes it up.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
-
-/// Set by userspace for `reapwatch trace` only: other commands emit no events.
-#[unsafe(no_mangle)]
-static TRACE_EVENTS: u32 = 0;
-
-fn tracing() -> bool {
-    unsafe { core::ptr::read_volatile(&raw const TRACE_EVENTS) != 0 }
-}
 
 /// Reports `kind` for the process `process` leads.
 #[inline(always)]

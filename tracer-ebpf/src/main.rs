@@ -28,6 +28,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod offsets;
 #[cfg(target_arch = "bpf")]
+mod settings;
+#[cfg(target_arch = "bpf")]
 mod task;
 #[cfg(target_arch = "bpf")]
 mod zombie;

@@ -12,7 +12,7 @@ use tracer_common::{
     ZombieSlot,
 };
 
-use crate::{losses::count_loss, offsets::zombie_slots};
+use crate::{losses::count_loss, settings::zombie_slots};
 
 const EEXIST: i32 = 17;
 

@@ -13,13 +13,12 @@ use core::{marker::PhantomData, mem::MaybeUninit};
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_get_current_task_btf, generated::bpf_probe_read_kernel,
 };
-use tracer_common::{
-    Loss, ProcessKey, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN,
-};
+use tracer_common::{Loss, ProcessKey, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN};
 
 use crate::{
     losses::count_loss,
-    offsets::{has_helper, offset},
+    offsets::offset,
+    settings::{cgroups_from_v1_pids, has_helper, nsec_per_tick},
 };
 
 /// How a `T` is read at a kernel address.
@@ -166,7 +165,7 @@ impl<A: Access> Task<A> {
     /// Start time in `USER_HZ` ticks since boot, as `/proc/<pid>/stat` field 22 shows it.
     pub fn start_ticks(self) -> Option<u64> {
         let boottime_ns: u64 = self.read(offset!(task_start_boottime))?;
-        let per_tick = offset!(nsec_per_tick) as u64;
+        let per_tick = nsec_per_tick();
         if per_tick == 0 {
             return None;
         }
@@ -237,7 +236,7 @@ pub struct Cgroup {
 
 /// Id of the cgroup a `css_set` puts its tasks in, in the hierarchy userspace chose.
 pub fn cgroup_id_of<A: Access>(css_set: *const u8) -> Option<u64> {
-    let cgroup = if offset!(cgroup_hierarchy) as u32 == CGROUP_V1_PIDS {
+    let cgroup = if cgroups_from_v1_pids() {
         let css = read_pointer::<A>(css_set, offset!(css_set_pids_css))?;
         read_pointer::<A>(css, offset!(css_cgroup))?
     } else {

@@ -6,7 +6,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use tracer_common::EventKind;
 
-use crate::{events::report, maps::update_cgroup, offsets::configured, task::Task, zombie};
+use crate::{events::report, maps::update_cgroup, settings::configured, task::Task, zombie};
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {

@@ -14,7 +14,7 @@ use crate::{
     clock::tick_ns,
     events::report,
     maps::{record_lifetime, take_zombie, update_cgroup},
-    offsets::configured,
+    settings::configured,
     task::Task,
 };
 

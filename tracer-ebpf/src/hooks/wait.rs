@@ -8,7 +8,7 @@ use crate::{
     clock::tick_ns,
     events::report,
     maps::record_wait,
-    offsets::configured,
+    settings::configured,
     task::{Access, Task},
 };
 

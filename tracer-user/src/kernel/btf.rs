@@ -10,7 +10,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Backend, Btf, Type};
 use tracer_common::{
-    KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SIGCHLD,
+    KernelOffsets, ProgramSettings, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF,
+    SIGCHLD,
 };
 
 use crate::cgroup::HierarchyKind;
@@ -137,17 +138,12 @@ impl KernelBtf {
     }
 
     /// Every offset the programs need; cgroup ids will refer to `hierarchy`.
-    pub fn kernel_offsets(
-        &self,
-        nsec_per_tick: u32,
-        hierarchy: HierarchyKind,
-    ) -> Result<KernelOffsets> {
+    pub fn kernel_offsets(&self, hierarchy: HierarchyKind) -> Result<KernelOffsets> {
         let task = |m: &str| self.member_offset("task_struct", m);
         let sigchld_action = self.member_offset("sighand_struct", "action")?
             + (SIGCHLD as u32 - 1) * self.struct_size("k_sigaction")?
             + self.member_offset("k_sigaction", "sa")?;
         Ok(KernelOffsets {
-            ready: 1,
             task_exit_code: task("exit_code")?,
             task_exit_signal: task("exit_signal")?,
             task_pid: task("pid")?,
@@ -177,14 +173,25 @@ impl KernelBtf {
                 HierarchyKind::Unified => 0,
             },
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
+        })
+    }
+
+    /// The programs' settings for this kernel, ready; cgroup ids will refer to `hierarchy`.
+    /// The zombie slots and events stay off: the loader sets them, knowing the map sizes.
+    pub fn program_settings(
+        &self,
+        nsec_per_tick: u32,
+        hierarchy: HierarchyKind,
+    ) -> ProgramSettings {
+        ProgramSettings {
+            ready: 1,
             cgroup_hierarchy: match hierarchy {
                 HierarchyKind::Unified => CGROUP_UNIFIED,
                 HierarchyKind::V1Pids => CGROUP_V1_PIDS,
             },
-            cgroup_kn: self.member_offset("cgroup", "kn")?,
-            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             nsec_per_tick,
-            // Set by the loader, which knows the map sizes.
             zombie_slots: 0,
             helpers: if self
                 .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
@@ -194,7 +201,8 @@ impl KernelBtf {
             } else {
                 0
             },
-        })
+            trace_events: 0,
+        }
     }
 }
 
@@ -209,10 +217,9 @@ mod tests {
     #[test]
     fn offsets_of_the_running_kernel() {
         let btf = KernelBtf::from_file(Path::new(VMLINUX)).expect("this machine has BTF");
-        let offsets = btf
-            .kernel_offsets(10_000_000, HierarchyKind::V1Pids)
-            .unwrap();
-        assert_eq!(offsets.ready, 1);
+        let offsets = btf.kernel_offsets(HierarchyKind::V1Pids).unwrap();
+        let settings = btf.program_settings(10_000_000, HierarchyKind::V1Pids);
+        assert_eq!(settings.ready, 1);
         // `thread_info` (or the `__state` that follows it) opens task_struct on x86_64 with
         // THREAD_INFO_IN_TASK; every member we read lies inside the struct.
         let fields = [
@@ -236,13 +243,12 @@ mod tests {
         assert_eq!(offsets.signal_live, 4);
         // The pids css pointer lies inside css_set's leading subsys[] array.
         assert!(offsets.css_set_pids_css < offsets.css_set_dfl_cgrp);
-        assert_eq!(offsets.cgroup_hierarchy, CGROUP_V1_PIDS);
+        assert_eq!(settings.cgroup_hierarchy, CGROUP_V1_PIDS);
         // Every kernel the suite runs on (6.1 and later) has it; 5.5 to 5.10 do not.
-        assert_eq!(offsets.helpers, HELPER_CURRENT_TASK_BTF);
-        let unified = btf
-            .kernel_offsets(10_000_000, HierarchyKind::Unified)
-            .unwrap();
+        assert_eq!(settings.helpers, HELPER_CURRENT_TASK_BTF);
+        let unified = btf.program_settings(10_000_000, HierarchyKind::Unified);
         assert_eq!(unified.cgroup_hierarchy, CGROUP_UNIFIED);
+        btf.kernel_offsets(HierarchyKind::Unified).unwrap();
     }
 
     #[test]

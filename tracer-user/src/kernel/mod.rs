@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    CgroupCounters, KernelOffsets, LifetimeHistogram, ProcessKey, WaitRecord, Zombie,
-    LIFETIME_BUCKETS, LOSS_KINDS,
+    CgroupCounters, KernelOffsets, LifetimeHistogram, ProcessKey, ProgramSettings, WaitRecord,
+    Zombie, LIFETIME_BUCKETS, LOSS_KINDS,
 };
 
 use self::{
@@ -93,24 +93,36 @@ impl Tracer {
         preflight::check_all()?;
         // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
         // BTF, twice (to load the object, and to find each tracepoint), one at a time.
-        let mut offsets = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?
-            .kernel_offsets(nsec_per_tick()?, hierarchy)?;
+        let btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
+        let offsets = btf.kernel_offsets(hierarchy)?;
         let release = preflight::kernel_release()?;
-        offsets.zombie_slots = slots::slots_for(
-            sizes.zombies,
-            preflight::parse_release(&release).unwrap_or_default(),
-        );
-        Self::load_with(&offsets, sizes)
+        let settings = ProgramSettings {
+            zombie_slots: slots::slots_for(
+                sizes.zombies,
+                preflight::parse_release(&release).unwrap_or_default(),
+            ),
+            trace_events: u32::from(sizes.event_buffer > 0),
+            ..btf.program_settings(nsec_per_tick()?, hierarchy)
+        };
+        Self::load_with(&offsets, &settings, sizes)
     }
 
     /// The same programs on the same tracepoints, left unconfigured: each returns at its
     /// first check. The benchmark's baseline for what measuring a program run costs.
     pub fn load_unconfigured() -> Result<Self> {
         preflight::check_all()?;
-        Self::load_with(&KernelOffsets::default(), MapSizes::default())
+        Self::load_with(
+            &KernelOffsets::default(),
+            &ProgramSettings::default(),
+            MapSizes::default(),
+        )
     }
 
-    fn load_with(offsets: &KernelOffsets, sizes: MapSizes) -> Result<Self> {
+    fn load_with(
+        offsets: &KernelOffsets,
+        settings: &ProgramSettings,
+        sizes: MapSizes,
+    ) -> Result<Self> {
         let hooks = [
             ("sched_process_fork", "sched_process_fork"),
             ("sched_process_exit", "sched_process_exit"),
@@ -122,14 +134,13 @@ impl Tracer {
             tracepoint,
         });
 
-        let tracing = u32::from(sizes.event_buffer > 0);
         // A ring buffer is a power-of-two number of pages.
         let ring_bytes = sizes.event_buffer.max(4096).next_power_of_two();
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", offsets, true)
-            .override_global("TRACE_EVENTS", &tracing, true)
+            .override_global("SETTINGS", settings, true)
             .map_max_entries("EVENTS", ring_bytes)
-            .map_max_entries("ZOMBIE_SLOTS", offsets.zombie_slots.max(1))
+            .map_max_entries("ZOMBIE_SLOTS", settings.zombie_slots.max(1))
             .map_max_entries("ZOMBIES", sizes.zombies)
             .map_max_entries("CGROUP_COUNTERS", sizes.cgroups)
             .map_max_entries("WAITS", sizes.waits)
@@ -152,7 +163,7 @@ impl Tracer {
                 )
             })?;
         }
-        let slots = match offsets.zombie_slots {
+        let slots = match settings.zombie_slots {
             0 => None,
             slots => Some(SlotTable::map(
                 ebpf.map("ZOMBIE_SLOTS")
