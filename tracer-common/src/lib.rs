@@ -11,6 +11,25 @@ pub const SIG_IGN: u64 = 1;
 /// `SA_NOCLDWAIT` in `sa_flags`.
 pub const SA_NOCLDWAIT: u64 = 2;
 
+/// Names of the programs' maps and globals in the object file, for userspace to find them.
+///
+/// The eBPF side cannot spell its declarations with these: aya's `#[map(name = ...)]` takes a
+/// string literal only, and a global's symbol is its identifier. Userspace's unit tests check
+/// the built object against every name here instead.
+pub mod names {
+    pub const ZOMBIE_SLOTS: &str = "ZOMBIE_SLOTS";
+    pub const ZOMBIES: &str = "ZOMBIES";
+    pub const CGROUP_COUNTERS: &str = "CGROUP_COUNTERS";
+    pub const WAITS: &str = "WAITS";
+    pub const LIFETIMES: &str = "LIFETIMES";
+    pub const LOSSES: &str = "LOSSES";
+    pub const EVENTS: &str = "EVENTS";
+    /// Global: [`crate::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global: [`crate::ProgramSettings`].
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
 /// Byte offsets of the kernel struct members the programs read.
 ///
 /// Rust eBPF has no CO-RE relocations, so userspace reads these from the running kernel's BTF

@@ -31,7 +31,7 @@ use tracer_common::{
 
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
-    kernel::{monotonic_ns, Added, Losses, MapSizes, Tracer},
+    kernel::{clock::monotonic_ns, Added, Losses, MapSizes, Tracer},
     procfs::{self, CgroupLine, ProcStat},
 };
 

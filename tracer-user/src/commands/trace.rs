@@ -20,7 +20,7 @@ use crate::{
     cgroup::CgroupHierarchy,
     cli::TraceArgs,
     escape,
-    kernel::{monotonic_ns, MapSizes},
+    kernel::{clock::monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
 };

@@ -15,7 +15,7 @@ use crate::{
     cgroup,
     cli::{TracerArgs, WhyArgs},
     escape,
-    kernel::{monotonic_ns, MapSizes},
+    kernel::{clock::monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
     state::{self, Change, StateEngine},

@@ -1,0 +1,195 @@
+//! Loading the programs into the kernel, configured for this host, and attaching them.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
+use tracer_common::{names, KernelOffsets, ProgramSettings};
+
+use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, Tracer};
+use crate::cgroup::HierarchyKind;
+
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
+
+/// Every program, and the tracepoint it attaches to.
+const HOOKS: [Hook; 4] = [
+    hook("sched_process_fork"),
+    hook("sched_process_exit"),
+    hook("sched_process_wait"),
+    hook("sched_process_free"),
+];
+
+/// Each program is named after its tracepoint.
+const fn hook(tracepoint: &'static str) -> Hook {
+    Hook {
+        program: tracepoint,
+        tracepoint,
+    }
+}
+
+/// Capacity of the kernel maps. A full map loses records, and the loss is counted.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Unreaped zombies tracked at once (node-wide).
+    pub zombies: u32,
+    /// cgroups with counters.
+    pub cgroups: u32,
+    /// Processes whose last `wait()` is remembered.
+    pub waits: u32,
+    /// Bytes of the event ring buffer of `reapwatch trace`; 0 switches events off.
+    pub event_buffer: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            zombies: 65536,
+            cgroups: 16384,
+            waits: 65536,
+            event_buffer: 0,
+        }
+    }
+}
+
+impl Tracer {
+    /// Loads and attaches the programs; per-cgroup counters will be keyed by cgroup ids of
+    /// `hierarchy`.
+    pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
+        preflight::check_all()?;
+        // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
+        // BTF, twice (to load the object, and to find each tracepoint), one at a time.
+        let btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
+        let offsets = btf.kernel_offsets(hierarchy)?;
+        let release = preflight::kernel_release()?;
+        let settings = ProgramSettings {
+            zombie_slots: slots::slots_for(
+                sizes.zombies,
+                preflight::parse_release(&release).unwrap_or_default(),
+            ),
+            trace_events: u32::from(sizes.event_buffer > 0),
+            ..btf.program_settings(nsec_per_tick()?, hierarchy)
+        };
+        Self::load_with(&offsets, &settings, sizes)
+    }
+
+    /// The same programs on the same tracepoints, left unconfigured: each returns at its
+    /// first check. The benchmark's baseline for what measuring a program run costs.
+    pub fn load_unconfigured() -> Result<Self> {
+        preflight::check_all()?;
+        Self::load_with(
+            &KernelOffsets::default(),
+            &ProgramSettings::default(),
+            MapSizes::default(),
+        )
+    }
+
+    fn load_with(
+        offsets: &KernelOffsets,
+        settings: &ProgramSettings,
+        sizes: MapSizes,
+    ) -> Result<Self> {
+        // A ring buffer is a power-of-two number of pages.
+        let ring_bytes = sizes.event_buffer.max(4096).next_power_of_two();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::OFFSETS, offsets, true)
+            .override_global(names::SETTINGS, settings, true)
+            .map_max_entries(names::EVENTS, ring_bytes)
+            .map_max_entries(names::ZOMBIE_SLOTS, settings.zombie_slots.max(1))
+            .map_max_entries(names::ZOMBIES, sizes.zombies)
+            .map_max_entries(names::CGROUP_COUNTERS, sizes.cgroups)
+            .map_max_entries(names::WAITS, sizes.waits)
+            .load(OBJECT)
+            .map_err(|err| anyhow!("cannot load the eBPF object: {}", first_line(&err)))?;
+        attach(&mut ebpf)?;
+        let slots = match settings.zombie_slots {
+            0 => None,
+            slots => Some(slots::SlotTable::map(
+                ebpf.map(names::ZOMBIE_SLOTS)
+                    .with_context(|| format!("{} map missing", names::ZOMBIE_SLOTS))?,
+                slots,
+            )?),
+        };
+        Ok(Self {
+            ebpf,
+            hooks: HOOKS.to_vec(),
+            slots,
+        })
+    }
+}
+
+fn attach(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
+    for hook in &HOOKS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} missing from the object", hook.program))?
+            .try_into()?;
+        program
+            .load(hook.tracepoint, &btf)
+            .map_err(|err| anyhow!("cannot load program {}: {}", hook.program, first_line(&err)))?;
+        program.attach().map_err(|err| {
+            anyhow!(
+                "cannot attach to tp_btf/{}: {}",
+                hook.tracepoint,
+                first_line(&err)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Verifier logs and loader errors span many lines; a user gets the first.
+fn first_line(err: &dyn std::fmt::Display) -> String {
+    err.to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tracer_common::{names, KernelOffsets, ProgramSettings};
+
+    use super::*;
+
+    /// The programs cannot declare their maps and globals with the shared names (aya's
+    /// `#[map]` takes a literal, a global's symbol is its identifier): the built object must
+    /// have each under its name, and each global the size of its shared type.
+    #[test]
+    fn object_uses_the_shared_names() {
+        let mut object = aya_obj::Object::parse(OBJECT).expect("parse the object");
+        for map in [
+            names::ZOMBIE_SLOTS,
+            names::ZOMBIES,
+            names::CGROUP_COUNTERS,
+            names::WAITS,
+            names::LIFETIMES,
+            names::LOSSES,
+            names::EVENTS,
+        ] {
+            assert!(object.maps.contains_key(map), "no map {map} in the object");
+        }
+        let offsets = [0; size_of::<KernelOffsets>()];
+        let settings = [0; size_of::<ProgramSettings>()];
+        for (global, bytes) in [
+            (names::OFFSETS, &offsets[..]),
+            (names::SETTINGS, &settings[..]),
+        ] {
+            object
+                .patch_map_data(HashMap::from([(global, (bytes, true))]))
+                .unwrap_or_else(|err| panic!("global {global}: {err}"));
+        }
+    }
+
+    #[test]
+    fn every_program_is_in_the_object() {
+        let object = aya_obj::Object::parse(OBJECT).expect("parse the object");
+        for hook in HOOKS {
+            assert!(object.programs.contains_key(hook.program), "{hook:?}");
+        }
+    }
+}
