@@ -29,7 +29,7 @@ fn traced_children(engine: &mut StateEngine, parent: u32) -> BTreeMap<u32, Child
 
 fn counters(engine: &StateEngine, cgroup: &TestCgroup) -> CgroupCounters {
     engine
-        .tracer()
+        .probes()
         .cgroup_counters()
         .expect("read counters")
         .get(&cgroup.id())
@@ -120,7 +120,7 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
     });
     assert!(reaped, "{:?}", counters(&engine, &cgroup));
     assert_eq!(
-        engine.tracer().losses().unwrap(),
+        engine.probes().losses().unwrap(),
         [0; tracer_common::LOSS_KINDS as usize]
     );
 }

@@ -41,7 +41,7 @@ use std::{
 
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
-    kernel::{MapSizes, Tracer},
+    kernel::{MapSizes, Probes},
     state::StateEngine,
 };
 
@@ -267,7 +267,7 @@ fn hold(stats: bool, idle: bool) {
     let (mut engine, _idle_programs) = if idle {
         (
             None,
-            Some(Tracer::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
+            Some(Probes::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
         )
     } else {
         let mut engine = StateEngine::load(

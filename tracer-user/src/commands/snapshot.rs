@@ -209,8 +209,8 @@ impl Report {
     pub fn collect(engine: &mut StateEngine) -> Result<Self> {
         let parents = engine.parents()?;
         let cgroups = engine.cgroups()?;
-        let tracer = engine.tracer();
-        let histogram = tracer.lifetimes()?;
+        let probes = engine.probes();
+        let histogram = probes.lifetimes()?;
         let mut cumulative = 0;
         let buckets = (0..LIFETIME_BUCKETS)
             .map(|i| {
@@ -238,7 +238,7 @@ impl Report {
             },
             tracer: TracerReport {
                 kernel: preflight::kernel_release()?,
-                hooks: tracer
+                hooks: probes
                     .hook_stats()?
                     .into_iter()
                     .map(|s| HookReport {

@@ -232,7 +232,7 @@ fn watch(pid: u32, duration: Duration, tracer: &TracerArgs) -> Result<Watched> {
         tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
-    let mut ring = engine.tracer_mut().take_events()?;
+    let mut ring = engine.probes_mut().take_events()?;
     engine.reconcile()?;
     // The watch takes a while: say so, and when it starts.
     eprintln!(

@@ -92,14 +92,14 @@ impl Sampler {
 
     pub fn sample(&mut self) -> Result<Model> {
         let now = Instant::now();
-        let zombie_losses = self.engine.tracer().losses()?[Loss::ZombiesMapFull as usize];
+        let zombie_losses = self.engine.probes().losses()?[Loss::ZombiesMapFull as usize];
         if zombie_losses > self.zombie_losses_at_reconcile
             || self
                 .last_reconcile
                 .is_none_or(|at| now.duration_since(at) >= self.settings.reconcile_interval)
         {
             self.engine.reconcile()?;
-            self.wait_entries = self.engine.tracer().wait_entries()? as u64;
+            self.wait_entries = self.engine.probes().wait_entries()? as u64;
             self.last_reconcile = Some(now);
             self.zombie_losses_at_reconcile = zombie_losses;
         }
@@ -193,19 +193,19 @@ impl Sampler {
         }
 
         let losses = self.engine.losses()?;
-        let tracer = self.engine.tracer();
-        let misses: u64 = tracer
+        let probes = self.engine.probes();
+        let misses: u64 = probes
             .hook_stats()?
             .iter()
             .map(|h| h.recursion_misses)
             .sum();
-        let counters = tracer.cgroup_counters()?.len() as u64;
+        let counters = probes.cgroup_counters()?.len() as u64;
         let in_maps = node_zombies.saturating_sub(self.engine.overflowed_zombies() as u64);
         Ok(Model {
             cgroups: merged.into_values().collect(),
             parents: top,
             node,
-            lifetimes: tracer.lifetimes()?,
+            lifetimes: probes.lifetimes()?,
             version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
             events_lost: losses.iter().sum::<u64>() + misses,

@@ -22,7 +22,7 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     /// Opens BTF with btf-rs's mmap backend, which decodes types on demand: a few MiB, where
-    /// decoding all of a kernel's takes about 40 (the tracer's peak RSS). The kernel lets
+    /// decoding all of a kernel's takes about 40 (reapwatch's peak RSS). The kernel lets
     /// `/sys/kernel/btf/*` be mapped only from 6.16 on, so the data is copied to a memfd.
     pub fn from_file(path: &Path) -> Result<Self> {
         let context = || format!("cannot read BTF in {}", path.display());

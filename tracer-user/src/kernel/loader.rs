@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
 use tracer_common::{names, KernelOffsets, ProgramSettings};
 
-use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, Tracer};
+use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, Probes};
 use crate::cgroup::HierarchyKind;
 
 pub(super) static OBJECT: &[u8] =
@@ -52,7 +52,7 @@ impl Default for MapSizes {
     }
 }
 
-impl Tracer {
+impl Probes {
     /// Loads and attaches the programs; per-cgroup counters will be keyed by cgroup ids of
     /// `hierarchy`.
     pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {

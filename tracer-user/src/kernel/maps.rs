@@ -9,9 +9,9 @@ use tracer_common::{
     LOSS_KINDS,
 };
 
-use super::{slots::Claim, Tracer};
+use super::{slots::Claim, Probes};
 
-/// What became of a zombie offered to the kernel maps by [`Tracer::add_zombie`].
+/// What became of a zombie offered to the kernel maps by [`Probes::add_zombie`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Added {
     Recorded,
@@ -41,7 +41,7 @@ fn unless_missing<T>(result: Result<T, MapError>) -> Result<Option<T>, MapError>
     }
 }
 
-impl Tracer {
+impl Probes {
     fn map(&self, name: &str) -> Result<&Map> {
         self.ebpf
             .map(name)

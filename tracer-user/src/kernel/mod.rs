@@ -34,14 +34,14 @@ pub struct HookStats {
 
 /// reapwatch's programs, loaded and attached, and their maps. Dropping it detaches
 /// everything: nothing is pinned, so no link or map outlives the process.
-pub struct Tracer {
+pub struct Probes {
     ebpf: Ebpf,
     hooks: Vec<Hook>,
     /// The zombie slot table, where the kernel has one (5.12+).
     slots: Option<SlotTable>,
 }
 
-impl Tracer {
+impl Probes {
     pub fn hooks(&self) -> &[Hook] {
         &self.hooks
     }
