@@ -12,7 +12,7 @@ use tracer_common::{
     ZombieSlot,
 };
 
-use crate::{losses::count_loss, settings::zombie_slots};
+use crate::{diagnostics, losses::count_loss, settings::zombie_slots};
 
 const EEXIST: i32 = 17;
 
@@ -50,6 +50,7 @@ pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
                 Some(counters) => counters,
                 None => {
                     count_loss(Loss::CgroupsMapFull);
+                    diagnostics::cgroups_map_full(cgroup_id);
                     return;
                 }
             }
@@ -82,6 +83,8 @@ fn slot_of(key: &ProcessKey) -> Option<*mut ZombieSlot> {
 
 /// Records a new zombie unless the kernel already told us about it (several threads of a
 /// group may each observe the moment it became reapable). Returns whether it was new.
+// Kept inline on the exit path: the diagnostics calls alone would make LLVM outline it.
+#[inline(always)]
 pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
     if let Some(slot) = slot_of(key) {
         let owner = key.owner();
@@ -95,8 +98,7 @@ pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
                 return true;
             }
             (false, current) if current == owner => return false,
-            // Another process's zombie holds the slot.
-            (false, _) => {}
+            (false, _) => diagnostics::zombie_slot_taken(key.tgid),
         }
     }
     match ZOMBIES.insert(key, zombie, BPF_NOEXIST as u64) {
@@ -104,6 +106,7 @@ pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
         Err(err) if err == -EEXIST => false,
         Err(_) => {
             count_loss(Loss::ZombiesMapFull);
+            diagnostics::zombies_map_full(key.tgid);
             false
         }
     }
@@ -160,5 +163,6 @@ pub fn record_wait(process: &ProcessKey, now_ns: u64) {
     };
     if WAITS.insert(process.tgid, record, 0).is_err() {
         count_loss(Loss::WaitsMapFull);
+        diagnostics::waits_map_full(process.tgid);
     }
 }

@@ -16,6 +16,7 @@ use aya_ebpf::helpers::{
 use tracer_common::{Loss, ProcessKey, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN};
 
 use crate::{
+    diagnostics,
     losses::count_loss,
     offsets::offset,
     settings::{cgroups_from_v1_pids, has_helper, nsec_per_tick},
@@ -60,6 +61,7 @@ impl Access for Probed {
         };
         if ret != 0 {
             count_loss(Loss::KernelRead);
+            diagnostics::kernel_read_failed(ret);
         }
         // SAFETY: the helper wrote all size_of::<T>() bytes (the data, or zeroes on failure).
         unsafe { core::ptr::read_volatile(value.as_ptr()) }
@@ -82,6 +84,7 @@ fn read_pointer<A: Access>(base: *const u8, offset: usize) -> Option<*const u8> 
     let pointer: *const u8 = read::<A, _>(base, offset)?;
     if pointer.is_null() {
         count_loss(Loss::KernelRead);
+        diagnostics::null_kernel_pointer(offset);
         return None;
     }
     Some(pointer)

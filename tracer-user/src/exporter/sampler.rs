@@ -91,6 +91,8 @@ impl Sampler {
     }
 
     pub fn sample(&mut self) -> Result<Model> {
+        // The sampler thread owns the programs: it forwards their log too, once a sample.
+        self.engine.probes_mut().forward_kernel_log();
         let now = Instant::now();
         let zombie_losses = self.engine.probes().losses()?[Loss::ZombiesMapFull as usize];
         if zombie_losses > self.zombie_losses_at_reconcile

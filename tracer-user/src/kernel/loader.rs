@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
+use aya_log::EbpfLogger;
 use tracer_common::{names, KernelOffsets, ProgramSettings};
 
 use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, Probes};
@@ -11,6 +12,9 @@ use crate::cgroup::HierarchyKind;
 
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
+
+/// aya-log's ring buffer in the object (aya-log does not export the name).
+const AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every program, and the tracepoint it attaches to.
 const HOOKS: [Hook; 4] = [
@@ -54,7 +58,8 @@ impl Default for MapSizes {
 
 impl Probes {
     /// Loads and attaches the programs; per-cgroup counters will be keyed by cgroup ids of
-    /// `hierarchy`.
+    /// `hierarchy`. If the process logs at debug level, the programs' rare-event records go
+    /// to its log (see [`Probes::forward_kernel_log`]); otherwise they write none.
     pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
         preflight::check_all()?;
         // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
@@ -70,7 +75,8 @@ impl Probes {
             trace_events: u32::from(sizes.event_buffer > 0),
             ..btf.program_settings(nsec_per_tick()?, hierarchy)
         };
-        Self::load_with(&offsets, &settings, sizes)
+        let kernel_log = log::log_enabled!(log::Level::Debug);
+        Self::load_with(&offsets, &settings, sizes, kernel_log)
     }
 
     /// The same programs on the same tracepoints, left unconfigured: each returns at its
@@ -81,6 +87,7 @@ impl Probes {
             &KernelOffsets::default(),
             &ProgramSettings::default(),
             MapSizes::default(),
+            false,
         )
     }
 
@@ -88,19 +95,33 @@ impl Probes {
         offsets: &KernelOffsets,
         settings: &ProgramSettings,
         sizes: MapSizes,
+        kernel_log: bool,
     ) -> Result<Self> {
         // A ring buffer is a power-of-two number of pages.
         let ring_bytes = sizes.event_buffer.max(4096).next_power_of_two();
+        // Off, the programs' log statements return before writing anything (the verifier drops
+        // them), and their ring buffer shrinks from 128 KiB to a page.
+        let (log_level, log_bytes) = if kernel_log {
+            (aya_log::Level::Debug as u8, 128 << 10)
+        } else {
+            (0, 4096)
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::OFFSETS, offsets, true)
             .override_global(names::SETTINGS, settings, true)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries(names::EVENTS, ring_bytes)
+            .map_max_entries(AYA_LOGS, log_bytes)
             .map_max_entries(names::ZOMBIE_SLOTS, settings.zombie_slots.max(1))
             .map_max_entries(names::ZOMBIES, sizes.zombies)
             .map_max_entries(names::CGROUP_COUNTERS, sizes.cgroups)
             .map_max_entries(names::WAITS, sizes.waits)
             .load(OBJECT)
             .map_err(|err| anyhow!("cannot load the eBPF object: {}", first_line(&err)))?;
+        let kernel_log = kernel_log
+            .then(|| EbpfLogger::init(&mut ebpf))
+            .transpose()
+            .context("cannot read the programs' log")?;
         attach(&mut ebpf)?;
         let slots = match settings.zombie_slots {
             0 => None,
@@ -114,6 +135,7 @@ impl Probes {
             ebpf,
             hooks: HOOKS.to_vec(),
             slots,
+            kernel_log,
         })
     }
 }
@@ -170,6 +192,7 @@ mod tests {
             names::LIFETIMES,
             names::LOSSES,
             names::EVENTS,
+            AYA_LOGS,
         ] {
             assert!(object.maps.contains_key(map), "no map {map} in the object");
         }
@@ -178,10 +201,30 @@ mod tests {
         for (global, bytes) in [
             (names::OFFSETS, &offsets[..]),
             (names::SETTINGS, &settings[..]),
+            (aya_log::LEVEL, &[0][..]),
         ] {
             object
                 .patch_map_data(HashMap::from([(global, (bytes, true))]))
                 .unwrap_or_else(|err| panic!("global {global}: {err}"));
+        }
+    }
+
+    /// aya 0.14 links a program's subprograms by address alone, whatever their section: two
+    /// at the same address would each run the other's code (see the eBPF `diagnostics`).
+    #[test]
+    fn subprograms_have_distinct_addresses() {
+        let object = aya_obj::Object::parse(OBJECT).expect("parse the object");
+        let mut seen = HashMap::new();
+        for function in object.functions.values() {
+            if object.programs.contains_key(&function.name) {
+                continue;
+            }
+            if let Some(other) = seen.insert(function.address, &function.name) {
+                panic!(
+                    "{other} and {} share address {}",
+                    function.name, function.address
+                );
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod slots;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
+use aya_log::EbpfLogger;
 
 use self::slots::SlotTable;
 pub use self::{
@@ -39,6 +40,8 @@ pub struct Probes {
     hooks: Vec<Hook>,
     /// The zombie slot table, where the kernel has one (5.12+).
     slots: Option<SlotTable>,
+    /// The programs' rare-event records, when the log shows debug lines.
+    kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probes {
@@ -60,5 +63,14 @@ impl Probes {
                 })
             })
             .collect()
+    }
+
+    /// Writes the records the programs logged since the last call to the process's log, at
+    /// debug level. Called from the thread that owns the programs: reading the log's ring
+    /// buffer when it is empty costs two loads, and no task exists only for it.
+    pub fn forward_kernel_log(&mut self) {
+        if let Some(kernel_log) = &mut self.kernel_log {
+            kernel_log.flush();
+        }
     }
 }
