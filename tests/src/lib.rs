@@ -64,6 +64,7 @@ impl TestCgroup {
         let hierarchy = hierarchy(choice);
         let root = hierarchy.root().join("reapwatch-tests");
         fs::create_dir_all(&root).expect("create the tests' cgroup");
+        enable_pids_below(hierarchy.root(), &root);
         let mut unique = OsString::from(name);
         unique.push(format!(
             "-{}-{}",
@@ -82,6 +83,7 @@ impl TestCgroup {
     pub fn nested(&self, relative: &str) -> Self {
         let path = self.path.join(relative);
         fs::create_dir_all(&path).expect("create a nested test cgroup");
+        enable_pids_below(&self.root, &path);
         Self {
             path,
             root: self.root.clone(),
@@ -118,6 +120,36 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+/// On cgroup v2 a child has `pids.max` only where every ancestor enables the controller for
+/// its children: enable it from `root` down to `leaf`'s parent, where the hierarchy has it
+/// (pure v2; a hybrid host's unified hierarchy has no controllers).
+fn enable_pids_below(root: &Path, leaf: &Path) {
+    let mut dirs: Vec<&Path> = leaf
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| dir.starts_with(root))
+        .collect();
+    dirs.reverse();
+    for dir in dirs {
+        let controllers = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        if controllers.split_whitespace().any(|c| c == "pids") {
+            fs::write(dir.join("cgroup.subtree_control"), "+pids")
+                .expect("enable the pids controller for children");
+        }
+    }
+}
+
+/// The hierarchies this host mounts that attribution can key by: v1 `pids` and the unified
+/// one, each where mounted.
+pub fn mounted_hierarchies() -> Vec<HierarchyChoice> {
+    [HierarchyChoice::Pids, HierarchyChoice::Unified]
+        .into_iter()
+        .filter(|&choice| {
+            CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), choice).is_ok_and(|h| h.is_some())
+        })
+        .collect()
 }
 
 fn hierarchy(choice: HierarchyChoice) -> CgroupHierarchy {

@@ -180,3 +180,42 @@ fn why_of_a_missing_process_is_one_line() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stderr.trim(), "reapwatch: no process 4194303");
 }
+
+/// `scan --watch` forecasts when a cgroup reaches its pids.max from how fast it grows, in the
+/// hierarchy that holds the pids controller (v1 `pids`, or the unified one on pure v2).
+#[test]
+fn scan_watch_forecasts_when_a_cgroup_reaches_pids_max() {
+    let cgroup = TestCgroup::new("pids-eta");
+    fs::write(cgroup.path.join("pids.max"), "100").unwrap();
+    let scan = Command::new(workspace_binary("reapwatch"))
+        .args(["scan", "--json", "--watch", "4s", "--interval", "200ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // 4 parents with 2 zombies each arrive over about 2 s of the watch: 12 tasks.
+    let helpers: Vec<Helper> = (0..4)
+        .map(|_| {
+            let helper = Helper::start("leak", 2, &cgroup);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            helper
+        })
+        .collect();
+    let output = scan.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = report["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"] == cgroup.host_path())
+        .expect("the cgroup is listed");
+    assert_eq!(row["pids_max"], 100, "{row}");
+    assert_eq!(row["pids_current"], 12, "{row}");
+    assert_eq!(row["zombies"], 8, "{row}");
+    // 88 tasks of headroom at about 3 a second (12 over the 4 s watch) or faster: about
+    // 30 s or less; a slope fitted to samples taken while it grew gives no less than a second.
+    let eta = row["pids_eta_seconds"].as_f64();
+    assert!(eta.is_some_and(|s| (1.0..=60.0).contains(&s)), "{row}");
+    drop(helpers);
+}

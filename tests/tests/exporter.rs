@@ -8,18 +8,29 @@ use std::{
 
 use reapwatch::cgroup::HierarchyChoice;
 use reapwatch_tests::{
-    eventually, get, promtool_check_metrics, sample_value, workspace_binary, Daemon, FakeKubelet,
-    Helper, TestCgroup, KERNEL_TICK_SECONDS,
+    eventually, get, mounted_hierarchies, promtool_check_metrics, sample_value, workspace_binary,
+    Daemon, FakeKubelet, Helper, TestCgroup, KERNEL_TICK_SECONDS,
 };
 
 const CONTAINER_ID: &str = "3f2e1d0c9b8a79685746352413021f0e3f2e1d0c9b8a79685746352413021f0e";
 
 /// A zombie-leaking workload in a kubelet-shaped cgroup is attributed to its namespace, pod
-/// and container, in the v1 `pids` or the unified hierarchy.
-fn attribution(choice: HierarchyChoice, flag: &str, uid: &str, kubelet_path: &str) {
+/// and container, in the v1 `pids` or the unified hierarchy; where that hierarchy has the pids
+/// controller, the container's pids.current and pids.max are exported beside it.
+fn attribution(choice: HierarchyChoice, uid: &str, kubelet_path: &str) {
+    let flag = match choice {
+        HierarchyChoice::Pids => "pids",
+        HierarchyChoice::Unified => "unified",
+        HierarchyChoice::Auto => "auto",
+    };
     let kubelet = FakeKubelet::new("payments", "api-7d9f", uid, "server", CONTAINER_ID);
     let base = TestCgroup::in_hierarchy(choice, "k8s");
     let container = base.nested(kubelet_path);
+    let pids_max = container.path.join("pids.max");
+    let limited = pids_max.exists();
+    if limited {
+        fs::write(&pids_max, "50").unwrap();
+    }
     let daemon = Daemon::start(&[
         "--cgroup-hierarchy",
         flag,
@@ -52,6 +63,17 @@ fn attribution(choice: HierarchyChoice, flag: &str, uid: &str, kubelet_path: &st
         sample_value(&text, "reapwatch_process_forks_total", &labels),
         Some(3.0)
     );
+    if limited {
+        // The helper and its 3 zombies.
+        assert_eq!(
+            sample_value(&text, "reapwatch_cgroup_pids_current", &labels),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample_value(&text, "reapwatch_cgroup_pids_max", &labels),
+            Some(50.0)
+        );
+    }
     let elapsed = started.elapsed().as_secs_f64() + KERNEL_TICK_SECONDS;
     let oldest = sample_value(&text, "reapwatch_zombie_oldest_seconds", &labels);
     assert!(
@@ -96,24 +118,26 @@ fn attribution(choice: HierarchyChoice, flag: &str, uid: &str, kubelet_path: &st
     );
 }
 
-#[test]
-fn attribution_on_cgroup_v1_pids_with_the_cgroupfs_driver() {
-    let uid = "8b1f3c2a-0d4e-4f5a-9b6c-7d8e9f0a1b2c";
-    attribution(
-        HierarchyChoice::Pids,
-        "pids",
-        uid,
-        &format!("kubepods/burstable/pod{uid}/{CONTAINER_ID}"),
-    );
+/// Each mounted hierarchy (v1 `pids`, unified) with each kubelet cgroup driver's paths.
+fn attribution_in_every_hierarchy(uid: &str, kubelet_path: &str) {
+    let hierarchies = mounted_hierarchies();
+    assert!(!hierarchies.is_empty(), "no cgroup hierarchy is mounted");
+    for choice in hierarchies {
+        attribution(choice, uid, kubelet_path);
+    }
 }
 
 #[test]
-fn attribution_on_cgroup_v2_with_the_systemd_driver() {
+fn attribution_with_the_cgroupfs_driver() {
+    let uid = "8b1f3c2a-0d4e-4f5a-9b6c-7d8e9f0a1b2c";
+    attribution_in_every_hierarchy(uid, &format!("kubepods/burstable/pod{uid}/{CONTAINER_ID}"));
+}
+
+#[test]
+fn attribution_with_the_systemd_driver() {
     let uid = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
     let slice_uid = uid.replace('-', "_");
-    attribution(
-        HierarchyChoice::Unified,
-        "unified",
+    attribution_in_every_hierarchy(
         uid,
         &format!(
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{slice_uid}.slice/cri-containerd-{CONTAINER_ID}.scope"
@@ -164,7 +188,8 @@ fn openmetrics_when_asked() {
 #[test]
 fn keeps_answering_when_no_task_can_be_created() {
     let daemon = Daemon::start(&[]);
-    let jail = TestCgroup::in_hierarchy(HierarchyChoice::Pids, "no-pids");
+    // The hierarchy with the pids controller: v1 `pids`, or the unified one on pure v2.
+    let jail = TestCgroup::new("no-pids");
     fs::write(jail.path.join("cgroup.procs"), daemon.pid().to_string()).unwrap();
     let current = fs::read_to_string(jail.path.join("pids.current")).unwrap();
     fs::write(jail.path.join("pids.max"), current.trim()).unwrap();

@@ -4,7 +4,7 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use reapwatch_tests::{
@@ -225,4 +225,31 @@ fn text_has_a_header_and_a_timed_trace_says_how_long() {
         "{stderr}"
     );
     assert!(!stderr.contains("Ctrl-C"), "{stderr}");
+}
+
+/// A reader that goes away (`reapwatch trace | head`) ends the trace, as it ends any filter,
+/// instead of leaving it to trace into a closed pipe until Ctrl-C.
+#[test]
+fn a_reader_that_goes_away_ends_the_trace() {
+    let mut child = Command::new(workspace_binary("reapwatch"))
+        .arg("trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn reapwatch trace");
+    drop(child.stdout.take());
+    // Loading takes a few seconds; the header is written out at the first refresh after.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still tracing 30s after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
 }

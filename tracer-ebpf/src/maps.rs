@@ -72,10 +72,12 @@ fn publish(word: *mut u64, value: u64) {
     unsafe { atomic_xchg::<u64, { SeqCst }>(word, value) };
 }
 
-/// This process's slot, where the kernel has the table.
-fn slot_of(key: &ProcessKey) -> Option<*mut ZombieSlot> {
+/// This process's slot, where the program may use the table and the kernel has it. Without
+/// `SLOTS` the compare-and-swap code is not compiled into the program at all.
+#[inline(always)]
+fn slot_of<const SLOTS: bool>(key: &ProcessKey) -> Option<*mut ZombieSlot> {
     let slots = zombie_slots();
-    if slots == 0 {
+    if !SLOTS || slots == 0 {
         return None;
     }
     ZOMBIE_SLOTS.get_ptr_mut(key.slot(slots))
@@ -83,10 +85,10 @@ fn slot_of(key: &ProcessKey) -> Option<*mut ZombieSlot> {
 
 /// Records a new zombie unless the kernel already told us about it (several threads of a
 /// group may each observe the moment it became reapable). Returns whether it was new.
-// Kept inline on the exit path: the diagnostics calls alone would make LLVM outline it.
+/// `SLOTS`: the program may use the slot table (see `hooks`).
 #[inline(always)]
-pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
-    if let Some(slot) = slot_of(key) {
+pub fn insert_zombie<const SLOTS: bool>(key: &ProcessKey, zombie: &Zombie) -> bool {
+    if let Some(slot) = slot_of::<SLOTS>(key) {
         let owner = key.owner();
         match compare_and_swap(unsafe { &raw mut (*slot).owner }, 0, owner) {
             (true, _) => {
@@ -112,9 +114,11 @@ pub fn insert_zombie(key: &ProcessKey, zombie: &Zombie) -> bool {
     }
 }
 
-/// Forgets a reaped process; returns its zombie record if it was one.
-pub fn take_zombie(key: &ProcessKey) -> Option<Zombie> {
-    if let Some(slot) = slot_of(key) {
+/// Forgets a reaped process; returns its zombie record if it was one. `SLOTS`: as for
+/// [`insert_zombie`].
+#[inline(always)]
+pub fn take_zombie<const SLOTS: bool>(key: &ProcessKey) -> Option<Zombie> {
+    if let Some(slot) = slot_of::<SLOTS>(key) {
         let owner = key.owner();
         if unsafe { core::ptr::read_volatile(&raw const (*slot).owner) } == owner {
             // Only the side that takes it accounts for it: userspace may close the same

@@ -27,14 +27,15 @@ use crate::{
 
 /// Called for the last thread of a group to exit, with its cgroup. Returns the parent's
 /// cgroup id if the group left a zombie not recorded before; the caller counts it there.
+/// `SLOTS`: as for [`insert_zombie`].
 #[inline(always)]
-pub fn record_if_left(dying: Task, dying_cgroup: Option<Cgroup>) -> Option<u64> {
+pub fn record_if_left<const SLOTS: bool>(dying: Task, dying_cgroup: Option<Cgroup>) -> Option<u64> {
     let leader = dying.group_leader()?;
     let (exit_signal, parent) = (leader.exit_signal()?, leader.real_parent()?);
     if leaves_zombie(leader, parent, exit_signal)? {
         let cgroup_id = leader.cgroup_id_near(dying_cgroup).unwrap_or(0);
         let parent_cgroup_id = parent.cgroup_id_near(dying_cgroup).unwrap_or(0);
-        record(leader, parent, exit_signal, cgroup_id, parent_cgroup_id)
+        record::<SLOTS>(leader, parent, exit_signal, cgroup_id, parent_cgroup_id)
     } else {
         None
     }
@@ -51,7 +52,7 @@ fn leaves_zombie(leader: Task, parent: Task, exit_signal: i32) -> Option<bool> {
 }
 
 #[inline(always)]
-fn record(
+fn record<const SLOTS: bool>(
     leader: Task,
     parent: Task,
     exit_signal: i32,
@@ -72,7 +73,7 @@ fn record(
         _pad: 0,
     };
     // Two threads finishing together can both see the group dead: the first insert wins.
-    if !insert_zombie(&ProcessKey::new(tgid, start_ticks), &zombie) {
+    if !insert_zombie::<SLOTS>(&ProcessKey::new(tgid, start_ticks), &zombie) {
         return None;
     }
     report(EventKind::Zombie, leader, zombie.exit_status, 0, || {

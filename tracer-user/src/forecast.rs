@@ -44,11 +44,16 @@ impl GrowthTracker {
         }
     }
 
+    /// The span of samples a trend needs before it can be reported.
+    pub fn history_needed_seconds(&self) -> f64 {
+        self.window_seconds * MIN_COVERAGE
+    }
+
     /// Growth per second, if the window shows a significant rising trend.
     pub fn growth_per_second(&self) -> Option<f64> {
         let n = self.samples.len();
         let (&(first, _), &(last, _)) = (self.samples.front()?, self.samples.back()?);
-        if n < MIN_SAMPLES || last - first < self.window_seconds * MIN_COVERAGE {
+        if n < MIN_SAMPLES || last - first < self.history_needed_seconds() {
             return None;
         }
         let nf = n as f64;

@@ -2,7 +2,8 @@
 //!
 //! The kernel programs (`tracer-ebpf`) keep the zombies and counters; [`kernel`] loads them,
 //! [`state`] reconciles them with `/proc` and groups them per parent, [`cgroup`] attributes
-//! processes to containers, and [`commands`] renders what a person or a script asks for.
+//! processes to containers, [`watch`] is the refresh loop `top` and `serve` share, and
+//! [`commands`] renders what a person or a script asks for.
 
 pub mod cgroup;
 pub mod cli;
@@ -14,6 +15,8 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod procfs;
 pub mod state;
+pub mod text;
+pub mod watch;
 
 use anyhow::Result;
 

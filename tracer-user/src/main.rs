@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{io, process::ExitCode};
 
 use clap::{error::ErrorKind, Parser};
 use reapwatch::cli::{self, Cli};
@@ -22,11 +22,21 @@ fn main() -> ExitCode {
     };
     match reapwatch::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`reapwatch ... | head`): it has what it wanted.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("reapwatch: {}", one_line(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|err| err.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Errors are one line: the first line of each message in the chain.

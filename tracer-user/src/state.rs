@@ -33,6 +33,7 @@ use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
     kernel::{clock::monotonic_ns, Added, Losses, MapSizes, Probes},
     procfs::{self, CgroupLine, ProcStat},
+    text::Ending,
 };
 
 /// How long a zombie record may precede its `Z` in /proc (it is made as the process starts
@@ -111,14 +112,12 @@ impl ChildState {
 
     /// `exit(code)` status, or None if a signal killed it.
     pub fn exit_code(&self) -> Option<i32> {
-        let status = self.zombie.exit_status;
-        (status & 0x7f == 0).then_some((status >> 8) & 0xff)
+        Ending::from_wait_status(self.zombie.exit_status).exit_code()
     }
 
     /// Signal that killed it, if one did.
     pub fn killed_by(&self) -> Option<i32> {
-        let signal = self.zombie.exit_status & 0x7f;
-        (signal != 0).then_some(signal)
+        Ending::from_wait_status(self.zombie.exit_status).signal()
     }
 }
 

@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cargo, workspace_root};
+use crate::{process, workspace_root};
 
 const STORM_ROUND_TRIPS: u64 = 1000;
 const PINGPONG_ROUND_TRIPS: u64 = 10000;
@@ -285,23 +285,14 @@ impl Drop for Running {
 
 /// CPU and wall nanoseconds per round trip of one workload run.
 fn workload(bench: &Path, name: &str, round_trips: u64) -> Result<Timing> {
-    let out = Command::new(bench)
-        .args([name, &round_trips.to_string()])
-        .output()
-        .with_context(|| format!("cannot run {}", bench.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = process::output(Command::new(bench).args([name, &round_trips.to_string()]))?;
     let value = |key: &str| -> Result<f64> {
         let mut words = text.split_whitespace();
         words
             .position(|w| w == key)
             .and_then(|_| words.next()?.parse::<f64>().ok())
             .map(|total| total / round_trips as f64)
-            .with_context(|| {
-                format!(
-                    "{name}: no {key} in {text:?} {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            })
+            .with_context(|| format!("{name}: no {key} in {text:?}"))
     };
     Ok(Timing {
         cpu: value("cpu_ns")?,
@@ -433,7 +424,7 @@ pub fn run(pairs: usize, compare_pairs: usize) -> Result<()> {
     if pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    cargo(
+    process::cargo(
         None,
         &[
             "build",

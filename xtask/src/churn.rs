@@ -19,6 +19,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::process;
+
 /// Cgroups made a second, and how many exist at once: each lives 4 s, long enough for the
 /// commands to resolve its path (they walk the hierarchy at most once a second) and keep it.
 const RATE: u64 = 250;
@@ -62,10 +64,8 @@ impl Tool {
 
     /// Cgroups in its kernel map of per-cgroup counters: memory the kernel holds for it.
     fn cgroup_entries(&self, bench: &Path) -> Result<u64> {
-        let out = Command::new(bench)
-            .args(["cgroup-entries", &self.child.id().to_string()])
-            .output()?;
-        String::from_utf8_lossy(&out.stdout)
+        let pid = self.child.id().to_string();
+        process::output(Command::new(bench).args(["cgroup-entries", &pid]))?
             .trim()
             .parse()
             .with_context(|| format!("cgroup-entries of reapwatch {} failed", self.name))

@@ -21,6 +21,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::process;
+
 const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 /// How long the probes run in each phase.
 const PROBE_WINDOW: Duration = Duration::from_secs(20);
@@ -296,18 +298,16 @@ impl Probes {
     /// Probes from `reapwatch-bench probe`, an optimised build, so that the client's own
     /// parsing does not weigh in the numbers.
     fn run(serve: &Serve, window: Duration) -> Result<Self> {
-        let output = Command::new(&serve.bench)
-            .args(["probe", &serve.url, &window.as_secs().to_string()])
-            .output()
-            .context("cannot run reapwatch-bench probe")?;
-        if !output.status.success() {
-            bail!("reapwatch-bench probe failed ({})", output.status);
-        }
+        let output = process::output(Command::new(&serve.bench).args([
+            "probe",
+            &serve.url,
+            &window.as_secs().to_string(),
+        ]))?;
         let mut by_path = vec![
             ("/healthz", Latencies::default()),
             ("/metrics", Latencies::default()),
         ];
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
+        for line in output.lines() {
             let Some((path, result)) = line.split_once(' ') else {
                 continue;
             };

@@ -5,18 +5,20 @@ mod churn;
 mod deploy;
 mod field;
 mod image;
+mod process;
 mod setup;
 mod vm;
 
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     path::PathBuf,
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+use process::cargo;
 
 #[derive(Parser)]
 #[command(about = "reapwatch developer workflows")]
@@ -47,8 +49,13 @@ enum Task {
     /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
     /// their unit tests, dashboard, metric contract.
     DeployCheck,
-    /// Run the end-to-end suite on Debian's 6.1 and 6.12 kernels in qemu.
-    VmTest,
+    /// Run the end-to-end suite in qemu on each kernel and cgroup layout of the matrix
+    /// (5.10 with cgroup v1, 6.1 with cgroup v2, 6.12 hybrid).
+    VmTest {
+        /// Only the machines whose name contains this (e.g. `5.10`, `cgroup-v2`).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
     Bench {
         /// Interleaved off/on pairs for reapwatch.
@@ -103,11 +110,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()?;
-            vm::run()
+            vm::run(None)
         }
-        Task::VmTest => {
+        Task::VmTest { only } => {
             setup::all()?;
-            vm::run()
+            vm::run(only.as_deref())
         }
         Task::Bench {
             pairs,
@@ -151,46 +158,6 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command in the workspace root, failing on a non-zero exit.
-pub fn cargo(toolchain: Option<&str>, args: &[&str]) -> Result<()> {
-    let mut cmd = match toolchain {
-        Some(toolchain) => {
-            let mut cmd = Command::new("rustup");
-            cmd.args(["run", toolchain, "cargo"]);
-            cmd
-        }
-        None => Command::new(env!("CARGO")),
-    };
-    cmd.args(args)
-        .current_dir(workspace_root())
-        .stderr(Stdio::piped());
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let mut child = cmd.spawn().context("cannot run cargo")?;
-    if let Some(stderr) = child.stderr.take() {
-        for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
-            eprintln!("{}", plain_progress(&String::from_utf8_lossy(&line)));
-        }
-    }
-    let status = child.wait().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
-/// `tracer-user/build.rs` builds the eBPF programs with a nested cargo whose every line
-/// cargo shows as a build-script warning (`warning: reapwatch@0.1.0: Compiling ...`),
-/// which reads as trouble. They are progress: shown as such.
-fn plain_progress(line: &str) -> String {
-    match line
-        .strip_prefix("warning: reapwatch@")
-        .and_then(|rest| rest.split_once(": "))
-    {
-        Some((_version, progress)) => format!("   ebpf: {}", progress.trim_start()),
-        None => line.to_owned(),
-    }
-}
-
 /// Builds `reapwatch` and the test binaries (`zombie-helper`, `reapwatch-bench`) optimised,
 /// for the benchmarks; returns their directory.
 pub fn release_binaries() -> Result<PathBuf> {
@@ -230,7 +197,7 @@ fn test() -> Result<()> {
     )?;
     // The kernel programs only compile for the bpf target.
     cargo(
-        Some("nightly"),
+        Some(&setup::ebpf_toolchain()?),
         &[
             "clippy",
             "--package",
@@ -254,22 +221,4 @@ fn test() -> Result<()> {
     cargo(None, &["test", "--workspace", "--exclude", "tracer-ebpf"])?;
     deploy::check()?;
     image::test(&image::build()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_progress;
-
-    #[test]
-    fn the_nested_ebpf_build_reads_as_progress() {
-        assert_eq!(
-            plain_progress("warning: reapwatch@0.1.0:    Compiling core v0.0.0 (/x)"),
-            "   ebpf: Compiling core v0.0.0 (/x)"
-        );
-        assert_eq!(
-            plain_progress("warning: unused variable: `x`"),
-            "warning: unused variable: `x`"
-        );
-        assert_eq!(plain_progress("   Compiling xtask"), "   Compiling xtask");
-    }
 }

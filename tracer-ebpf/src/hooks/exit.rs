@@ -8,8 +8,21 @@ use tracer_common::EventKind;
 
 use crate::{events::report, maps::update_cgroup, settings::configured, task::Task, zombie};
 
+/// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+    on_exit::<true>(ctx)
+}
+
+/// Kernels without: 5.10 refuses a program that holds an atomic exchange anywhere, even on a
+/// path it would never take, so this one has none (the hash map alone).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_hash(ctx: BtfTracePointContext) -> i32 {
+    on_exit::<false>(ctx)
+}
+
+#[inline(always)]
+fn on_exit<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
@@ -28,7 +41,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
             || Some(cgroup_id),
         );
     }
-    let zombie_parent_cgroup_id = zombie::record_if_left(task, cgroup);
+    let zombie_parent_cgroup_id = zombie::record_if_left::<SLOTS>(task, cgroup);
     // Parent and child usually share a cgroup: one counter update then serves both.
     match (cgroup_id, zombie_parent_cgroup_id) {
         (Some(exited), Some(parent)) if exited == parent => update_cgroup(exited, |c| {

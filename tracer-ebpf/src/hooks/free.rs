@@ -19,8 +19,20 @@ use crate::{
     task::Task,
 };
 
+/// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
+    on_free::<true>(ctx)
+}
+
+/// Kernels without: the hash map alone (see `exit`).
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free_hash(ctx: BtfTracePointContext) -> i32 {
+    on_free::<false>(ctx)
+}
+
+#[inline(always)]
+fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
         return 0;
     }
@@ -35,7 +47,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> i32 {
     let Some(start_ticks) = task.start_ticks() else {
         return 0;
     };
-    if let Some(zombie) = take_zombie(&ProcessKey::new(tgid, start_ticks)) {
+    if let Some(zombie) = take_zombie::<SLOTS>(&ProcessKey::new(tgid, start_ticks)) {
         let now = tick_ns();
         let lifetime = now.saturating_sub(zombie.exit_ns);
         // Charged where it was created, even if it was reparented since; a zombie found in

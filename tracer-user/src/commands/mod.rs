@@ -29,14 +29,10 @@ pub fn forget_removed_cgroups(engine: &mut StateEngine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes to stdout; a reader that went away (`reapwatch ... | head`) is not an error.
+/// Writes to stdout at once. A reader that went away is `main`'s to forgive.
 pub fn emit(text: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(err.into()),
-        _ => Ok(()),
-    }
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }

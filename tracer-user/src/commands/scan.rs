@@ -13,7 +13,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tracer_common::{ProcessKey, ZOMBIE_EXIT_FROM_SCHEDULER};
 
-use super::snapshot::{human_duration, parents_table, ParentReport};
+use super::snapshot::{parents_table, ParentReport};
 use crate::{
     cgroup::{self, CgroupHierarchy},
     cli::ScanArgs,
@@ -23,6 +23,7 @@ use crate::{
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
     state::{exit_times, found_in_proc, ChildState, ParentState},
+    text::{human_duration, known, pod_place},
 };
 
 /// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
@@ -30,7 +31,7 @@ use crate::{
 pub struct ScanReport {
     pub parents: Vec<ParentReport>,
     pub node: NodeReport,
-    pub cgroups: Vec<CgroupReport>,
+    pub cgroups: Vec<CgroupHeadroomReport>,
 }
 
 #[derive(Serialize)]
@@ -47,8 +48,9 @@ pub struct NodeReport {
     pub tasks_growth_per_minute: Option<f64>,
 }
 
+/// A cgroup's unreaped zombies and how close it is to its `pids.max`.
 #[derive(Serialize)]
-pub struct CgroupReport {
+pub struct CgroupHeadroomReport {
     pub cgroup: String,
     pub namespace: Option<String>,
     pub pod: Option<String>,
@@ -64,7 +66,8 @@ pub struct CgroupReport {
     pub pids_fork_failures: Option<u64>,
 }
 
-struct Sample {
+/// One look at `/proc` and at the cgroups' pids controllers.
+struct ScanSample {
     at: Instant,
     processes: Vec<ProcStat>,
     limits: NodeLimits,
@@ -80,7 +83,7 @@ struct Watch {
     first_tasks: u64,
     /// Unreaped children per parent in the first sample.
     initial: BTreeMap<u32, usize>,
-    last: Sample,
+    last: ScanSample,
     /// When each zombie still unreaped was first seen: the lower bound of its age.
     first_seen: HashMap<ProcessKey, Instant>,
     node_growth: GrowthTracker,
@@ -90,7 +93,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(first: Sample, window_seconds: f64) -> Self {
+    fn new(first: ScanSample, window_seconds: f64) -> Self {
         let mut watch = Self {
             first_at: first.at,
             first_tasks: first.limits.tasks,
@@ -108,7 +111,7 @@ impl Watch {
         watch
     }
 
-    fn observe(&mut self, sample: Sample) {
+    fn observe(&mut self, sample: ScanSample) {
         self.last = sample;
         self.account();
     }
@@ -147,7 +150,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
     let proc_root = Path::new("/proc");
     let mut hierarchy =
         CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), args.hierarchy.cgroup_hierarchy)?;
-    let take = || -> Result<Sample> {
+    let take = || -> Result<ScanSample> {
         let (mut pids, mut refused) = (BTreeMap::new(), BTreeMap::new());
         if let Some(h) = hierarchy.as_ref() {
             for (_, path) in h.walk() {
@@ -161,7 +164,7 @@ pub fn run(args: &ScanArgs) -> Result<()> {
                 pids.insert(text, usage);
             }
         }
-        Ok(Sample {
+        Ok(ScanSample {
             at: Instant::now(),
             processes: procfs::scan(proc_root)?.processes,
             limits: procfs::read_node_limits(proc_root)?,
@@ -307,14 +310,13 @@ fn build(
         .into_iter()
         .map(|path| {
             let labels = pods.labels(&kubernetes::parse_path(path));
-            let named = |s: String| (!s.is_empty()).then_some(s);
             let (current, max) = last.pids.get(path).copied().unzip();
             let max = max.flatten();
-            CgroupReport {
+            CgroupHeadroomReport {
                 cgroup: path.clone(),
-                namespace: named(labels.namespace),
-                pod: named(labels.pod),
-                container: named(labels.container),
+                namespace: known(labels.namespace),
+                pod: known(labels.pod),
+                container: known(labels.container),
                 zombies: zombies_by_cgroup.get(path).copied().unwrap_or(0),
                 pids_current: current,
                 pids_max: max,
@@ -338,7 +340,7 @@ fn build(
     })
 }
 
-fn zombies_by_parent(sample: &Sample) -> BTreeMap<u32, Vec<&ProcStat>> {
+fn zombies_by_parent(sample: &ScanSample) -> BTreeMap<u32, Vec<&ProcStat>> {
     let mut by_parent: BTreeMap<u32, Vec<&ProcStat>> = BTreeMap::new();
     for p in sample.processes.iter().filter(|p| p.is_unreaped_zombie()) {
         by_parent.entry(p.ppid).or_default().push(p);
@@ -362,7 +364,7 @@ fn table(report: &ScanReport) -> String {
     }
     out.push_str("\n\n");
     out.push_str(&parents_table(&report.parents));
-    let rows: Vec<&CgroupReport> = report
+    let rows: Vec<&CgroupHeadroomReport> = report
         .cgroups
         .iter()
         .filter(|c| c.zombies > 0 || c.pids_max.is_some())
@@ -380,15 +382,14 @@ fn table(report: &ScanReport) -> String {
                 (Some(cur), None) => cur.to_string(),
                 _ => "-".into(),
             };
-            let place = match (&c.namespace, &c.pod, &c.container) {
-                (Some(ns), Some(pod), container) => {
-                    format!(
-                        "{ns}/{pod}/{} {}",
-                        container.as_deref().unwrap_or("?"),
-                        c.cgroup
-                    )
-                }
-                _ => c.cgroup.clone(),
+            let names = pod_place(
+                c.namespace.as_deref(),
+                c.pod.as_deref(),
+                c.container.as_deref(),
+            );
+            let place = match names {
+                Some(names) => format!("{names} {}", c.cgroup),
+                None => c.cgroup.clone(),
             };
             let eta = if c.pids_full {
                 "FULL".to_owned()
@@ -430,7 +431,7 @@ mod tests {
 
     /// A node where each sample shows one new zombie (the last one reaped) and one new
     /// cgroup with a pids.max (the last one removed).
-    fn churning(start: Instant, i: u64) -> Sample {
+    fn churning(start: Instant, i: u64) -> ScanSample {
         let zombie = ProcStat {
             pid: 1000 + i as u32,
             comm: b"worker".to_vec(),
@@ -442,7 +443,7 @@ mod tests {
             exit_status: Some(0),
             processor: None,
         };
-        Sample {
+        ScanSample {
             at: start + Duration::from_millis(10 * i),
             processes: vec![zombie],
             refused: BTreeMap::new(),

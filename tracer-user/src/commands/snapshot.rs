@@ -9,9 +9,10 @@ use tracer_common::{Loss, LIFETIME_BUCKETS};
 use crate::{
     cli::SnapshotArgs,
     escape,
-    kernel::preflight,
+    kernel::{preflight, KernelPaths},
     kubernetes::{self, PodDirectory},
     state::{AgeSource, CgroupState, ChildState, ParentState, RepairTotals, StateEngine},
+    text::{age, fit_end, fit_start, known, last_wait, pad_end, pod_place},
 };
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
@@ -40,7 +41,7 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
 #[derive(Serialize)]
 pub struct Report {
     pub parents: Vec<ParentReport>,
-    pub cgroups: Vec<CgroupReport>,
+    pub cgroups: Vec<CgroupCountersReport>,
     pub zombie_lifetime: LifetimeReport,
     pub tracer: TracerReport,
 }
@@ -83,8 +84,9 @@ pub struct ChildReport {
     pub age_source: AgeSource,
 }
 
+/// The kernel programs' lifecycle counters of one cgroup.
 #[derive(Serialize)]
-pub struct CgroupReport {
+pub struct CgroupCountersReport {
     pub id: u64,
     pub path: Option<String>,
     pub forks: u64,
@@ -110,6 +112,7 @@ pub struct BucketReport {
 #[derive(Serialize)]
 pub struct TracerReport {
     pub kernel: String,
+    pub paths: KernelPaths,
     pub hooks: Vec<HookReport>,
     pub losses: LossReport,
     pub repairs: RepairTotals,
@@ -184,14 +187,13 @@ impl ParentReport {
             return;
         };
         let labels = pods.labels(&kubernetes::parse_path(cgroup));
-        let named = |s: String| (!s.is_empty()).then_some(s);
-        self.namespace = named(labels.namespace);
-        self.pod = named(labels.pod);
-        self.container = named(labels.container);
+        self.namespace = known(labels.namespace);
+        self.pod = known(labels.pod);
+        self.container = known(labels.container);
     }
 }
 
-impl CgroupReport {
+impl CgroupCountersReport {
     fn from_state(cgroup: &CgroupState) -> Self {
         let c = cgroup.counters;
         Self {
@@ -230,7 +232,10 @@ impl Report {
         let losses = engine.losses()?;
         Ok(Self {
             parents: parents.iter().map(ParentReport::from_state).collect(),
-            cgroups: cgroups.iter().map(CgroupReport::from_state).collect(),
+            cgroups: cgroups
+                .iter()
+                .map(CgroupCountersReport::from_state)
+                .collect(),
             zombie_lifetime: LifetimeReport {
                 count: histogram.count,
                 sum_seconds: seconds(histogram.sum_ns),
@@ -238,6 +243,7 @@ impl Report {
             },
             tracer: TracerReport {
                 kernel: preflight::kernel_release()?,
+                paths: probes.paths(),
                 hooks: probes
                     .hook_stats()?
                     .into_iter()
@@ -307,55 +313,33 @@ pub fn parents_table(parents: &[ParentReport]) -> String {
         "CONTAINER/CGROUP"
     );
     for p in parents {
-        let oldest = format!(
-            "{}{}",
-            if p.oldest_age_is_lower_bound {
-                ">="
-            } else {
-                ""
-            },
-            human_duration(p.oldest_age_seconds)
-        );
+        let oldest = age(p.oldest_age_seconds, p.oldest_age_is_lower_bound);
         let last_wait = last_wait(p.last_wait_age_seconds, p.last_wait_watched_seconds);
-        let place = match (&p.namespace, &p.pod, &p.container) {
-            (Some(ns), Some(pod), container) => {
-                format!("{ns}/{pod}/{}", container.as_deref().unwrap_or("?"))
-            }
-            _ => p.cgroup.clone().unwrap_or_else(|| "-".into()),
-        };
+        let place = pod_place(
+            p.namespace.as_deref(),
+            p.pod.as_deref(),
+            p.container.as_deref(),
+        )
+        .or_else(|| p.cgroup.clone())
+        .unwrap_or_else(|| "-".into());
         let place = escape::for_terminal(place.as_bytes());
         let per_minute = p
             .growth_per_minute
             .map_or("-".to_owned(), |g| format!("{g:+.1}/min"));
         let _ = writeln!(
             out,
-            "{:>8}  {:<16}  {:>8}{}  {:>9}  {:>13}  {:<32}  {}",
+            "{:>8}  {}  {:>8}{}  {:>9}  {:>13}  {}  {}",
             p.pid,
-            truncate(&escape::for_terminal(p.comm.as_bytes()), 16),
+            pad_end(&fit_end(&escape::for_terminal(p.comm.as_bytes()), 16), 16),
             p.unreaped,
             growth_cell(&per_minute),
             oldest,
             last_wait,
-            truncate_left(&place, 32),
+            pad_end(&fit_start(&place, 32), 32),
             child_list(&p.children, 8),
         );
     }
     out
-}
-
-/// A watch of `wait()` shorter than this says nothing of a parent that waits now and then.
-const WAIT_WATCH_MEANINGFUL_SECONDS: f64 = 10.0;
-
-/// The LAST WAIT column: `12s ago`; `none in 5m` after a watch long enough to mean it;
-/// `unknown` when not watched, or too briefly.
-pub fn last_wait(age_seconds: Option<f64>, watched_seconds: Option<f64>) -> String {
-    match (age_seconds, watched_seconds) {
-        (Some(age), _) => human_duration(age) + " ago",
-        (None, Some(watched)) if watched >= WAIT_WATCH_MEANINGFUL_SECONDS => {
-            format!("none in {}", human_duration(watched))
-        }
-        _ => "unknown".into(),
-    }
 }
 
 fn child_list(children: &[ChildReport], shown: usize) -> String {
@@ -370,68 +354,72 @@ fn child_list(children: &[ChildReport], shown: usize) -> String {
     list.join(" ")
 }
 
-/// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
-pub fn human_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s < 60.0 {
-        return format!("{s:.1}s");
-    }
-    let whole = s as u64;
-    let (d, h, m, sec) = (
-        whole / 86400,
-        whole / 3600 % 24,
-        whole / 60 % 60,
-        whole % 60,
-    );
-    if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else {
-        format!("{m}m{sec}s")
-    }
-}
-
-/// Keeps the head: a command name's start says most.
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        return text.to_owned();
-    }
-    let head: String = text.chars().take(width - 1).collect();
-    format!("{head}…")
-}
-
-/// Keeps the tail: a cgroup path's last component names the container or unit.
-fn truncate_left(text: &str, width: usize) -> String {
-    let count = text.chars().count();
-    if count <= width {
-        return text.to_owned();
-    }
-    let tail: String = text.chars().skip(count - (width - 1)).collect();
-    format!("…{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(0.04), "0.0s");
-        assert_eq!(human_duration(12.34), "12.3s");
-        assert_eq!(human_duration(250.0), "4m10s");
-        assert_eq!(human_duration(7500.0), "2h5m");
-        assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0 + 5.0), "3d4h");
+    fn parent(pid: u32, comm: &str, cgroup: &str) -> ParentReport {
+        ParentReport {
+            pid,
+            comm: comm.to_owned(),
+            cgroup: Some(cgroup.to_owned()),
+            namespace: None,
+            pod: None,
+            container: None,
+            unreaped: 1,
+            oldest_age_seconds: 12.0,
+            oldest_age_is_lower_bound: false,
+            oldest_age_source: Some(AgeSource::Exit),
+            last_wait_age_seconds: None,
+            last_wait_watched_seconds: None,
+            growth_per_minute: None,
+            children: vec![ChildReport {
+                pid: 4242,
+                comm: "worker".to_owned(),
+                exit_code: Some(0),
+                signal: None,
+                exit_signal: 17,
+                age_seconds: 12.0,
+                age_is_lower_bound: false,
+                age_source: AgeSource::Exit,
+            }],
+        }
     }
 
     #[test]
-    fn truncation_keeps_width() {
-        assert_eq!(truncate("short", 16), "short");
-        assert_eq!(truncate("a-very-long-command-name", 10), "a-very-lo…");
-        assert_eq!(
-            truncate_left("/kubepods/burstable/pod1/abcdef", 10),
-            "…d1/abcdef"
+    fn wide_names_keep_the_columns_in_line() {
+        use unicode_width::UnicodeWidthStr;
+
+        let table = parents_table(&[
+            parent(1, "init", "/system.slice/x.service"),
+            parent(
+                2,
+                "宽字符宽字符宽字符",
+                "/kubepods/🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳/app",
+            ),
+            parent(3, "🐳🐳🐳", "/容器/容器/容器/容器/容器"),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        // The display column where `text` starts in `line`.
+        let at = |line: &str, text: &str| line[..line.find(text).unwrap()].width();
+        let heading = lines[0];
+        for row in &lines[1..] {
+            assert_eq!(
+                row.width() - "4242".len(),
+                at(heading, "CHILDREN"),
+                "{table}"
+            );
+            let oldest_end = at(row, "12.0s") + "12.0s".len();
+            assert_eq!(
+                oldest_end,
+                at(heading, "OLDEST") + "OLDEST".len(),
+                "{table}"
+            );
+        }
+        assert!(lines[2].contains(" 宽字符宽字符宽… "), "{table}");
+        assert!(
+            lines[2].contains(" …ds/🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳🐳/app "),
+            "{table}"
         );
-        assert_eq!(truncate_left("/x", 10), "/x");
     }
 }

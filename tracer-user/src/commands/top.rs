@@ -5,7 +5,7 @@ mod view;
 
 use std::{
     collections::BTreeMap,
-    io::{self, IsTerminal, Write},
+    io::{self, IsTerminal},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
@@ -27,14 +27,13 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, FullCgroup, ParentRow, Sample};
+use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
-    forecast::GrowthTracker,
     kubernetes::{self, PodDirectory},
-    procfs,
     state::StateEngine,
+    watch::Watch,
 };
 
 /// Window of the node exhaustion forecast: shorter than `serve`'s 15m default, because a
@@ -101,14 +100,11 @@ fn sleep_unless_stopped(duration: Duration) -> bool {
     false
 }
 
-/// Turns the state engine's view into [`Sample`]s.
+/// Turns each tick of the watch into a [`TopSample`].
 struct Collector {
-    engine: StateEngine,
+    watch: Watch,
     pods: PodDirectory,
-    started: Instant,
-    last_reconcile: Instant,
     last_forget: Instant,
-    node_growth: GrowthTracker,
     /// Cgroups with a numeric `pids.max` (found by a walk every [`LIMITED_WALK_EVERY`]),
     /// with their refused forks when first seen.
     limited: BTreeMap<String, u64>,
@@ -119,16 +115,14 @@ struct Collector {
 const LIMITED_WALK_EVERY: Duration = Duration::from_secs(10);
 
 impl Collector {
-    fn new(mut engine: StateEngine, pod_logs_dir: &Path) -> Result<Self> {
-        engine.reconcile()?;
-        let now = Instant::now();
+    fn new(engine: StateEngine, pod_logs_dir: &Path) -> Result<Self> {
+        let mut watch = Watch::new(engine, RECONCILE_EVERY, ETA_WINDOW);
+        // The first scan is the long one on a busy node: done before the screen is taken.
+        watch.reconcile()?;
         Ok(Self {
-            engine,
+            watch,
             pods: PodDirectory::new(pod_logs_dir),
-            started: now,
-            last_reconcile: now,
-            last_forget: now,
-            node_growth: GrowthTracker::new(ETA_WINDOW.as_secs_f64()),
+            last_forget: Instant::now(),
             limited: BTreeMap::new(),
             limited_walk: None,
         })
@@ -137,7 +131,7 @@ impl Collector {
     /// Cgroups at their `pids.max`, or that refused forks since `top` started: where fork()
     /// fails now, whether or not zombies fill them.
     fn full_cgroups(&mut self) -> Vec<FullCgroup> {
-        let Some(hierarchy) = self.engine.hierarchy() else {
+        let Some(hierarchy) = self.watch.engine().hierarchy() else {
             return Vec::new();
         };
         if self
@@ -176,19 +170,14 @@ impl Collector {
             .collect()
     }
 
-    fn collect(&mut self) -> Result<Sample> {
-        let now = Instant::now();
-        if now.duration_since(self.last_reconcile) >= RECONCILE_EVERY {
-            self.engine.reconcile()?;
-            self.last_reconcile = now;
+    fn collect(&mut self) -> Result<TopSample> {
+        let tick = self.watch.tick()?;
+        if self.last_forget.elapsed() >= super::FORGET_REMOVED_EVERY {
+            super::forget_removed_cgroups(self.watch.engine_mut())?;
+            self.last_forget = Instant::now();
         }
-        if now.duration_since(self.last_forget) >= super::FORGET_REMOVED_EVERY {
-            super::forget_removed_cgroups(&mut self.engine)?;
-            self.last_forget = now;
-        }
-        let elapsed = now.duration_since(self.started);
         let mut parents = Vec::new();
-        for parent in self.engine.parents()? {
+        for parent in tick.parents {
             let oldest = parent.oldest();
             parents.push(ParentRow {
                 pid: parent.pid(),
@@ -204,7 +193,7 @@ impl Collector {
                         .children
                         .iter()
                         .map(|c| (c.age_ns, c.age_is_lower_bound())),
-                    elapsed,
+                    tick.elapsed,
                 ),
                 oldest_seconds: oldest.map_or(0.0, |c| c.age_ns as f64 / 1e9),
                 oldest_is_lower_bound: oldest.is_some_and(|c| c.age_is_lower_bound()),
@@ -212,19 +201,13 @@ impl Collector {
                 waits_watched_seconds: parent.waits_watched_ns.map(|ns| ns as f64 / 1e9),
             });
         }
-        let node = procfs::read_node_limits(Path::new("/proc"))?;
-        self.node_growth
-            .push(elapsed.as_secs_f64(), node.tasks as f64);
-        let eta = match (ETA_WINDOW / 2).checked_sub(elapsed) {
-            Some(left) if !left.is_zero() => Eta::Measuring(left),
-            _ => self
-                .node_growth
-                .eta_seconds(node.limit() as f64)
-                .map_or(Eta::NotGrowing, Eta::Seconds),
+        let eta = match tick.forecast_measuring {
+            Some(left) => Eta::Measuring(left),
+            None => tick.node_eta_seconds.map_or(Eta::NotGrowing, Eta::Seconds),
         };
-        Ok(Sample {
+        Ok(TopSample {
             taken: SystemTime::now(),
-            node,
+            node: tick.node,
             eta,
             parents,
             full: self.full_cgroups(),
@@ -273,18 +256,8 @@ fn plain(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     let display = Display::default();
     let mut refreshes = 0;
     loop {
-        let text = view::plain(&collector.collect()?, &display, args.interval);
+        super::emit(&view::plain(&collector.collect()?, &display, args.interval))?;
         refreshes += 1;
-        let mut stdout = io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // The reader went away (`reapwatch top | head`): nothing more to do.
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(err) => return Err(err.into()),
-            Ok(()) => {}
-        }
         if args.iterations.is_some_and(|n| refreshes >= n) || !sleep_unless_stopped(args.interval) {
             return Ok(());
         }
@@ -369,7 +342,7 @@ fn full_screen(collector: &mut Collector, args: &TopArgs) -> Result<()> {
     }
 }
 
-fn draw(frame: &mut ratatui::Frame, sample: &Sample, display: &Display, interval: Duration) {
+fn draw(frame: &mut ratatui::Frame, sample: &TopSample, display: &Display, interval: Duration) {
     let summary = view::summary(sample, display, interval);
     let [top, table, keys] = Layout::vertical([
         Constraint::Length(summary.len() as u16),

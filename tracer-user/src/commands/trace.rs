@@ -3,6 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     io::{self, BufWriter, Write},
     path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -23,6 +24,7 @@ use crate::{
     kernel::{clock::monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
+    text::{human_duration, known, pod_place, Ending},
 };
 
 /// How often zombies are checked against /proc for reparenting and missed reaps.
@@ -64,7 +66,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     match args.duration {
         Some(duration) => eprintln!(
             "reapwatch: tracing for {}",
-            super::snapshot::human_duration(duration.as_secs_f64())
+            human_duration(duration.as_secs_f64())
         ),
         None => eprintln!("reapwatch: tracing (Ctrl-C to stop)"),
     }
@@ -158,11 +160,65 @@ fn wall_clock_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// What a line reports: the kernel's events, and the reparent only userspace sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TraceEvent {
+    Fork,
+    Exit,
+    Zombie,
+    Reap,
+    Reparent,
+    Wait,
+}
+
+impl TraceEvent {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+            Self::Zombie => "zombie",
+            Self::Reap => "reap",
+            Self::Reparent => "reparent",
+            Self::Wait => "wait",
+        }
+    }
+
+    /// What `--zombies-only` keeps.
+    fn is_about_zombies(self) -> bool {
+        matches!(self, Self::Zombie | Self::Reap | Self::Reparent)
+    }
+}
+
+impl From<EventKind> for TraceEvent {
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Fork => Self::Fork,
+            EventKind::Exit => Self::Exit,
+            EventKind::Zombie => Self::Zombie,
+            EventKind::Reap => Self::Reap,
+            EventKind::Wait => Self::Wait,
+        }
+    }
+}
+
+impl fmt::Display for TraceEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that the text lines' `{:<8}` lines the names up.
+        f.pad(self.name())
+    }
+}
+
+impl Serialize for TraceEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One output line (`--json`): the stable contract, see README.
 #[derive(Serialize)]
 struct Line<'a> {
     time: String,
-    event: &'static str,
+    event: TraceEvent,
     pid: u32,
     ppid: u32,
     comm: String,
@@ -271,7 +327,7 @@ impl<W: Write> Trace<'_, W> {
                         }
                     }
                     guard.clear_ready();
-                    self.out.flush().or_else(ignore_broken_pipe)?;
+                    self.out.flush()?;
                 }
                 _ = refresh.tick() => {
                     self.show_ripe(engine)?;
@@ -279,7 +335,7 @@ impl<W: Write> Trace<'_, W> {
                     for change in engine.drain_changes() {
                         self.change(engine, change)?;
                     }
-                    self.out.flush().or_else(ignore_broken_pipe)?;
+                    self.out.flush()?;
                     if forgotten_at.elapsed() >= super::FORGET_REMOVED_EVERY {
                         self.forget_removed(engine)?;
                         forgotten_at = Instant::now();
@@ -306,12 +362,12 @@ impl<W: Write> Trace<'_, W> {
             self.out,
             "{:<27}  {:<8} {:>7} {:>7}  {:<16}  CONTAINER  DETAIL",
             "TIME", "EVENT", "PID", "PPID", "COMM"
-        )
-        .or_else(ignore_broken_pipe)
+        )?;
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.out.flush().or_else(ignore_broken_pipe)
+        Ok(self.out.flush()?)
     }
 
     /// Shows the held zombies that are old enough now, with their age.
@@ -321,7 +377,7 @@ impl<W: Write> Trace<'_, W> {
         for event in ripe {
             let record = Record {
                 time_ns: event.time_ns,
-                event: "zombie",
+                event: TraceEvent::Zombie,
                 pid: event.pid,
                 ppid: event.ppid,
                 comm: &event.comm,
@@ -353,18 +409,12 @@ impl<W: Write> Trace<'_, W> {
                 _ => {}
             }
         }
-        let (name, age) = match kind {
-            EventKind::Fork => ("fork", None),
-            EventKind::Exit => ("exit", None),
-            EventKind::Zombie => ("zombie", None),
-            EventKind::Reap => ("reap", Some(event.age_ns)),
-            EventKind::Wait => ("wait", None),
-        };
+        let age = (kind == EventKind::Reap).then_some(event.age_ns);
         let status = matches!(kind, EventKind::Exit | EventKind::Zombie | EventKind::Reap)
             .then_some(event.exit_status);
         let record = Record {
             time_ns: event.time_ns,
-            event: name,
+            event: kind.into(),
             pid: event.pid,
             ppid: event.ppid,
             comm: &event.comm,
@@ -378,18 +428,20 @@ impl<W: Write> Trace<'_, W> {
 
     fn change(&mut self, engine: &mut StateEngine, change: Change) -> Result<()> {
         let now = monotonic_ns();
-        let (name, child, zombie, from) = match &change {
+        let (event, child, zombie, from) = match &change {
             Change::Reparented {
                 child,
                 zombie,
                 from,
-            } => ("reparent", child, zombie, Some(*from)),
-            Change::ReapedLate { child, zombie } => ("reap", child, zombie, None),
+            } => (TraceEvent::Reparent, child, zombie, Some(*from)),
+            Change::ReapedLate { child, zombie } => (TraceEvent::Reap, child, zombie, None),
         };
+        let reaped = event == TraceEvent::Reap;
         if let Some(held) = &mut self.held {
-            let hidden = match name {
-                "reap" => !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns)),
-                _ => held.waiting.contains_key(&child.tgid),
+            let hidden = if reaped {
+                !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns))
+            } else {
+                held.waiting.contains_key(&child.tgid)
             };
             if hidden {
                 return Ok(());
@@ -397,25 +449,22 @@ impl<W: Write> Trace<'_, W> {
         }
         let record = Record {
             time_ns: now,
-            event: name,
+            event,
             pid: child.tgid,
             ppid: zombie.parent.tgid,
             comm: &zombie.comm,
             cgroup_id: zombie.cgroup_id,
             status: Some(zombie.exit_status),
-            age_ns: (name == "reap").then(|| now.saturating_sub(zombie.exit_ns)),
+            age_ns: reaped.then(|| now.saturating_sub(zombie.exit_ns)),
             from_ppid: from,
         };
         self.write(engine, record)
     }
 
     fn write(&mut self, engine: &mut StateEngine, record: Record) -> Result<()> {
-        fn named(s: &str) -> Option<&str> {
-            (!s.is_empty()).then_some(s)
-        }
         let args = self.args;
         let comm = &record.comm[..record.comm.iter().position(|&b| b == 0).unwrap_or(16)];
-        if args.zombies_only && !matches!(record.event, "zombie" | "reap" | "reparent")
+        if args.zombies_only && !record.event.is_about_zombies()
             || args
                 .pid
                 .is_some_and(|pid| pid != record.pid && pid != record.ppid)
@@ -424,7 +473,11 @@ impl<W: Write> Trace<'_, W> {
             return Ok(());
         }
         let wall = UNIX_EPOCH + Duration::from_nanos(record.time_ns + self.wall_offset_ns);
-        let (path, labels, container_id) = self.cgroup(engine, record.cgroup_id);
+        let CgroupInfo {
+            path,
+            labels,
+            container_id,
+        } = self.cgroup(engine, record.cgroup_id);
         if args
             .cgroup
             .as_ref()
@@ -436,11 +489,7 @@ impl<W: Write> Trace<'_, W> {
         {
             return Ok(());
         }
-        let (exit_code, signal) = match record.status {
-            Some(status) if status & 0x7f == 0 => (Some((status >> 8) & 0xff), None),
-            Some(status) => (None, Some(status & 0x7f)),
-            None => (None, None),
-        };
+        let ending = record.status.map(Ending::from_wait_status);
         let line = Line {
             time: humantime::format_rfc3339_micros(wall).to_string(),
             event: record.event,
@@ -448,11 +497,11 @@ impl<W: Write> Trace<'_, W> {
             ppid: record.ppid,
             comm: escape::lossy(comm),
             cgroup: &path,
-            namespace: named(&labels.namespace),
-            pod: named(&labels.pod),
-            container: named(&labels.container),
-            exit_code,
-            signal,
+            namespace: known(labels.namespace.as_str()),
+            pod: known(labels.pod.as_str()),
+            container: known(labels.container.as_str()),
+            exit_code: ending.and_then(Ending::exit_code),
+            signal: ending.and_then(Ending::signal),
             age_seconds: record.age_ns.map(|ns| ns as f64 / 1e9),
             from_ppid: record.from_ppid,
         };
@@ -462,39 +511,52 @@ impl<W: Write> Trace<'_, W> {
             human(&line, comm)
         };
         self.shown += 1;
-        writeln!(self.out, "{text}").or_else(ignore_broken_pipe)
+        writeln!(self.out, "{text}")?;
+        Ok(())
     }
 
     /// Drops cached paths of removed cgroups (ids are not reused) and their counters.
     fn forget_removed(&mut self, engine: &mut StateEngine) -> Result<()> {
         if let Some(hierarchy) = engine.hierarchy() {
             self.paths
-                .retain(|&id, (path, ..)| hierarchy.id_of(path.as_bytes()) == Some(id));
+                .retain(|&id, info| hierarchy.id_of(info.path.as_bytes()) == Some(id));
         }
         super::forget_removed_cgroups(engine)
     }
 
-    /// Path, pod labels and container ID of a cgroup id, cached while the cgroup exists.
+    /// What a cgroup id says, cached while the cgroup exists.
     fn cgroup(&mut self, engine: &mut StateEngine, id: u64) -> CgroupInfo {
-        if let Some(known) = self.paths.get(&id) {
-            return known.clone();
+        if let Some(cached) = self.paths.get(&id) {
+            return cached.clone();
         }
         let path = engine.cgroup_path(id).unwrap_or_default();
         let parsed = kubernetes::parse_path(&path);
-        let info = (path, self.pods.labels(&parsed), parsed.container_id);
+        let info = CgroupInfo {
+            labels: self.pods.labels(&parsed),
+            container_id: parsed.container_id,
+            path,
+        };
         // An unresolved id may resolve later (a cgroup newer than the last walk).
-        if !info.0.is_empty() {
+        if !info.path.is_empty() {
             self.paths.insert(id, info.clone());
         }
         info
     }
 }
 
-type CgroupInfo = (String, kubernetes::PodLabels, Option<String>);
+/// A cgroup as the filters and the lines see it.
+#[derive(Clone)]
+struct CgroupInfo {
+    /// Empty while the id is not resolved.
+    path: String,
+    labels: kubernetes::PodLabels,
+    /// What `--container` also matches, by prefix.
+    container_id: Option<String>,
+}
 
 struct Record<'a> {
     time_ns: u64,
-    event: &'static str,
+    event: TraceEvent,
     pid: u32,
     ppid: u32,
     comm: &'a [u8; 16],
@@ -532,15 +594,13 @@ fn human(line: &Line, comm: &[u8]) -> String {
         detail.push(format!("signal={signal}"));
     }
     if let Some(age) = line.age_seconds {
-        detail.push(format!("age={}", super::snapshot::human_duration(age)));
+        detail.push(format!("age={}", human_duration(age)));
     }
     if let Some(from) = line.from_ppid {
         detail.push(format!("from={from}"));
     }
-    let place = match (line.namespace, line.pod, line.container) {
-        (Some(ns), Some(pod), container) => format!("{ns}/{pod}/{}", container.unwrap_or("?")),
-        _ => line.cgroup.to_owned(),
-    };
+    let place = pod_place(line.namespace, line.pod, line.container)
+        .unwrap_or_else(|| line.cgroup.to_owned());
     format!(
         "{}  {:<8} {:>7} {:>7}  {:<16}  {}  {}",
         line.time,
@@ -551,14 +611,6 @@ fn human(line: &Line, comm: &[u8]) -> String {
         escape::for_terminal(place.as_bytes()),
         detail.join(" ")
     )
-}
-
-fn ignore_broken_pipe(err: io::Error) -> Result<()> {
-    if err.kind() == io::ErrorKind::BrokenPipe {
-        Ok(())
-    } else {
-        Err(err.into())
-    }
 }
 
 #[cfg(test)]
@@ -608,6 +660,15 @@ mod tests {
             ))
         );
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn event_names_fill_the_text_column_and_are_json_strings() {
+        assert_eq!(format!("{:<8}|", TraceEvent::Reap), "reap    |");
+        assert_eq!(
+            serde_json::to_string(&TraceEvent::Reparent).unwrap(),
+            "\"reparent\""
+        );
     }
 
     #[test]

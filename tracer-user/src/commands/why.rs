@@ -10,7 +10,6 @@ use std::{
 use anyhow::{Context, Result};
 use tracer_common::{Event, EventKind, SIGCHLD};
 
-use super::snapshot::human_duration;
 use crate::{
     cgroup,
     cli::{TracerArgs, WhyArgs},
@@ -19,6 +18,7 @@ use crate::{
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
     state::{self, Change, StateEngine},
+    text::{human_duration, Ending},
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.
@@ -76,11 +76,10 @@ struct Watched {
 }
 
 fn how_it_ended(status: Option<i32>) -> String {
-    match status {
-        Some(s) if s & 0x7f == 0 => format!("exit {}", (s >> 8) & 0xff),
-        Some(s) => format!("killed by signal {}", s & 0x7f),
-        None => "exited".into(),
-    }
+    status.map_or_else(
+        || "exited".to_owned(),
+        |s| Ending::from_wait_status(s).to_string(),
+    )
 }
 
 pub fn run(args: &WhyArgs) -> Result<()> {

@@ -208,9 +208,9 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         "Records a kernel map had no room for.",
         COUNTER,
     );
-    for (map, count, overflows) in &model.maps {
-        entries.push(vec![("map", (*map).to_owned())], *count as f64);
-        full.push(vec![("map", (*map).to_owned())], *overflows as f64);
+    for usage in &model.maps {
+        entries.push(vec![("map", usage.map.to_owned())], usage.entries as f64);
+        full.push(vec![("map", usage.map.to_owned())], usage.times_full as f64);
     }
 
     let mut failures = Family::new(
@@ -415,7 +415,7 @@ fn escape_help(help: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::{CgroupSeries, NodeSeries, ParentSeries};
+    use crate::exporter::model::{CgroupSeries, MapUsage, NodeSeries, ParentSeries};
     use tracer_common::LifetimeHistogram;
 
     fn model() -> Model {
@@ -455,7 +455,11 @@ mod tests {
             version: "0.1.0",
             kernel: "6.1.0".into(),
             events_lost: 0,
-            maps: vec![("zombies", 3, 0)],
+            maps: vec![MapUsage {
+                map: "zombies",
+                entries: 3,
+                times_full: 0,
+            }],
             proc_skipped: 0,
             health: Default::default(),
         }

@@ -73,11 +73,19 @@ pub struct Model {
     pub version: &'static str,
     pub kernel: String,
     pub events_lost: u64,
-    /// `(map, entries, times it was full)`.
-    pub maps: Vec<(&'static str, u64, u64)>,
+    pub maps: Vec<MapUsage>,
     /// `/proc` entries that could not be read or parsed, skipped.
     pub proc_skipped: u64,
     pub health: Health,
+}
+
+/// How full one kernel map is, and how often it had no room.
+#[derive(Clone, Copy, Debug)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: u64,
+    /// Records it had no room for, since start.
+    pub times_full: u64,
 }
 
 /// Whether sampling keeps up: set when a sample is published, not by the sample itself.

@@ -1,9 +1,8 @@
-//! Turns the state engine's view into a [`Model`]: attribution to containers, label
-//! allow-list, series garbage collection, and the exhaustion forecasts.
+//! Turns each tick of the watch into a [`Model`]: attribution to containers, label
+//! allow-list, series garbage collection, counters, and the per-cgroup pids forecasts.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,7 @@ use tracer_common::{CgroupCounters, Loss};
 use super::{
     ledger::CounterLedger,
     model::{
-        CgroupLabels, CgroupSeries, Health, Model, NodeSeries, ParentSeries, PidsSeries,
+        CgroupLabels, CgroupSeries, Health, MapUsage, Model, NodeSeries, ParentSeries, PidsSeries,
         SeriesCounters,
     },
     settings::{CgroupSeriesChoice, Settings},
@@ -23,25 +22,19 @@ use crate::{
     forecast::GrowthTracker,
     kernel::preflight,
     kubernetes::{self, PodDirectory},
-    procfs,
     state::StateEngine,
+    watch::Watch,
 };
 
 pub struct Sampler {
-    engine: StateEngine,
+    watch: Watch,
     settings: Settings,
     pods: PodDirectory,
-    started: Instant,
-    last_reconcile: Option<Instant>,
-    /// The kernel's zombie-map losses at the last reconcile: more since means zombies the
-    /// maps missed, which only a `/proc` scan finds.
-    zombie_losses_at_reconcile: u64,
     /// Last known path of each cgroup id, and since when it is gone.
     known: HashMap<u64, KnownCgroup>,
     counters: CounterLedger,
     /// When each cgroup last had something to say (`--cgroup-series active`).
     last_said: HashMap<u64, Instant>,
-    node_growth: GrowthTracker,
     cgroup_growth: HashMap<u64, GrowthTracker>,
     wait_entries: u64,
     kernel: String,
@@ -74,15 +67,11 @@ struct IdSample {
 impl Sampler {
     pub fn new(engine: StateEngine, settings: Settings) -> Result<Self> {
         Ok(Self {
-            engine,
+            watch: Watch::new(engine, settings.reconcile_interval, settings.eta_window),
             pods: PodDirectory::new(&settings.pod_logs_dir),
-            node_growth: GrowthTracker::new(settings.eta_window.as_secs_f64()),
             counters: CounterLedger::new(settings.map_sizes.cgroups as usize),
             last_said: HashMap::new(),
             settings,
-            started: Instant::now(),
-            last_reconcile: None,
-            zombie_losses_at_reconcile: 0,
             known: HashMap::new(),
             cgroup_growth: HashMap::new(),
             wait_entries: 0,
@@ -92,21 +81,14 @@ impl Sampler {
 
     pub fn sample(&mut self) -> Result<Model> {
         // The sampler thread owns the programs: it forwards their log too, once a sample.
-        self.engine.probes_mut().forward_kernel_log();
+        self.watch.engine_mut().probes_mut().forward_kernel_log();
         let now = Instant::now();
-        let zombie_losses = self.engine.probes().losses()?[Loss::ZombiesMapFull as usize];
-        if zombie_losses > self.zombie_losses_at_reconcile
-            || self
-                .last_reconcile
-                .is_none_or(|at| now.duration_since(at) >= self.settings.reconcile_interval)
-        {
-            self.engine.reconcile()?;
-            self.wait_entries = self.engine.probes().wait_entries()? as u64;
-            self.last_reconcile = Some(now);
-            self.zombie_losses_at_reconcile = zombie_losses;
+        let tick = self.watch.tick()?;
+        if tick.reconciled {
+            self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
         }
-        let elapsed = now.duration_since(self.started).as_secs_f64();
-        let parents = self.engine.parents()?;
+        let elapsed = tick.elapsed.as_secs_f64();
+        let parents = tick.parents;
 
         // Live zombies per parent cgroup: the gauge follows reparented zombies.
         let mut by_id: BTreeMap<u64, IdSample> = BTreeMap::new();
@@ -122,7 +104,7 @@ impl Sampler {
                 .created_alive += 1;
             node_zombies += 1;
         }
-        for cgroup in self.engine.cgroups()? {
+        for cgroup in self.watch.engine_mut().cgroups()? {
             by_id.entry(cgroup.id).or_default().raw = cgroup.counters;
         }
 
@@ -146,7 +128,8 @@ impl Sampler {
             if settled {
                 fed.insert(id);
                 let fork_failures = self
-                    .engine
+                    .watch
+                    .engine()
                     .hierarchy()
                     .and_then(|h| h.fork_failures(&known.path))
                     .unwrap_or(0);
@@ -167,14 +150,12 @@ impl Sampler {
         self.cgroup_growth.retain(|id, _| seen.contains(id));
         self.last_said.retain(|id, _| seen.contains(id));
 
-        let limits = procfs::read_node_limits(Path::new("/proc"))?;
-        self.node_growth.push(elapsed, limits.tasks as f64);
         let node = NodeSeries {
             zombies: node_zombies,
-            tasks: limits.tasks,
-            pid_max: limits.pid_max,
-            threads_max: limits.threads_max,
-            eta_seconds: self.node_growth.eta_seconds(limits.limit() as f64),
+            tasks: tick.node.tasks,
+            pid_max: tick.node.pid_max,
+            threads_max: tick.node.threads_max,
+            eta_seconds: tick.node_eta_seconds,
         };
 
         let mut top = Vec::new();
@@ -194,15 +175,16 @@ impl Sampler {
             });
         }
 
-        let losses = self.engine.losses()?;
-        let probes = self.engine.probes();
+        let engine = self.watch.engine();
+        let losses = engine.losses()?;
+        let probes = engine.probes();
         let misses: u64 = probes
             .hook_stats()?
             .iter()
             .map(|h| h.recursion_misses)
             .sum();
         let counters = probes.cgroup_counters()?.len() as u64;
-        let in_maps = node_zombies.saturating_sub(self.engine.overflowed_zombies() as u64);
+        let in_maps = node_zombies.saturating_sub(engine.overflowed_zombies() as u64);
         Ok(Model {
             cgroups: merged.into_values().collect(),
             parents: top,
@@ -212,19 +194,23 @@ impl Sampler {
             kernel: self.kernel.clone(),
             events_lost: losses.iter().sum::<u64>() + misses,
             maps: vec![
-                ("zombies", in_maps, losses[Loss::ZombiesMapFull as usize]),
-                (
-                    "cgroup_counters",
-                    counters,
-                    losses[Loss::CgroupsMapFull as usize],
-                ),
-                (
-                    "waits",
-                    self.wait_entries,
-                    losses[Loss::WaitsMapFull as usize],
-                ),
+                MapUsage {
+                    map: "zombies",
+                    entries: in_maps,
+                    times_full: losses[Loss::ZombiesMapFull as usize],
+                },
+                MapUsage {
+                    map: "cgroup_counters",
+                    entries: counters,
+                    times_full: losses[Loss::CgroupsMapFull as usize],
+                },
+                MapUsage {
+                    map: "waits",
+                    entries: self.wait_entries,
+                    times_full: losses[Loss::WaitsMapFull as usize],
+                },
             ],
-            proc_skipped: self.engine.totals().skipped,
+            proc_skipped: engine.totals().skipped,
             health: Health::default(),
         })
     }
@@ -258,7 +244,7 @@ impl Sampler {
     /// (`pinned`: zombies of its processes, or that it created) has outlived the grace
     /// period. Its kernel counters are then dropped; its series keeps its totals.
     fn attribution(&mut self, id: u64, pinned: u64, now: Instant) -> Result<Option<KnownCgroup>> {
-        let path = self.engine.cgroup_path(id);
+        let path = self.watch.engine_mut().cgroup_path(id);
         let known = self.known.entry(id).or_insert_with(|| KnownCgroup {
             // Not found yet (the hierarchy is walked at most every second), or created and
             // removed between two samples.
@@ -278,7 +264,7 @@ impl Sampler {
                 if pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
                     self.known.remove(&id);
                     self.cgroup_growth.remove(&id);
-                    self.engine.forget_cgroup(id)?;
+                    self.watch.engine_mut().forget_cgroup(id)?;
                     return Ok(None);
                 }
             }
@@ -287,7 +273,7 @@ impl Sampler {
     }
 
     fn pids(&mut self, id: u64, path: &str, elapsed: f64) -> Option<PidsSeries> {
-        let (current, max) = self.engine.hierarchy()?.pids(path)?;
+        let (current, max) = self.watch.engine().hierarchy()?.pids(path)?;
         let max = max?;
         let window = self.settings.eta_window.as_secs_f64();
         let growth = self

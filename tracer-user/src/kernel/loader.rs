@@ -7,7 +7,7 @@ use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use tracer_common::{names, KernelOffsets, ProgramSettings};
 
-use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, Probes};
+use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, KernelPaths, Probes};
 use crate::cgroup::HierarchyKind;
 
 pub(super) static OBJECT: &[u8] =
@@ -16,20 +16,35 @@ pub(super) static OBJECT: &[u8] =
 /// aya-log's ring buffer in the object (aya-log does not export the name).
 const AYA_LOGS: &str = "AYA_LOGS";
 
-/// Every program, and the tracepoint it attaches to.
-const HOOKS: [Hook; 4] = [
-    hook("sched_process_fork"),
-    hook("sched_process_exit"),
-    hook("sched_process_wait"),
-    hook("sched_process_free"),
-];
-
-/// Each program is named after its tracepoint.
-const fn hook(tracepoint: &'static str) -> Hook {
-    Hook {
-        program: tracepoint,
+/// The programs to attach, and their tracepoints. Kernels before 5.12 refuse a program
+/// holding BPF compare-and-swap, even on a path it never takes: there the exit and free hooks
+/// are the builds without the slot table.
+fn hooks(settings: &ProgramSettings) -> [Hook; 4] {
+    let slots = settings.zombie_slots > 0;
+    [
+        ("sched_process_fork", "sched_process_fork"),
+        (
+            if slots {
+                "sched_process_exit"
+            } else {
+                "sched_process_exit_hash"
+            },
+            "sched_process_exit",
+        ),
+        ("sched_process_wait", "sched_process_wait"),
+        (
+            if slots {
+                "sched_process_free"
+            } else {
+                "sched_process_free_hash"
+            },
+            "sched_process_free",
+        ),
+    ]
+    .map(|(program, tracepoint)| Hook {
+        program,
         tracepoint,
-    }
+    })
 }
 
 /// Capacity of the kernel maps. A full map loses records, and the loss is counted.
@@ -122,7 +137,8 @@ impl Probes {
             .then(|| EbpfLogger::init(&mut ebpf))
             .transpose()
             .context("cannot read the programs' log")?;
-        attach(&mut ebpf)?;
+        let hooks = hooks(settings);
+        attach(&mut ebpf, &hooks)?;
         let slots = match settings.zombie_slots {
             0 => None,
             slots => Some(slots::SlotTable::map(
@@ -133,16 +149,17 @@ impl Probes {
         };
         Ok(Self {
             ebpf,
-            hooks: HOOKS.to_vec(),
+            hooks: hooks.to_vec(),
             slots,
+            paths: KernelPaths::of(settings),
             kernel_log,
         })
     }
 }
 
-fn attach(ebpf: &mut Ebpf) -> Result<()> {
+fn attach(ebpf: &mut Ebpf, hooks: &[Hook]) -> Result<()> {
     let btf = aya::Btf::from_sys_fs().context("cannot read kernel BTF")?;
-    for hook in &HOOKS {
+    for hook in hooks {
         let program: &mut BtfTracePoint = ebpf
             .program_mut(hook.program)
             .with_context(|| format!("program {} missing from the object", hook.program))?
@@ -231,7 +248,14 @@ mod tests {
     #[test]
     fn every_program_is_in_the_object() {
         let object = aya_obj::Object::parse(OBJECT).expect("parse the object");
-        for hook in HOOKS {
+        let with_slots = ProgramSettings {
+            zombie_slots: 1,
+            ..ProgramSettings::default()
+        };
+        for hook in hooks(&with_slots)
+            .iter()
+            .chain(&hooks(&ProgramSettings::default()))
+        {
             assert!(object.programs.contains_key(hook.program), "{hook:?}");
         }
     }

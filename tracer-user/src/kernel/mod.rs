@@ -12,6 +12,7 @@ mod slots;
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use aya_log::EbpfLogger;
+use tracer_common::{ProgramSettings, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF};
 
 use self::slots::SlotTable;
 pub use self::{
@@ -24,6 +25,42 @@ pub use self::{
 pub struct Hook {
     pub program: &'static str,
     pub tracepoint: &'static str,
+}
+
+/// Which of the programs' kernel-dependent paths this kernel takes; the VM matrix reports
+/// them per kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KernelPaths {
+    /// `slots+hash`: the lock-free slot table first (BPF compare-and-swap, 5.12+), the hash
+    /// map for collisions; `hash`: the hash map alone.
+    pub zombie_store: &'static str,
+    /// `task_btf`: `bpf_get_current_task_btf` (5.11+); `probe_read`: `bpf_get_current_task`
+    /// and reads through `bpf_probe_read_kernel`.
+    pub current_task: &'static str,
+    /// The hierarchy whose cgroup ids key the per-cgroup counters: `unified` or `v1_pids`.
+    pub cgroup_ids: &'static str,
+}
+
+impl KernelPaths {
+    fn of(settings: &ProgramSettings) -> Self {
+        Self {
+            zombie_store: if settings.zombie_slots > 0 {
+                "slots+hash"
+            } else {
+                "hash"
+            },
+            current_task: if settings.helpers & HELPER_CURRENT_TASK_BTF != 0 {
+                "task_btf"
+            } else {
+                "probe_read"
+            },
+            cgroup_ids: if settings.cgroup_hierarchy == CGROUP_V1_PIDS {
+                "v1_pids"
+            } else {
+                "unified"
+            },
+        }
+    }
 }
 
 /// A program and how often the kernel skipped it.
@@ -40,6 +77,7 @@ pub struct Probes {
     hooks: Vec<Hook>,
     /// The zombie slot table, where the kernel has one (5.12+).
     slots: Option<SlotTable>,
+    paths: KernelPaths,
     /// The programs' rare-event records, when the log shows debug lines.
     kernel_log: Option<EbpfLogger<&'static dyn log::Log>>,
 }
@@ -47,6 +85,10 @@ pub struct Probes {
 impl Probes {
     pub fn hooks(&self) -> &[Hook] {
         &self.hooks
+    }
+
+    pub fn paths(&self) -> KernelPaths {
+        self.paths
     }
 
     pub fn hook_stats(&self) -> Result<Vec<HookStats>> {

@@ -2,7 +2,22 @@
 //! onto the base as `components: [components/<name>]` would render it, and the result is held
 //! to the base's checks (schemas, least privilege) and to the component's own.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use yaml_rust2::YamlLoader;
+
+use super::{
+    components_dir,
+    contract::Contract,
+    kustomize::{find, load_resources, Resource},
+    least_privilege, read, schema, yaml,
+};
 
 /// The components the issue asks for; each has a check of its own below.
 const COMPONENTS: &[&str] = &["datadog", "network-policy", "seccomp", "tls"];
@@ -24,8 +39,8 @@ pub(super) fn check(base: &[Resource], contract: &Contract, out: &Path) -> Resul
         let rendered = render(base, &dir).with_context(what)?;
         let out = out.join(name);
         fs::create_dir_all(&out).context("create the component's check directory")?;
-        validate_schemas(&rendered, &out).with_context(what)?;
-        check_least_privilege(&rendered).with_context(what)?;
+        schema::validate(&rendered, &out).with_context(what)?;
+        least_privilege::check(&rendered).with_context(what)?;
         match *name {
             "datadog" => check_datadog(&rendered, &dir, contract),
             "network-policy" => check_network_policy(&rendered),
@@ -42,7 +57,7 @@ pub(super) fn check(base: &[Resource], contract: &Contract, out: &Path) -> Resul
 /// `patches` that are either a strategic merge patch naming its object, or a JSON patch of
 /// `add` operations with a `target`.
 pub(super) fn render(base: &[Resource], dir: &Path) -> Result<Vec<Resource>> {
-    let [component] = &load_yaml(&dir.join("kustomization.yaml"))?[..] else {
+    let [component] = &yaml::load(&dir.join("kustomization.yaml"))?[..] else {
         bail!("kustomization.yaml must hold one document");
     };
     ensure!(
@@ -68,7 +83,7 @@ pub(super) fn render(base: &[Resource], dir: &Path) -> Result<Vec<Resource>> {
     for patch in component["patches"].as_array().into_iter().flatten() {
         let file = patch["path"].as_str().context("patch path")?;
         listed.insert(file.to_owned());
-        let [doc] = &load_yaml(&dir.join(file))?[..] else {
+        let [doc] = &yaml::load(&dir.join(file))?[..] else {
             bail!("{file} must hold one document");
         };
         let target = &patch["target"];
@@ -467,7 +482,7 @@ fn check_tls(resources: &[Resource]) -> Result<()> {
     let [web_config] = &YamlLoader::load_from_str(web_config).context("web config")?[..] else {
         bail!("the web config must hold one document");
     };
-    let tls = &yaml_to_json(web_config)?["tls_server_config"];
+    let tls = &yaml::to_json(web_config)?["tls_server_config"];
     for (field, key) in [("cert_file", "tls.crt"), ("key_file", "tls.key")] {
         let file = tls[field].as_str().context(field)?;
         let (volume, found) = source(file).with_context(|| format!("{file} is not mounted"))?;

@@ -3,11 +3,11 @@
 
 use std::{collections::BTreeMap, time::Duration, time::SystemTime};
 
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+use unicode_width::UnicodeWidthStr;
 
 use crate::{
-    commands::snapshot::{human_duration, last_wait},
     procfs::NodeLimits,
+    text::{age, fit_end, fit_start, human_duration, last_wait, pad_end, pad_start},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub enum Eta {
 
 /// What one refresh measured.
 #[derive(Clone, Debug)]
-pub struct Sample {
+pub struct TopSample {
     pub taken: SystemTime,
     pub node: NodeLimits,
     pub eta: Eta,
@@ -191,7 +191,7 @@ const CONTAINER_TITLE: &str = "CONTAINER";
 const MIN_CONTAINER_WIDTH: usize = 12;
 
 /// The lines above the table: time, settings, node headroom and the exhaustion forecast.
-pub fn summary(sample: &Sample, display: &Display, interval: Duration) -> Vec<String> {
+pub fn summary(sample: &TopSample, display: &Display, interval: Duration) -> Vec<String> {
     let node = &sample.node;
     let limit = node.limit().max(1);
     let eta = match sample.eta {
@@ -259,7 +259,7 @@ pub fn keys(display: &Display) -> String {
 /// The table heading and its rows, sorted and grouped as `display` says. With a `width`, the
 /// container column takes what the others leave (truncated from the left: a path's tail names
 /// the container); without, it is as wide as its longest value.
-pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (String, Vec<String>) {
+pub fn table(sample: &TopSample, display: &Display, width: Option<usize>) -> (String, Vec<String>) {
     let mut rows: Vec<Row> = match display.grouping {
         Grouping::Parents => sample.parents.iter().map(Row::of).collect(),
         Grouping::Containers => {
@@ -363,7 +363,7 @@ pub fn table(sample: &Sample, display: &Display, width: Option<usize>) -> (Strin
 }
 
 /// Everything of one refresh for a log or a pipe: summary, heading, rows, a blank line.
-pub fn plain(sample: &Sample, display: &Display, interval: Duration) -> String {
+pub fn plain(sample: &TopSample, display: &Display, interval: Duration) -> String {
     let (heading, rows) = table(sample, display, None);
     let mut out = summary(sample, display, interval).join("\n");
     out.push('\n');
@@ -405,20 +405,11 @@ fn rate(per_minute: f64) -> String {
     }
 }
 
-fn age(seconds: f64, lower_bound: bool) -> String {
-    format!(
-        "{}{}",
-        if lower_bound { ">=" } else { "" },
-        human_duration(seconds)
-    )
-}
-
 /// `text` padded to the column's display width (text already fitted; numbers never cut).
 fn cell(text: &str, column: &Column) -> String {
-    let pad = " ".repeat(column.width.saturating_sub(text.width()));
     match column.align {
-        Align::Left => format!("{text}{pad}"),
-        Align::Right => format!("{pad}{text}"),
+        Align::Left => pad_end(text, column.width),
+        Align::Right => pad_start(text, column.width),
     }
 }
 
@@ -427,45 +418,10 @@ fn line(cells: impl IntoIterator<Item = String>) -> String {
     cells.join(" ").trim_end().to_owned()
 }
 
-/// Keeps the head (a command name's start says most), marking the cut with `…`.
-fn fit_end(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        return text.to_owned();
-    }
-    let mut kept = String::new();
-    let mut used = 0;
-    for c in text.chars() {
-        let w = c.width().unwrap_or(0);
-        if used + w > width - 1 {
-            break;
-        }
-        kept.push(c);
-        used += w;
-    }
-    kept.push('…');
-    kept
-}
-
-/// Keeps the tail (a cgroup path's last component names the container), marking the cut.
-fn fit_start(text: &str, width: usize) -> String {
-    if text.width() <= width {
-        return text.to_owned();
-    }
-    let mut kept = Vec::new();
-    let mut used = 0;
-    for c in text.chars().rev() {
-        let w = c.width().unwrap_or(0);
-        if used + w > width - 1 {
-            break;
-        }
-        kept.push(c);
-        used += w;
-    }
-    std::iter::once('…').chain(kept.into_iter().rev()).collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use unicode_width::UnicodeWidthChar;
+
     use super::*;
 
     fn parent(
@@ -489,8 +445,8 @@ mod tests {
         }
     }
 
-    fn sample(parents: Vec<ParentRow>) -> Sample {
-        Sample {
+    fn sample(parents: Vec<ParentRow>) -> TopSample {
+        TopSample {
             taken: SystemTime::UNIX_EPOCH,
             node: NodeLimits {
                 tasks: 1000,
@@ -679,13 +635,5 @@ mod tests {
         assert!(text.lines().any(|l| l.ends_with(long)), "{text}");
         let empty = plain(&sample(vec![]), &Display::default(), Duration::from_secs(1));
         assert!(empty.contains("\nno unreaped children\n"), "{empty}");
-    }
-
-    #[test]
-    fn fitting_marks_the_cut() {
-        assert_eq!(fit_end("short", 15), "short");
-        assert_eq!(fit_end("abcdefghij", 5), "abcd…");
-        assert_eq!(fit_start("/a/b/container", 8), "…ntainer");
-        assert_eq!(fit_start("/a/b/container", 8).width(), 8);
     }
 }

@@ -1,0 +1,214 @@
+//! How the commands word what they show: durations, ages, fitting names into columns by
+//! their display width, how a process ended, and where it runs.
+
+use std::fmt;
+
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s < 60.0 {
+        return format!("{s:.1}s");
+    }
+    let whole = s as u64;
+    let (d, h, m, sec) = (
+        whole / 86400,
+        whole / 3600 % 24,
+        whole / 60 % 60,
+        whole % 60,
+    );
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else {
+        format!("{m}m{sec}s")
+    }
+}
+
+/// A zombie's age, `>=` in front when it is a lower bound (its exit time is unknown).
+pub fn age(seconds: f64, lower_bound: bool) -> String {
+    let at_least = if lower_bound { ">=" } else { "" };
+    format!("{at_least}{}", human_duration(seconds))
+}
+
+/// A watch of `wait()` shorter than this says nothing of a parent that waits now and then.
+const WAIT_WATCH_MEANINGFUL_SECONDS: f64 = 10.0;
+
+/// The LAST WAIT column: `12s ago`; `none in 5m` after a watch long enough to mean it;
+/// `unknown` when not watched, or too briefly.
+pub fn last_wait(age_seconds: Option<f64>, watched_seconds: Option<f64>) -> String {
+    match (age_seconds, watched_seconds) {
+        (Some(age), _) => human_duration(age) + " ago",
+        (None, Some(watched)) if watched >= WAIT_WATCH_MEANINGFUL_SECONDS => {
+            format!("none in {}", human_duration(watched))
+        }
+        _ => "unknown".into(),
+    }
+}
+
+/// Keeps the head (a command name's start says most), marking the cut with `…`.
+pub fn fit_end(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut kept: String = take_width(text.chars(), width - 1).collect();
+    kept.push('…');
+    kept
+}
+
+/// Keeps the tail (a cgroup path's last component names the container), marking the cut.
+pub fn fit_start(text: &str, width: usize) -> String {
+    if text.width() <= width {
+        return text.to_owned();
+    }
+    let mut tail: Vec<char> = take_width(text.chars().rev(), width - 1).collect();
+    tail.reverse();
+    std::iter::once('…').chain(tail).collect()
+}
+
+/// The characters of `chars` that fit in `width` display columns, in order.
+fn take_width(chars: impl Iterator<Item = char>, width: usize) -> impl Iterator<Item = char> {
+    let mut used = 0;
+    chars.take_while(move |c| {
+        used += c.width().unwrap_or(0);
+        used <= width
+    })
+}
+
+/// `text` followed by spaces up to `width` display columns (`format!`'s `{:<N}` counts
+/// characters, which misaligns wide ones).
+pub fn pad_end(text: &str, width: usize) -> String {
+    format!("{text}{}", " ".repeat(width.saturating_sub(text.width())))
+}
+
+/// `text` after spaces up to `width` display columns.
+pub fn pad_start(text: &str, width: usize) -> String {
+    format!("{}{text}", " ".repeat(width.saturating_sub(text.width())))
+}
+
+/// How a process ended, from its wait status (the kernel's `exit_code`, `/proc`'s field 52).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Killed(i32),
+}
+
+impl Ending {
+    pub fn from_wait_status(status: i32) -> Self {
+        match status & 0x7f {
+            0 => Self::Exited((status >> 8) & 0xff),
+            signal => Self::Killed(signal),
+        }
+    }
+
+    /// `exit(code)`'s code, or None if a signal killed it.
+    pub fn exit_code(self) -> Option<i32> {
+        match self {
+            Self::Exited(code) => Some(code),
+            Self::Killed(_) => None,
+        }
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Self::Exited(_) => None,
+            Self::Killed(signal) => Some(signal),
+        }
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exit {code}"),
+            Self::Killed(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
+/// `namespace/pod/container` where kubelet's logs name the pod (`?` for a container they do
+/// not name); None outside a named pod.
+pub fn pod_place(
+    namespace: Option<&str>,
+    pod: Option<&str>,
+    container: Option<&str>,
+) -> Option<String> {
+    let (namespace, pod) = namespace.zip(pod)?;
+    Some(format!("{namespace}/{pod}/{}", container.unwrap_or("?")))
+}
+
+/// A Kubernetes name as the reports carry it: an empty one, not found, is None.
+pub fn known<S: AsRef<str>>(name: S) -> Option<S> {
+    (!name.as_ref().is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(0.04), "0.0s");
+        assert_eq!(human_duration(12.34), "12.3s");
+        assert_eq!(human_duration(250.0), "4m10s");
+        assert_eq!(human_duration(7500.0), "2h5m");
+        assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0 + 5.0), "3d4h");
+        assert_eq!(age(250.0, true), ">=4m10s");
+    }
+
+    #[test]
+    fn fitting_marks_the_cut() {
+        assert_eq!(fit_end("short", 15), "short");
+        assert_eq!(fit_end("short", 16), "short");
+        assert_eq!(fit_end("abcdefghij", 5), "abcd…");
+        assert_eq!(fit_end("a-very-long-command-name", 10), "a-very-lo…");
+        assert_eq!(fit_start("/a/b/container", 8), "…ntainer");
+        assert_eq!(fit_start("/a/b/container", 8).width(), 8);
+        assert_eq!(
+            fit_start("/kubepods/burstable/pod1/abcdef", 10),
+            "…d1/abcdef"
+        );
+        assert_eq!(fit_start("/x", 10), "/x");
+    }
+
+    #[test]
+    fn wide_characters_are_fitted_and_padded_by_display_width() {
+        // Two columns each: a cut never leaves half of one.
+        assert_eq!(fit_end("宽字符宽字符宽字符", 16), "宽字符宽字符宽…");
+        assert_eq!(fit_end("🐳🐳🐳", 4), "🐳…");
+        assert_eq!(fit_start("/a/容器", 4), "…器");
+        assert_eq!(pad_end("宽字", 6), "宽字  ");
+        assert_eq!(pad_start("🐳", 4), "  🐳");
+        assert_eq!(pad_end("toolong", 3), "toolong");
+    }
+
+    #[test]
+    fn wait_statuses() {
+        assert_eq!(Ending::from_wait_status(7 << 8), Ending::Exited(7));
+        assert_eq!(Ending::from_wait_status(9), Ending::Killed(9));
+        // A core dump's flag is not part of the signal.
+        assert_eq!(Ending::from_wait_status(0x80 | 11), Ending::Killed(11));
+        assert_eq!(Ending::Exited(7).to_string(), "exit 7");
+        assert_eq!(Ending::Killed(9).to_string(), "killed by signal 9");
+        assert_eq!(Ending::Killed(9).exit_code(), None);
+        assert_eq!(Ending::Exited(0).signal(), None);
+    }
+
+    #[test]
+    fn pod_places() {
+        assert_eq!(
+            pod_place(Some("shop"), Some("web-1"), Some("app")).as_deref(),
+            Some("shop/web-1/app")
+        );
+        assert_eq!(
+            pod_place(Some("shop"), Some("web-1"), None).as_deref(),
+            Some("shop/web-1/?")
+        );
+        assert_eq!(pod_place(None, None, None), None);
+        assert_eq!(known(""), None);
+        assert_eq!(known("shop".to_owned()).as_deref(), Some("shop"));
+    }
+}
