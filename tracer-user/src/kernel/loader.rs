@@ -20,26 +20,16 @@ const AYA_LOGS: &str = "AYA_LOGS";
 /// holding BPF compare-and-swap, even on a path it never takes: there the exit and free hooks
 /// are the builds without the slot table.
 fn hooks(settings: &ProgramSettings) -> [Hook; 4] {
-    let slots = settings.zombie_slots > 0;
+    let (exit, free) = if settings.zombie_slots > 0 {
+        ("sched_process_exit", "sched_process_free")
+    } else {
+        ("sched_process_exit_hash", "sched_process_free_hash")
+    };
     [
         ("sched_process_fork", "sched_process_fork"),
-        (
-            if slots {
-                "sched_process_exit"
-            } else {
-                "sched_process_exit_hash"
-            },
-            "sched_process_exit",
-        ),
+        (exit, "sched_process_exit"),
         ("sched_process_wait", "sched_process_wait"),
-        (
-            if slots {
-                "sched_process_free"
-            } else {
-                "sched_process_free_hash"
-            },
-            "sched_process_free",
-        ),
+        (free, "sched_process_free"),
     ]
     .map(|(program, tracepoint)| Hook {
         program,
