@@ -214,7 +214,7 @@ fn storm_and_leaks_are_exact_beside_exitsnoop_and_bpftrace() {
         );
     }
     assert_eq!(
-        engine.tracer().losses().unwrap(),
+        engine.probes().losses().unwrap(),
         [0; tracer_common::LOSS_KINDS as usize]
     );
 }

@@ -7,7 +7,7 @@ use reapwatch_tests::{eventually, load_engine, Helper, TestCgroup};
 
 fn counted(engine: &StateEngine, id: u64) -> bool {
     engine
-        .tracer()
+        .probes()
         .cgroup_counters()
         .expect("read counters")
         .contains_key(&id)

@@ -41,11 +41,11 @@ fn fork_storm_counts_exactly() {
         .count();
     assert_eq!(live, 0, "no zombie of the storm is left");
     // Reaps the kernel reported carry a lifetime; those closed from /proc do not.
-    let histogram = engine.tracer().lifetimes().unwrap();
+    let histogram = engine.probes().lifetimes().unwrap();
     assert_eq!(histogram.buckets.iter().sum::<u64>(), histogram.count);
     assert!(histogram.count + engine.totals().reaped_late >= ROUND_TRIPS);
     let misses: u64 = engine
-        .tracer()
+        .probes()
         .hook_stats()
         .unwrap()
         .iter()
@@ -53,7 +53,7 @@ fn fork_storm_counts_exactly() {
         .sum();
     assert_eq!(misses, 0);
     assert_eq!(
-        engine.tracer().losses().unwrap(),
+        engine.probes().losses().unwrap(),
         [0; tracer_common::LOSS_KINDS as usize]
     );
 }

@@ -29,7 +29,7 @@ fn traced_children(engine: &mut StateEngine, parent: u32) -> BTreeMap<u32, Child
 
 fn counters(engine: &StateEngine, cgroup: &TestCgroup) -> CgroupCounters {
     engine
-        .tracer()
+        .probes()
         .cgroup_counters()
         .expect("read counters")
         .get(&cgroup.id())
@@ -106,7 +106,7 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
     let cgroup = TestCgroup::new("overflow");
     let mut helper = Helper::start("leak", 5, &cgroup);
     let mut losses = [0; tracer_common::LOSS_KINDS as usize];
-    if engine.tracer().paths().zombie_store == "hash" {
+    if engine.probes().paths().zombie_store == "hash" {
         // Before 5.12 there is no slot table: the hash map holds 4 and the fifth is a
         // counted loss (this engine never reconciles, so it stays unseen).
         let counted = eventually(Duration::from_secs(10), || {
@@ -115,7 +115,7 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
         });
         assert!(counted, "{:?}", traced_children(&mut engine, helper.parent));
         losses[Loss::ZombiesMapFull as usize] = 1;
-        assert_eq!(engine.tracer().losses().unwrap(), losses);
+        assert_eq!(engine.probes().losses().unwrap(), losses);
         return;
     }
     // 1 in the slot, 4 in the hash map, which is then full.
@@ -132,7 +132,7 @@ fn zombies_that_share_a_slot_overflow_to_the_hash_map() {
                 .any(|c| c.id == cgroup.id() && c.counters.zombies_reaped == 5)
     });
     assert!(reaped, "{:?}", counters(&engine, &cgroup));
-    assert_eq!(engine.tracer().losses().unwrap(), losses);
+    assert_eq!(engine.probes().losses().unwrap(), losses);
 }
 
 #[test]

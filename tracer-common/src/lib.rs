@@ -11,15 +11,32 @@ pub const SIG_IGN: u64 = 1;
 /// `SA_NOCLDWAIT` in `sa_flags`.
 pub const SA_NOCLDWAIT: u64 = 2;
 
+/// Names of the programs' maps and globals in the object file, for userspace to find them.
+///
+/// The eBPF side cannot spell its declarations with these: aya's `#[map(name = ...)]` takes a
+/// string literal only, and a global's symbol is its identifier. Userspace's unit tests check
+/// the built object against every name here instead.
+pub mod names {
+    pub const ZOMBIE_SLOTS: &str = "ZOMBIE_SLOTS";
+    pub const ZOMBIES: &str = "ZOMBIES";
+    pub const CGROUP_COUNTERS: &str = "CGROUP_COUNTERS";
+    pub const WAITS: &str = "WAITS";
+    pub const LIFETIMES: &str = "LIFETIMES";
+    pub const LOSSES: &str = "LOSSES";
+    pub const EVENTS: &str = "EVENTS";
+    /// Global: [`crate::KernelOffsets`].
+    pub const OFFSETS: &str = "OFFSETS";
+    /// Global: [`crate::ProgramSettings`].
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
 /// Byte offsets of the kernel struct members the programs read.
 ///
 /// Rust eBPF has no CO-RE relocations, so userspace reads these from the running kernel's BTF
-/// and hands them to the programs as a read-only global before load. `ready == 0` (the zeroed
-/// default compiled into the object) makes every program a no-op.
+/// and hands them to the programs as a read-only global before load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    pub ready: u32,
     pub task_exit_code: u32,
     pub task_exit_signal: u32,
     pub task_pid: u32,
@@ -43,11 +60,20 @@ pub struct KernelOffsets {
     pub css_set_pids_css: u32,
     /// `cgroup_subsys_state::cgroup`.
     pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+}
+
+/// How the programs behave on this host, set by userspace before load beside the offsets
+/// (a read-only global too). `ready == 0` (the zeroed default compiled into the object) makes
+/// every program a no-op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramSettings {
+    pub ready: u32,
     /// Which hierarchy cgroup ids (and so every per-cgroup counter) refer to: see
     /// [`CGROUP_UNIFIED`], [`CGROUP_V1_PIDS`].
     pub cgroup_hierarchy: u32,
-    pub cgroup_kn: u32,
-    pub kernfs_node_id: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
     pub nsec_per_tick: u32,
     /// Entries of the `ZOMBIE_SLOTS` table (a power of two), or 0 where the kernel has no
@@ -57,6 +83,8 @@ pub struct KernelOffsets {
     /// call one only when its bit is set; the verifier drops the other branch as dead code,
     /// so older kernels never see the call.
     pub helpers: u32,
+    /// Non-zero for `reapwatch trace` only: other commands emit no events.
+    pub trace_events: u32,
 }
 
 /// `bpf_get_current_task_btf` (5.11+): the current task as a typed pointer.
@@ -140,7 +168,7 @@ pub struct Zombie {
     pub parent: ProcessKey,
     /// `CLOCK_MONOTONIC` nanoseconds of the exit, to the kernel tick (see `ZOMBIE_SEEN_LATE`).
     pub exit_ns: u64,
-    /// Cgroup id (see `KernelOffsets::cgroup_hierarchy`) of the zombie itself.
+    /// Cgroup id (see `ProgramSettings::cgroup_hierarchy`) of the zombie itself.
     pub cgroup_id: u64,
     /// Cgroup id of its parent when it was created: the cgroup its creation and its reap are
     /// charged to, even after it is reparented.
@@ -238,20 +266,36 @@ pub struct WaitRecord {
     pub last_wait_ns: u64,
 }
 
-/// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Loss {
-    ZombiesMapFull = 0,
-    CgroupsMapFull = 1,
-    WaitsMapFull = 2,
-    /// A kernel pointer the programs follow was null, or a `bpf_probe_read_kernel` failed.
-    KernelRead = 3,
-    /// `reapwatch trace` fell behind: the event ring buffer was full.
-    EventsDropped = 4,
+/// Declares [`Loss`] with its variants numbered from 0 in order, and [`Loss::ALL`] listing
+/// them, so the size of the `LOSSES` array follows from the enum.
+macro_rules! loss_kinds {
+    ($($(#[$attr:meta])* $variant:ident,)*) => {
+        /// Index into the per-CPU `LOSSES` array: what the kernel side could not record.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Loss {
+            $($(#[$attr])* $variant,)*
+        }
+
+        impl Loss {
+            /// Every kind, in index order.
+            pub const ALL: [Loss; [$(Loss::$variant),*].len()] = [$(Loss::$variant),*];
+        }
+    };
 }
 
-pub const LOSS_KINDS: u32 = 5;
+loss_kinds! {
+    ZombiesMapFull,
+    CgroupsMapFull,
+    WaitsMapFull,
+    /// A kernel pointer the programs follow was null, or a `bpf_probe_read_kernel` failed.
+    KernelRead,
+    /// `reapwatch trace` fell behind: the event ring buffer was full.
+    EventsDropped,
+}
+
+/// Entries of the `LOSSES` array.
+pub const LOSS_KINDS: u32 = Loss::ALL.len() as u32;
 
 /// What an [`Event`] reports.
 #[repr(u32)]
@@ -283,7 +327,8 @@ impl EventKind {
 }
 
 /// One lifecycle event for `reapwatch trace`, written to the `EVENTS` ring buffer only while
-/// tracing is switched on (the `TRACE_EVENTS` global), so other commands pay one load for it.
+/// tracing is switched on (`ProgramSettings::trace_events`), so other commands pay one load
+/// for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -300,10 +345,31 @@ pub struct Event {
     pub comm: [u8; 16],
 }
 
+// The ABI, checked at compile time on both sides: no implicit padding anywhere (every field
+// counted), and loss kinds numbered as `LOSSES` is indexed.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<ProcessKey>() == 16);
+    assert!(size_of::<Zombie>() == 16 + 8 * 3 + 4 * 3 + 16 + 4);
+    assert!(size_of::<ZombieSlot>() == 8 + 8 + 16 + size_of::<Zombie>());
+    assert!(size_of::<KernelOffsets>() == 20 * 4);
+    assert!(size_of::<ProgramSettings>() == 6 * 4);
+    assert!(size_of::<CgroupCounters>() == 4 * 8);
+    assert!(size_of::<LifetimeHistogram>() == (LIFETIME_BUCKETS + 2) * 8);
+    assert!(size_of::<WaitRecord>() == 2 * 8);
+    assert!(size_of::<Event>() == 3 * 8 + 4 * 4 + 16);
+    let mut i = 0;
+    while i < Loss::ALL.len() {
+        assert!(Loss::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]` plain integers with explicit padding fields.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::ProgramSettings {}
     unsafe impl aya::Pod for super::ProcessKey {}
     unsafe impl aya::Pod for super::Zombie {}
     unsafe impl aya::Pod for super::ZombieSlot {}
@@ -329,18 +395,5 @@ mod tests {
         // 1 s = 1e6 us lies in [2^19, 2^20)
         assert_eq!(lifetime_bucket(1_000_000_000), 20);
         assert_eq!(lifetime_bucket(u64::MAX), LIFETIME_BUCKETS - 1);
-    }
-
-    #[test]
-    fn shared_layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<ProcessKey>(), 16);
-        assert_eq!(core::mem::size_of::<Zombie>(), 16 + 8 * 3 + 4 * 3 + 16 + 4);
-        assert_eq!(core::mem::size_of::<KernelOffsets>(), 25 * 4);
-        assert_eq!(
-            core::mem::size_of::<ZombieSlot>(),
-            8 + 8 + 16 + core::mem::size_of::<Zombie>()
-        );
-        assert_eq!(core::mem::size_of::<WaitRecord>(), 2 * 8);
-        assert_eq!(core::mem::size_of::<Event>(), 3 * 8 + 4 * 4 + 16);
     }
 }

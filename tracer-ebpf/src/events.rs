@@ -1,12 +1,18 @@
 //! Lifecycle events for `reapwatch trace`, built only while tracing is on.
 
-use tracer_common::{Event, EventKind};
+use aya_ebpf::{macros::map, maps::RingBuf};
+use tracer_common::{Event, EventKind, Loss};
 
 use crate::{
     clock::now_ns,
-    maps::{emit, tracing},
+    losses::count_loss,
+    settings::tracing,
     task::{Access, Task},
 };
+
+/// Lifecycle events for `reapwatch trace`; one page unless tracing sizes it up.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 /// Reports `kind` for the process `process` leads.
 #[inline(always)]
@@ -30,5 +36,7 @@ pub fn report<A: Access>(
         exit_status,
         comm: process.comm().unwrap_or([0; 16]),
     };
-    emit(&event);
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        count_loss(Loss::EventsDropped);
+    }
 }

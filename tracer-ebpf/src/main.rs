@@ -18,11 +18,19 @@
 #[cfg(target_arch = "bpf")]
 mod clock;
 #[cfg(target_arch = "bpf")]
+mod diagnostics;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod hooks;
 #[cfg(target_arch = "bpf")]
+mod losses;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod offsets;
+#[cfg(target_arch = "bpf")]
+mod settings;
 #[cfg(target_arch = "bpf")]
 mod task;
 #[cfg(target_arch = "bpf")]

@@ -5,14 +5,14 @@ use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering::SeqCst};
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
-    lifetime_bucket, CgroupCounters, Event, LifetimeHistogram, Loss, ProcessKey, WaitRecord,
-    Zombie, ZombieSlot, LOSS_KINDS,
+    lifetime_bucket, CgroupCounters, LifetimeHistogram, Loss, ProcessKey, WaitRecord, Zombie,
+    ZombieSlot,
 };
 
-use crate::task::zombie_slots;
+use crate::{diagnostics, losses::count_loss, settings::zombie_slots};
 
 const EEXIST: i32 = 17;
 
@@ -38,34 +38,6 @@ static WAITS: HashMap<u32, WaitRecord> = HashMap::with_max_entries(65536, 0);
 #[map]
 static LIFETIMES: PerCpuArray<LifetimeHistogram> = PerCpuArray::with_max_entries(1, 0);
 
-#[map]
-static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_KINDS, 0);
-
-/// Lifecycle events for `reapwatch trace`; one page unless tracing sizes it up.
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
-
-/// Set by userspace for `reapwatch trace` only: other commands emit no events.
-#[unsafe(no_mangle)]
-static TRACE_EVENTS: u32 = 0;
-
-pub fn tracing() -> bool {
-    unsafe { core::ptr::read_volatile(&raw const TRACE_EVENTS) != 0 }
-}
-
-pub fn emit(event: &Event) {
-    if EVENTS.output::<Event>(event, 0).is_err() {
-        count_loss(Loss::EventsDropped);
-    }
-}
-
-pub fn count_loss(loss: Loss) {
-    if let Some(counter) = LOSSES.get_ptr_mut(loss as u32) {
-        // Per-CPU slot and programs do not nest on a CPU: a plain increment is race free.
-        unsafe { *counter += 1 };
-    }
-}
-
 /// Applies `update` to this CPU's counters of `cgroup_id`, creating them on first use.
 pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
     let counters = match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
@@ -78,6 +50,7 @@ pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
                 Some(counters) => counters,
                 None => {
                     count_loss(Loss::CgroupsMapFull);
+                    diagnostics::cgroups_map_full(cgroup_id);
                     return;
                 }
             }
@@ -127,8 +100,7 @@ pub fn insert_zombie<const SLOTS: bool>(key: &ProcessKey, zombie: &Zombie) -> bo
                 return true;
             }
             (false, current) if current == owner => return false,
-            // Another process's zombie holds the slot.
-            (false, _) => {}
+            (false, _) => diagnostics::zombie_slot_taken(key.tgid),
         }
     }
     match ZOMBIES.insert(key, zombie, BPF_NOEXIST as u64) {
@@ -136,6 +108,7 @@ pub fn insert_zombie<const SLOTS: bool>(key: &ProcessKey, zombie: &Zombie) -> bo
         Err(err) if err == -EEXIST => false,
         Err(_) => {
             count_loss(Loss::ZombiesMapFull);
+            diagnostics::zombies_map_full(key.tgid);
             false
         }
     }
@@ -194,5 +167,6 @@ pub fn record_wait(process: &ProcessKey, now_ns: u64) {
     };
     if WAITS.insert(process.tgid, record, 0).is_err() {
         count_loss(Loss::WaitsMapFull);
+        diagnostics::waits_map_full(process.tgid);
     }
 }

@@ -13,62 +13,14 @@ use core::{marker::PhantomData, mem::MaybeUninit};
 use aya_ebpf::helpers::{
     bpf_get_current_task, bpf_get_current_task_btf, generated::bpf_probe_read_kernel,
 };
-use tracer_common::{
-    KernelOffsets, Loss, ProcessKey, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN,
+use tracer_common::{Loss, ProcessKey, HELPER_CURRENT_TASK_BTF, SA_NOCLDWAIT, SIG_IGN};
+
+use crate::{
+    diagnostics,
+    losses::count_loss,
+    offsets::offset,
+    settings::{cgroups_from_v1_pids, has_helper, nsec_per_tick},
 };
-
-use crate::maps::count_loss;
-
-/// Patched by userspace before load (`EbpfLoader::override_global`); all zero means "not
-/// configured", and every hook then returns at once.
-#[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
-    ready: 0,
-    task_exit_code: 0,
-    task_exit_signal: 0,
-    task_pid: 0,
-    task_tgid: 0,
-    task_real_parent: 0,
-    task_group_leader: 0,
-    task_signal: 0,
-    task_comm: 0,
-    task_start_boottime: 0,
-    task_cgroups: 0,
-    task_ptrace: 0,
-    task_sighand: 0,
-    sighand_sigchld_handler: 0,
-    sighand_sigchld_flags: 0,
-    signal_live: 0,
-    css_set_dfl_cgrp: 0,
-    css_set_pids_css: 0,
-    css_cgroup: 0,
-    cgroup_hierarchy: 0,
-    cgroup_kn: 0,
-    kernfs_node_id: 0,
-    nsec_per_tick: 0,
-    zombie_slots: 0,
-    helpers: 0,
-};
-
-/// One member offset. The volatile read keeps the compiler from folding the zeroed default.
-macro_rules! offset {
-    ($field:ident) => {
-        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$field) as usize }
-    };
-}
-
-pub fn configured() -> bool {
-    offset!(ready) != 0
-}
-
-/// Entries of the zombie slot table; 0 when the kernel cannot use it.
-pub fn zombie_slots() -> u32 {
-    offset!(zombie_slots) as u32
-}
-
-fn has_helper(bit: u32) -> bool {
-    offset!(helpers) as u32 & bit != 0
-}
 
 /// How a `T` is read at a kernel address.
 pub trait Access: Copy {
@@ -109,6 +61,7 @@ impl Access for Probed {
         };
         if ret != 0 {
             count_loss(Loss::KernelRead);
+            diagnostics::kernel_read_failed(ret);
         }
         // SAFETY: the helper wrote all size_of::<T>() bytes (the data, or zeroes on failure).
         unsafe { core::ptr::read_volatile(value.as_ptr()) }
@@ -131,6 +84,7 @@ fn read_pointer<A: Access>(base: *const u8, offset: usize) -> Option<*const u8> 
     let pointer: *const u8 = read::<A, _>(base, offset)?;
     if pointer.is_null() {
         count_loss(Loss::KernelRead);
+        diagnostics::null_kernel_pointer(offset);
         return None;
     }
     Some(pointer)
@@ -214,7 +168,7 @@ impl<A: Access> Task<A> {
     /// Start time in `USER_HZ` ticks since boot, as `/proc/<pid>/stat` field 22 shows it.
     pub fn start_ticks(self) -> Option<u64> {
         let boottime_ns: u64 = self.read(offset!(task_start_boottime))?;
-        let per_tick = offset!(nsec_per_tick) as u64;
+        let per_tick = nsec_per_tick();
         if per_tick == 0 {
             return None;
         }
@@ -285,7 +239,7 @@ pub struct Cgroup {
 
 /// Id of the cgroup a `css_set` puts its tasks in, in the hierarchy userspace chose.
 pub fn cgroup_id_of<A: Access>(css_set: *const u8) -> Option<u64> {
-    let cgroup = if offset!(cgroup_hierarchy) as u32 == CGROUP_V1_PIDS {
+    let cgroup = if cgroups_from_v1_pids() {
         let css = read_pointer::<A>(css_set, offset!(css_set_pids_css))?;
         read_pointer::<A>(css, offset!(css_cgroup))?
     } else {

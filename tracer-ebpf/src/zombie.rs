@@ -44,7 +44,7 @@ pub fn record_if_left<const SLOTS: bool>(dying: Task, dying_cgroup: Option<Cgrou
 #[inline(always)]
 fn leaves_zombie(leader: Task, parent: Task, exit_signal: i32) -> Option<bool> {
     if leader.is_ptraced()? || exit_signal != SIGCHLD {
-        // Never autoreaped: a traced child is reported to its tracer first; any other exit
+        // Never autoreaped: a ptraced child is reported to its debugger first; any other exit
         // signal (0 included) is not subject to SIGCHLD's disposition.
         return Some(true);
     }

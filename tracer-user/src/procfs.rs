@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{escape, kernel::monotonic_ns};
+use crate::{escape, kernel::clock::monotonic_ns};
 
 /// The fields of `/proc/<pid>/stat` reapwatch uses.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -31,7 +31,7 @@ use tracer_common::{
 
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
-    kernel::{monotonic_ns, Added, Losses, MapSizes, Tracer},
+    kernel::{clock::monotonic_ns, Added, Losses, MapSizes, Probes},
     procfs::{self, CgroupLine, ProcStat},
     text::Ending,
 };
@@ -168,7 +168,7 @@ pub enum Change {
 }
 
 pub struct StateEngine {
-    tracer: Tracer,
+    probes: Probes,
     proc_root: PathBuf,
     /// The hierarchy cgroup ids refer to; None on a host without cgroupfs.
     cgroups: Option<CgroupHierarchy>,
@@ -206,7 +206,7 @@ impl StateEngine {
             .as_ref()
             .map_or(HierarchyKind::Unified, CgroupHierarchy::kind);
         Ok(Self {
-            tracer: Tracer::load(sizes, kind)?,
+            probes: Probes::load(sizes, kind)?,
             proc_root: proc_root.to_path_buf(),
             cgroups,
             counted_here: HashMap::new(),
@@ -218,8 +218,8 @@ impl StateEngine {
         })
     }
 
-    pub fn tracer_mut(&mut self) -> &mut Tracer {
-        &mut self.tracer
+    pub fn probes_mut(&mut self) -> &mut Probes {
+        &mut self.probes
     }
 
     /// Starts keeping [`Change`]s for [`StateEngine::drain_changes`].
@@ -244,8 +244,8 @@ impl StateEngine {
         self.cgroups.as_ref()
     }
 
-    pub fn tracer(&self) -> &Tracer {
-        &self.tracer
+    pub fn probes(&self) -> &Probes {
+        &self.probes
     }
 
     pub fn totals(&self) -> RepairTotals {
@@ -255,7 +255,7 @@ impl StateEngine {
     /// What could not be recorded, by cause: the kernel's losses, plus the zombies userspace
     /// found no room for in the kernel maps.
     pub fn losses(&self) -> Result<Losses> {
-        let mut losses = self.tracer.losses()?;
+        let mut losses = self.probes.losses()?;
         losses[Loss::ZombiesMapFull as usize] += self.totals.overflowed;
         Ok(losses)
     }
@@ -284,7 +284,7 @@ impl StateEngine {
         let mut live = Vec::new();
         let mut parent_starts: HashMap<u32, Option<u64>> = HashMap::new();
         let in_kernel = self
-            .tracer
+            .probes
             .zombies()?
             .into_iter()
             .map(|(k, z)| (k, z, true));
@@ -341,7 +341,7 @@ impl StateEngine {
                     self.reparented_to.insert(key, id);
                 }
                 if kernel {
-                    self.tracer.update_zombie(key, zombie)?;
+                    self.probes.update_zombie(key, zombie)?;
                 } else {
                     self.overflow.insert(key, zombie);
                 }
@@ -365,7 +365,7 @@ impl StateEngine {
     /// counts it reaped where it was created.
     fn close(&mut self, key: &ProcessKey, zombie: &Zombie, in_kernel: bool) -> Result<bool> {
         let won = if in_kernel {
-            self.tracer.remove_zombie(key)?
+            self.probes.remove_zombie(key)?
         } else {
             self.overflow.remove(key).is_some()
         };
@@ -387,7 +387,7 @@ impl StateEngine {
         let processes = scan.processes;
         let by_pid: HashMap<u32, &ProcStat> = processes.iter().map(|p| (p.pid, p)).collect();
         let mut known: HashSet<ProcessKey> =
-            self.tracer.zombies()?.into_iter().map(|(k, _)| k).collect();
+            self.probes.zombies()?.into_iter().map(|(k, _)| k).collect();
         known.extend(self.overflow.keys());
         let unknown: Vec<&ProcStat> = processes
             .iter()
@@ -424,7 +424,7 @@ impl StateEngine {
                 parent_cgroup_id,
                 ..found_in_proc(stat, parent, now, exited.get(&stat.pid).copied())
             };
-            match self.tracer.add_zombie(key, zombie)? {
+            match self.probes.add_zombie(key, zombie)? {
                 Added::Recorded => {}
                 Added::AlreadyKnown => continue,
                 Added::NoRoom => {
@@ -442,7 +442,7 @@ impl StateEngine {
             .iter()
             .map(|p| ProcessKey::new(p.pid, p.start_ticks))
             .collect();
-        self.tracer.forget_waits_except(&alive)?;
+        self.probes.forget_waits_except(&alive)?;
         self.totals.added += added;
         self.totals.reconciles += 1;
         Ok(added)
@@ -496,7 +496,7 @@ impl StateEngine {
                 .read_cgroups(key.tgid)
                 .and_then(|lines| cgroup::select_host_path(self.cgroups.as_mut(), &lines));
             let last_wait_age_ns = self
-                .tracer
+                .probes
                 .last_wait(&key)?
                 .map(|at| now.saturating_sub(at));
             parents.push(ParentState {
@@ -530,13 +530,13 @@ impl StateEngine {
     /// Forgets a removed cgroup's counters, in the kernel and here.
     pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
         self.counted_here.remove(&id);
-        self.tracer.forget_cgroup(id)
+        self.probes.forget_cgroup(id)
     }
 
     /// Counters of every cgroup the programs charged (plus what userspace counted), with
     /// the path while the cgroup exists.
     pub fn cgroups(&mut self) -> Result<Vec<CgroupState>> {
-        let mut counters = self.tracer.cgroup_counters()?;
+        let mut counters = self.probes.cgroup_counters()?;
         for (&id, here) in &self.counted_here {
             let total = counters.entry(id).or_default();
             total.zombies_created += here.zombies_created;

@@ -103,7 +103,7 @@ impl Watch {
     /// [`StateEngine::losses`], which adds those a scan found and could not fit, already
     /// followed by the engine.
     fn zombie_losses(&self) -> Result<u64> {
-        Ok(self.engine.tracer().losses()?[Loss::ZombiesMapFull as usize])
+        Ok(self.engine.probes().losses()?[Loss::ZombiesMapFull as usize])
     }
 }
 

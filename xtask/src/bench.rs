@@ -19,6 +19,10 @@
 //! the same programs attached unconfigured (each returns at once), measured over the same
 //! runs, give that baseline, and the net figure is the difference. It leaves out the
 //! tracepoint's dispatch, a few ns per run.
+//!
+//! The programs' rare-event log (aya-log, forwarded at debug level) must cost nothing while
+//! nothing unusual happens: the same pairs are measured again with it attached, each pair
+//! against its own baseline, and the records it emitted are counted (expected 0).
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -46,6 +50,8 @@ const EXITSNOOP: &str = "/usr/sbin/exitsnoop";
 #[derive(Clone, Copy, PartialEq)]
 enum Tracer {
     Reapwatch,
+    /// reapwatch logging at debug level: the programs' log attached and forwarded.
+    ReapwatchLogged,
     /// reapwatch's programs attached unconfigured: each returns at its first check.
     Unconfigured,
     Bpftrace,
@@ -55,12 +61,16 @@ enum Tracer {
 impl Tracer {
     /// One of ours (`reapwatch-bench hold`), which answers `stats` and reports its footprint.
     fn is_reapwatch(self) -> bool {
-        matches!(self, Self::Reapwatch | Self::Unconfigured)
+        matches!(
+            self,
+            Self::Reapwatch | Self::ReapwatchLogged | Self::Unconfigured
+        )
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Reapwatch => "reapwatch",
+            Self::ReapwatchLogged => "reapwatch, kernel log forwarded",
             Self::Unconfigured => "reapwatch's programs, unconfigured",
             Self::Bpftrace => "bpftrace exit->free script",
             Self::Exitsnoop => "libbpf-tools exitsnoop",
@@ -81,6 +91,8 @@ struct Footprint {
     rss_kib: u64,
     map_bytes: u64,
     prog_bytes: u64,
+    /// Records the programs logged.
+    kernel_log_records: u64,
 }
 
 impl Running {
@@ -91,7 +103,7 @@ impl Running {
     /// `stats`: reapwatch with the kernel's BPF run-time statistics on.
     fn start_with(tracer: Tracer, bench: &Path, stats: bool) -> Result<Self> {
         let mut cmd = match tracer {
-            Tracer::Reapwatch | Tracer::Unconfigured => {
+            Tracer::Reapwatch | Tracer::ReapwatchLogged | Tracer::Unconfigured => {
                 let mut cmd = Command::new(bench);
                 cmd.arg("hold");
                 if stats {
@@ -99,6 +111,9 @@ impl Running {
                 }
                 if tracer == Tracer::Unconfigured {
                     cmd.arg("idle");
+                }
+                if tracer == Tracer::ReapwatchLogged {
+                    cmd.arg("log");
                 }
                 cmd
             }
@@ -125,7 +140,7 @@ impl Running {
         // Each says when its programs are attached: our `ready`, bpftrace's "Attaching N
         // probes...", exitsnoop's column header.
         let ready = |line: &str| match tracer {
-            Tracer::Reapwatch | Tracer::Unconfigured => line == "ready",
+            Tracer::Reapwatch | Tracer::ReapwatchLogged | Tracer::Unconfigured => line == "ready",
             Tracer::Bpftrace => line.starts_with("Attaching"),
             Tracer::Exitsnoop => line.contains("PID"),
         };
@@ -176,6 +191,7 @@ impl Running {
             rss_kib: field(&line, "rss_kib")?,
             map_bytes: field(&line, "map_bytes")?,
             prog_bytes: field(&line, "prog_bytes")?,
+            kernel_log_records: field(&line, "kernel_log_records")?,
         })
     }
 }
@@ -320,6 +336,7 @@ fn measure(tracer: Tracer, pairs: usize, bench: &Path) -> Result<Samples> {
                     samples.footprint.rss_kib = samples.footprint.rss_kib.max(footprint.rss_kib);
                     samples.footprint.map_bytes = footprint.map_bytes;
                     samples.footprint.prog_bytes = footprint.prog_bytes;
+                    samples.footprint.kernel_log_records += footprint.kernel_log_records;
                     on = (storm, pingpong);
                 }
                 None => off = (storm, pingpong),
@@ -460,6 +477,22 @@ pub fn run(pairs: usize, compare_pairs: usize) -> Result<()> {
         verdict(f.rss_kib < 40 * 1024),
         f.map_bytes as f64 / (1024.0 * 1024.0),
         f.prog_bytes as f64 / 1024.0,
+    ));
+
+    // The rare-event log, attached: the same pairs again, each ratio against its own baseline.
+    let logged = measure(Tracer::ReapwatchLogged, pairs, &bench)?;
+    let logged_storm_cpu = Overhead::of(&logged.storm, |t| t.cpu);
+    let logged_pingpong_cpu = Overhead::of(&logged.pingpong, |t| t.cpu);
+    let records = logged.footprint.kernel_log_records;
+    report.push_str(&format!(
+        "  kernel log forwarded ({pairs} more pairs): storm CPU {:+.2}% (without it {:+.2}%), \
+         ping-pong CPU {:+.2}% (without it {:+.2}%); records the programs logged: {records} \
+         (expected 0: {})\n",
+        logged_storm_cpu.ratio * 100.0,
+        storm_cpu.ratio * 100.0,
+        logged_pingpong_cpu.ratio * 100.0,
+        pingpong_cpu.ratio * 100.0,
+        verdict(records == 0),
     ));
 
     if compare_pairs > 0 {

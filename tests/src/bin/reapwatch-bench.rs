@@ -7,14 +7,16 @@
 //!
 //!   Both print `wall_ns W cpu_ns C`: elapsed time, and the CPU time (user + system) of the
 //!   workload's processes, which other load on the machine barely changes.
-//! - `reapwatch-bench hold [stats] [idle]`: loads reapwatch's programs and state engine and
-//!   refreshes it every second, as a resident agent would; prints `ready`, answers each
+//! - `reapwatch-bench hold [stats] [idle] [log]`: loads reapwatch's programs and state engine
+//!   and refreshes it every second, as a resident agent would; prints `ready`, answers each
 //!   `stats` line on stdin with `run_ns T run_cnt C` (time spent in its programs and their
 //!   runs so far: with `stats`, it turns on the kernel's BPF run-time statistics while it
-//!   runs), and at end of stdin prints `rss_kib PEAK map_bytes M prog_bytes P` (kernel
-//!   memory charged to its maps and programs). With `idle`, the programs are attached
-//!   unconfigured (each returns at its first check) and no state engine runs: the baseline
-//!   of what the statistics themselves add to a program run.
+//!   runs), and at end of stdin prints `rss_kib PEAK map_bytes M prog_bytes P
+//!   kernel_log_records N` (kernel memory charged to its maps and programs, and the records
+//!   the programs logged). With `idle`, the programs are attached unconfigured (each returns
+//!   at its first check) and no state engine runs: the baseline of what the statistics
+//!   themselves add to a program run. With `log`, it logs at debug level, as `serve
+//!   --log-level debug` does, so the programs' rare-event log is attached and forwarded.
 //! - `reapwatch-bench probe URL SECONDS`: requests `URL/healthz` and `URL/metrics` one after
 //!   the other for SECONDS, each on a new connection with a 2 s timeout (as the kubelet and
 //!   Prometheus do), and prints `PATH MS` per answered request, `PATH failed` per other.
@@ -35,13 +37,16 @@ use std::{
     fs, io,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
-    kernel::{MapSizes, Tracer},
+    kernel::{MapSizes, Probes},
     state::StateEngine,
 };
 
@@ -82,7 +87,7 @@ fn main() {
         }
         Some("hold") => {
             let flag = |name: &str| args[1..].iter().any(|a| a == name);
-            hold(flag("stats"), flag("idle"))
+            hold(flag("stats"), flag("idle"), flag("log"))
         }
         Some("cgroup-entries") => {
             let pid = args
@@ -105,7 +110,7 @@ fn main() {
             )
         }
         _ => fail(
-            "usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle] | probe URL SECONDS \
+            "usage: reapwatch-bench storm N | pingpong N | hold [stats] [idle] [log] | probe URL SECONDS \
              | crowd SLEEPERS ZOMBIES | churn N LIVE RATE | cgroup-entries PID",
         ),
     }
@@ -261,13 +266,38 @@ fn crowd(sleepers: usize, zombies: usize) {
     }
 }
 
-fn hold(stats: bool, idle: bool) {
+/// Counts the records the programs log: aya-log gives each their module path as its target,
+/// which tells them from the loader's own debug lines.
+struct KernelLogCounter(AtomicU64);
+
+impl log::Log for KernelLogCounter {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        if record.target().starts_with("reapwatch_ebpf") {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static KERNEL_LOG: KernelLogCounter = KernelLogCounter(AtomicU64::new(0));
+
+fn hold(stats: bool, idle: bool, kernel_log: bool) {
     // The kernel keeps statistics while this file descriptor is open.
     let _stats_fd = stats.then(enable_bpf_stats);
+    if kernel_log {
+        // Before loading: the loader attaches the programs' log only at debug level.
+        log::set_logger(&KERNEL_LOG).unwrap_or_else(|e| fail(&e.to_string()));
+        log::set_max_level(log::LevelFilter::Debug);
+    }
     let (mut engine, _idle_programs) = if idle {
         (
             None,
-            Some(Tracer::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
+            Some(Probes::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
         )
     } else {
         let mut engine = StateEngine::load(
@@ -297,12 +327,20 @@ fn hold(stats: bool, idle: bool) {
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(Duration::from_secs(1)) {
         if let Some(engine) = engine.as_mut() {
             engine.refresh().unwrap_or_else(|e| fail(&format!("{e:#}")));
+            engine.probes_mut().forward_kernel_log();
         }
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let peak_rss_kib = fdinfo_field(&status, "VmHWM:");
     let (map_bytes, prog_bytes) = bpf_memlock();
-    println!("rss_kib {peak_rss_kib} map_bytes {map_bytes} prog_bytes {prog_bytes}");
+    if let Some(engine) = engine.as_mut() {
+        engine.probes_mut().forward_kernel_log();
+    }
+    let kernel_log_records = KERNEL_LOG.0.load(Ordering::Relaxed);
+    println!(
+        "rss_kib {peak_rss_kib} map_bytes {map_bytes} prog_bytes {prog_bytes} \
+         kernel_log_records {kernel_log_records}"
+    );
 }
 
 /// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: per-program run time and count, while the

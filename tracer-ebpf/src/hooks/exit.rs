@@ -6,12 +6,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use tracer_common::EventKind;
 
-use crate::{
-    events::report,
-    maps::update_cgroup,
-    task::{configured, Task},
-    zombie,
-};
+use crate::{events::report, maps::update_cgroup, settings::configured, task::Task, zombie};
 
 /// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
 #[btf_tracepoint(function = "sched_process_exit")]

@@ -4,11 +4,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use tracer_common::EventKind;
 
-use crate::{
-    events::report,
-    maps::update_cgroup,
-    task::{configured, Task},
-};
+use crate::{events::report, maps::update_cgroup, settings::configured, task::Task};
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {

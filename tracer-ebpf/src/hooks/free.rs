@@ -12,9 +12,11 @@ use tracer_common::{EventKind, ProcessKey, ZOMBIE_SEEN_LATE};
 
 use crate::{
     clock::tick_ns,
+    diagnostics,
     events::report,
     maps::{record_lifetime, take_zombie, update_cgroup},
-    task::{configured, Task},
+    settings::{configured, nsec_per_tick},
+    task::Task,
 };
 
 /// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
@@ -46,11 +48,17 @@ fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if let Some(zombie) = take_zombie::<SLOTS>(&ProcessKey::new(tgid, start_ticks)) {
-        let lifetime = tick_ns().saturating_sub(zombie.exit_ns);
+        let now = tick_ns();
+        let lifetime = now.saturating_sub(zombie.exit_ns);
         // Charged where it was created, even if it was reparented since; a zombie found in
         // /proc was counted created by userspace when found. Only a seen exit has a lifetime.
         update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
+            // Both times lag by at most a kernel tick, which is shorter than a USER_HZ one:
+            // an exit later than that is a record the programs cannot explain.
+            if zombie.exit_ns > now + nsec_per_tick() {
+                diagnostics::freed_before_exit(tgid, zombie.exit_ns - now);
+            }
             record_lifetime(lifetime);
         }
         report(EventKind::Reap, task, zombie.exit_status, lifetime, || {

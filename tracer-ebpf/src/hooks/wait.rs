@@ -8,7 +8,8 @@ use crate::{
     clock::tick_ns,
     events::report,
     maps::record_wait,
-    task::{configured, Access, Task},
+    settings::configured,
+    task::{Access, Task},
 };
 
 #[btf_tracepoint(function = "sched_process_wait")]

@@ -19,7 +19,7 @@ use crate::{
     cli::ScanArgs,
     escape,
     forecast::GrowthTracker,
-    kernel::monotonic_ns,
+    kernel::clock::monotonic_ns,
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
     state::{exit_times, found_in_proc, ChildState, ParentState},

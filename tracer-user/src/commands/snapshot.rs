@@ -211,8 +211,8 @@ impl Report {
     pub fn collect(engine: &mut StateEngine) -> Result<Self> {
         let parents = engine.parents()?;
         let cgroups = engine.cgroups()?;
-        let tracer = engine.tracer();
-        let histogram = tracer.lifetimes()?;
+        let probes = engine.probes();
+        let histogram = probes.lifetimes()?;
         let mut cumulative = 0;
         let buckets = (0..LIFETIME_BUCKETS)
             .map(|i| {
@@ -243,8 +243,8 @@ impl Report {
             },
             tracer: TracerReport {
                 kernel: preflight::kernel_release()?,
-                paths: tracer.paths(),
-                hooks: tracer
+                paths: probes.paths(),
+                hooks: probes
                     .hook_stats()?
                     .into_iter()
                     .map(|s| HookReport {

@@ -21,7 +21,7 @@ use crate::{
     cgroup::CgroupHierarchy,
     cli::TraceArgs,
     escape,
-    kernel::{monotonic_ns, MapSizes},
+    kernel::{clock::monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, StateEngine},
     text::{human_duration, known, pod_place, Ending},
@@ -45,7 +45,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
-    let ring = engine.tracer_mut().take_events()?;
+    let ring = engine.probes_mut().take_events()?;
     // Zombies that predate the trace are recorded too, so that their reaps are shown.
     engine.reconcile()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -145,13 +145,13 @@ fn check_filters(
 
 /// Events the kernel could not deliver: a full ring buffer, or programs skipped.
 fn lost(engine: &StateEngine) -> Result<u64> {
-    let tracer = engine.tracer();
-    let misses: u64 = tracer
+    let probes = engine.probes();
+    let misses: u64 = probes
         .hook_stats()?
         .iter()
         .map(|h| h.recursion_misses)
         .sum();
-    Ok(tracer.losses()?[Loss::EventsDropped as usize] + misses)
+    Ok(probes.losses()?[Loss::EventsDropped as usize] + misses)
 }
 
 fn wall_clock_ns() -> u64 {

@@ -14,7 +14,7 @@ use crate::{
     cgroup,
     cli::{TracerArgs, WhyArgs},
     escape,
-    kernel::{monotonic_ns, MapSizes},
+    kernel::{clock::monotonic_ns, MapSizes},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
     state::{self, Change, StateEngine},
@@ -231,7 +231,7 @@ fn watch(pid: u32, duration: Duration, tracer: &TracerArgs) -> Result<Watched> {
         tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
-    let mut ring = engine.tracer_mut().take_events()?;
+    let mut ring = engine.probes_mut().take_events()?;
     engine.reconcile()?;
     // The watch takes a while: say so, and when it starts.
     eprintln!(

