@@ -33,6 +33,7 @@ use crate::{
     escape,
     kubernetes::{self, PodDirectory},
     state::StateEngine,
+    text::{known, pod_place},
     watch::Watch,
 };
 
@@ -220,15 +221,12 @@ impl Collector {
             return "-".to_owned();
         };
         let pod = self.pods.labels(&kubernetes::parse_path(path));
-        let name = if pod.pod.is_empty() {
-            path.to_owned()
-        } else {
-            [pod.namespace, pod.pod, pod.container]
-                .into_iter()
-                .filter(|part| !part.is_empty())
-                .collect::<Vec<_>>()
-                .join("/")
-        };
+        let name = pod_place(
+            known(pod.namespace.as_str()),
+            known(pod.pod.as_str()),
+            known(pod.container.as_str()),
+        )
+        .unwrap_or_else(|| path.to_owned());
         escape::for_terminal(name.as_bytes())
     }
 }
