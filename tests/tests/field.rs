@@ -379,9 +379,10 @@ fn a_restart_neither_loses_nor_double_counts_zombies() {
 /// Returns the refusals `pids.events` counts.
 fn fill_and_refuse_forks(cgroup: &TestCgroup, tries: usize) -> u64 {
     fs::write(cgroup.path.join("pids.max"), "2").unwrap();
-    // A program outside the shell: busybox's sh runs its own applets (`true`) unforked.
+    // A program outside the shell (busybox's sh runs its own applets unforked), and not last
+    // (a shell may exec the last command instead of forking it).
     let script = format!(
-        "echo $$ > {}/cgroup.procs && {} --version > /dev/null",
+        "echo $$ > {}/cgroup.procs && {} --version > /dev/null && exit 0",
         cgroup.path.display(),
         workspace_binary("reapwatch").display()
     );

@@ -142,8 +142,12 @@ const HOST_TOOLS: &[&str] = &[
     "/usr/bin/curl",
 ];
 
-/// Terminal descriptions tmux and the `top` tests look up.
-const TERMINFO_DIRS: &[&str] = &["/lib/terminfo", "/usr/share/terminfo"];
+/// Terminal descriptions tmux and the `top` tests look up, and the UTF-8 locale tmux needs.
+const HOST_DIRS: &[&str] = &[
+    "/lib/terminfo",
+    "/usr/share/terminfo",
+    "/usr/lib/locale/C.utf8",
+];
 
 /// Data files of the host tools: openssl's configuration.
 const HOST_FILES: &[&str] = &["/usr/lib/ssl/openssl.cnf"];
@@ -156,7 +160,7 @@ const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 # Host tools in /usr/bin before busybox's applets of the same name.
 export PATH=/usr/bin:/bin HOME=/ TMPDIR=/tmp TERM=xterm-256color
-# tmux needs a UTF-8 locale; glibc has C.UTF-8 built in.
+# tmux needs a UTF-8 locale.
 export LANG=C.UTF-8
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -410,7 +414,7 @@ fn build_initramfs(out: &Path) -> Result<()> {
             archive.file(file, &read(&format!("/{file}"))?, 0o755);
         }
     }
-    for dir in TERMINFO_DIRS {
+    for dir in HOST_DIRS {
         archive.tree(Path::new(dir))?;
     }
     for file in HOST_FILES {
