@@ -1,6 +1,7 @@
-//! `cargo xtask image`: reapwatch linked statically (musl) in an image built FROM scratch with
-//! the Containerfile's runtime stage, and the image's end-to-end test under podman with exactly
-//! the privileges the DaemonSet grants.
+//! `cargo xtask image`: reapwatch linked statically (musl) in images built FROM scratch with
+//! the Containerfile's runtime stage, one per architecture (amd64, arm64) under one manifest
+//! list, and the host image's end-to-end test under podman with exactly the privileges the
+//! DaemonSet grants.
 
 use std::{
     collections::BTreeMap,
@@ -16,56 +17,57 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{cargo, deploy, setup, workspace_root};
+use crate::{cargo, cross::Arch, deploy, setup, workspace_root};
 
-/// musl links statically without glibc's NSS and dlopen caveats.
-const TARGET: &str = "x86_64-unknown-linux-musl";
-
+/// The manifest list's reference: one name for every platform's image.
 pub fn image_ref() -> String {
     format!("localhost/reapwatch:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Builds the static binary and assembles the image; returns its reference.
-pub fn build() -> Result<String> {
-    let installed = output("rustup", &["target", "list", "--installed"])?;
-    if !installed.lines().any(|t| t == TARGET) {
-        run("rustup", &["target", "add", TARGET])?;
-    }
-    cargo(
-        None,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "--package",
-            "reapwatch",
-            "--target",
-            TARGET,
-        ],
-    )?;
-    let root = workspace_root();
-    let binary = root.join("target").join(TARGET).join("release/reapwatch");
-    ensure_static(&binary)?;
+/// The reference of one platform's image in the list.
+fn platform_image_ref(arch: Arch) -> String {
+    format!("{}-{}", image_ref(), arch.oci_name())
+}
 
-    // The Containerfile's builder stage needs registries; `--build-context builder=DIR`
-    // stands this binary in for it, so the runtime stage built here is the one that ships.
-    let context = root.join("target/image-context");
-    let _ = fs::remove_dir_all(&context);
-    fs::create_dir_all(context.join("out")).context("create target/image-context")?;
-    fs::copy(&binary, context.join("out/reapwatch")).context("copy the binary")?;
-    let context = context.to_str().context("workspace path is not UTF-8")?;
-    let containerfile = root.join("Containerfile");
+/// Builds each architecture's static binary, an image of it, and the manifest list that holds
+/// them; returns the host's image, the one the image test runs.
+pub fn build() -> Result<String> {
+    let containerfile = workspace_root().join("Containerfile");
     let linker = format!("bpf-linker@{}", setup::BPF_LINKER_VERSION);
     ensure!(
         fs::read_to_string(&containerfile)?.contains(&linker),
         "the Containerfile's builder must install {linker}, as xtask setup does"
     );
-    let image = image_ref();
+    let images = Arch::ALL
+        .into_iter()
+        .map(|arch| platform_image(arch, &containerfile))
+        .collect::<Result<Vec<_>>>()?;
+    manifest_list(&image_ref(), &images)?;
+    Ok(platform_image_ref(Arch::host()?))
+}
+
+/// The runtime stage of the Containerfile around `arch`'s static binary. FROM scratch with
+/// only a COPY, it builds for any platform without emulation.
+fn platform_image(arch: Arch, containerfile: &Path) -> Result<String> {
+    let binary = arch.static_reapwatch()?;
+    // The Containerfile's builder stage needs registries; `--build-context builder=DIR`
+    // stands this binary in for it, so the runtime stage built here is the one that ships.
+    let context = workspace_root()
+        .join("target/image-context")
+        .join(arch.oci_name());
+    let _ = fs::remove_dir_all(&context);
+    fs::create_dir_all(context.join("out"))
+        .with_context(|| format!("create {}", context.display()))?;
+    fs::copy(&binary, context.join("out/reapwatch")).context("copy the binary")?;
+    let context = context.to_str().context("workspace path is not UTF-8")?;
+    let image = platform_image_ref(arch);
     run(
         "buildah",
         &[
             "build",
             "--quiet",
+            "--platform",
+            &format!("linux/{}", arch.oci_name()),
             "--target",
             "runtime",
             "--build-context",
@@ -79,6 +81,64 @@ pub fn build() -> Result<String> {
     )?;
     eprintln!("xtask: built {image}");
     Ok(image)
+}
+
+/// Makes `list` the manifest list of `images` (made anew: an amended list would keep earlier
+/// builds' instances) and checks it names every platform.
+fn manifest_list(list: &str, images: &[String]) -> Result<()> {
+    // `buildah rmi` on a list removes the host's image, not the list: `manifest rm`. Builds
+    // before multi-arch tagged the amd64 image itself with this name: that tag goes.
+    if let Err(err) = output("buildah", &["manifest", "rm", list]) {
+        if err.to_string().contains("not a manifest list") {
+            run("buildah", &["rmi", list])?;
+        }
+    }
+    run("buildah", &["manifest", "create", list])?;
+    for image in images {
+        run(
+            "buildah",
+            &[
+                "manifest",
+                "add",
+                list,
+                &format!("containers-storage:{image}"),
+            ],
+        )?;
+    }
+    let inspected = output("buildah", &["manifest", "inspect", list])?;
+    ensure_platforms(&serde_json::from_str(&inspected)?, &Arch::ALL)
+        .with_context(|| format!("manifest list {list}"))?;
+    eprintln!("xtask: built the manifest list {list}");
+    Ok(())
+}
+
+/// Checks that a manifest list (`buildah manifest inspect`) holds exactly one linux image of
+/// each of `arches`, and nothing else.
+fn ensure_platforms(list: &Value, arches: &[Arch]) -> Result<()> {
+    let mut platforms: Vec<String> = list["manifests"]
+        .as_array()
+        .context("no manifests")?
+        .iter()
+        .map(|m| {
+            let platform = &m["platform"];
+            format!(
+                "{}/{}",
+                platform["os"].as_str().unwrap_or("?"),
+                platform["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let mut expected: Vec<String> = arches
+        .iter()
+        .map(|arch| format!("linux/{}", arch.oci_name()))
+        .collect();
+    platforms.sort();
+    expected.sort();
+    ensure!(
+        platforms == expected,
+        "holds {platforms:?}, not {expected:?}"
+    );
+    Ok(())
 }
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
@@ -98,33 +158,6 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
 fn run(program: &str, args: &[&str]) -> Result<()> {
     eprintln!("xtask: {program} {}", args.join(" "));
     output(program, args).map(drop)
-}
-
-/// A binary without an ELF interpreter runs in an image with no loader and no libc.
-fn ensure_static(binary: &Path) -> Result<()> {
-    const PT_INTERP: u32 = 3;
-    let elf = fs::read(binary).with_context(|| format!("read {}", binary.display()))?;
-    let bytes = |offset: usize, len: usize| {
-        elf.get(offset..offset + len)
-            .context("truncated ELF header")
-    };
-    ensure!(
-        bytes(0, 6)? == b"\x7fELF\x02\x01",
-        "{} is not a 64-bit little-endian ELF",
-        binary.display()
-    );
-    let u16_at = |o| Ok::<_, anyhow::Error>(u16::from_le_bytes(bytes(o, 2)?.try_into()?));
-    let phoff = u64::from_le_bytes(bytes(0x20, 8)?.try_into()?) as usize;
-    let (phentsize, phnum) = (u16_at(0x36)? as usize, u16_at(0x38)? as usize);
-    for i in 0..phnum {
-        let p_type = u32::from_le_bytes(bytes(phoff + i * phentsize, 4)?.try_into()?);
-        ensure!(
-            p_type != PT_INTERP,
-            "{} is dynamically linked: it names an ELF interpreter",
-            binary.display()
-        );
-    }
-    Ok(())
 }
 
 /// podman arguments granting what the DaemonSet grants, and nothing else. kubelet's
@@ -646,4 +679,39 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .context("malformed HTTP status line")?;
     Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(platforms: &[(&str, &str)]) -> Value {
+        let manifests: Vec<Value> = platforms
+            .iter()
+            .map(|(os, architecture)| {
+                serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "platform": {"architecture": architecture, "os": os},
+                })
+            })
+            .collect();
+        serde_json::json!({"schemaVersion": 2, "manifests": manifests})
+    }
+
+    #[test]
+    fn a_list_of_every_platform_passes() {
+        let both = list(&[("linux", "arm64"), ("linux", "amd64")]);
+        ensure_platforms(&both, &Arch::ALL).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_stale_platform_fails() {
+        let amd64 = list(&[("linux", "amd64")]);
+        let err = ensure_platforms(&amd64, &Arch::ALL).unwrap_err();
+        assert!(err.to_string().contains("linux/arm64"), "{err}");
+        // An amended list keeps the previous build's instance beside the new one.
+        let stale = list(&[("linux", "amd64"), ("linux", "arm64"), ("linux", "amd64")]);
+        assert!(ensure_platforms(&stale, &Arch::ALL).is_err());
+        assert!(ensure_platforms(&serde_json::json!({}), &Arch::ALL).is_err());
+    }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod churn;
+mod cross;
 mod deploy;
 mod field;
 mod image;
