@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-use crate::{cargo, workspace_root};
+use crate::{process, workspace_root};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -55,30 +55,19 @@ impl Arch {
     /// Adds the Rust standard library for this target unless rustup has it.
     fn install_target(self) -> Result<()> {
         let target = self.rust_target();
-        let installed = Command::new("rustup")
-            .args(["target", "list", "--installed"])
-            .output()
-            .context("cannot run rustup")?;
-        if String::from_utf8_lossy(&installed.stdout)
-            .lines()
-            .any(|t| t == target)
-        {
+        let installed =
+            process::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+        if installed.lines().any(|t| t == target) {
             return Ok(());
         }
-        eprintln!("xtask: rustup target add {target}");
-        let status = Command::new("rustup")
-            .args(["target", "add", target])
-            .status()
-            .context("cannot run rustup")?;
-        ensure!(status.success(), "rustup target add {target} failed");
-        Ok(())
+        process::run(Command::new("rustup").args(["target", "add", target]))
     }
 
     /// Builds reapwatch for this architecture, checks it is static, and returns its path.
     pub fn static_reapwatch(self) -> Result<PathBuf> {
         self.install_target()?;
         let target = self.rust_target();
-        cargo(
+        process::cargo(
             None,
             &[
                 "build",

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::{cargo, cross::Arch, deploy, setup, workspace_root};
+use crate::{cargo, cross::Arch, deploy, process, setup, workspace_root};
 
 /// The manifest list's reference: one name for every platform's image.
 pub fn image_ref() -> String {
@@ -61,24 +61,21 @@ fn platform_image(arch: Arch, containerfile: &Path) -> Result<String> {
     fs::copy(&binary, context.join("out/reapwatch")).context("copy the binary")?;
     let context = context.to_str().context("workspace path is not UTF-8")?;
     let image = platform_image_ref(arch);
-    run(
-        "buildah",
-        &[
-            "build",
-            "--quiet",
-            "--platform",
-            &format!("linux/{}", arch.oci_name()),
-            "--target",
-            "runtime",
-            "--build-context",
-            &format!("builder={context}"),
-            "--file",
-            containerfile.to_str().context("path")?,
-            "--tag",
-            &image,
-            context,
-        ],
-    )?;
+    buildah(&[
+        "build",
+        "--quiet",
+        "--platform",
+        &format!("linux/{}", arch.oci_name()),
+        "--target",
+        "runtime",
+        "--build-context",
+        &format!("builder={context}"),
+        "--file",
+        containerfile.to_str().context("path")?,
+        "--tag",
+        &image,
+        context,
+    ])?;
     eprintln!("xtask: built {image}");
     Ok(image)
 }
@@ -88,24 +85,21 @@ fn platform_image(arch: Arch, containerfile: &Path) -> Result<String> {
 fn manifest_list(list: &str, images: &[String]) -> Result<()> {
     // `buildah rmi` on a list removes the host's image, not the list: `manifest rm`. Builds
     // before multi-arch tagged the amd64 image itself with this name: that tag goes.
-    if let Err(err) = output("buildah", &["manifest", "rm", list]) {
+    if let Err(err) = buildah(&["manifest", "rm", list]) {
         if err.to_string().contains("not a manifest list") {
-            run("buildah", &["rmi", list])?;
+            buildah(&["rmi", list])?;
         }
     }
-    run("buildah", &["manifest", "create", list])?;
+    buildah(&["manifest", "create", list])?;
     for image in images {
-        run(
-            "buildah",
-            &[
-                "manifest",
-                "add",
-                list,
-                &format!("containers-storage:{image}"),
-            ],
-        )?;
+        buildah(&[
+            "manifest",
+            "add",
+            list,
+            &format!("containers-storage:{image}"),
+        ])?;
     }
-    let inspected = output("buildah", &["manifest", "inspect", list])?;
+    let inspected = buildah(&["manifest", "inspect", list])?;
     ensure_platforms(&serde_json::from_str(&inspected)?, &Arch::ALL)
         .with_context(|| format!("manifest list {list}"))?;
     eprintln!("xtask: built the manifest list {list}");
@@ -141,23 +135,12 @@ fn ensure_platforms(list: &Value, arches: &[Arch]) -> Result<()> {
     Ok(())
 }
 
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    eprintln!("xtask: {program} {}", args.join(" "));
-    output(program, args).map(drop)
+/// Runs buildah, its line logged; a failure carries what it printed.
+fn buildah(args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("buildah");
+    cmd.args(args);
+    eprintln!("xtask: {}", process::line(&cmd));
+    process::output(&mut cmd)
 }
 
 /// podman arguments granting what the DaemonSet grants, and nothing else. kubelet's
