@@ -28,7 +28,12 @@ fn counters_of_removed_cgroups_are_forgotten() {
     forget_removed_cgroups(&mut engine).unwrap();
     assert!(counted(&engine, kept_id) && counted(&engine, removed_id));
 
+    let removed_path = removed.path.clone();
     drop(removed);
+    assert!(
+        !removed_path.exists(),
+        "the test could not remove its cgroup"
+    );
     forget_removed_cgroups(&mut engine).unwrap();
     assert!(
         !counted(&engine, removed_id),

@@ -53,7 +53,7 @@ impl Arch {
     }
 
     /// Adds the Rust standard library for this target unless rustup has it.
-    fn install_target(self) -> Result<()> {
+    pub fn install_target(self) -> Result<()> {
         let target = self.rust_target();
         let installed =
             process::output(Command::new("rustup").args(["target", "list", "--installed"]))?;

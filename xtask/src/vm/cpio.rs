@@ -76,24 +76,24 @@ impl Cpio {
         }
     }
 
-    /// A host directory and everything under it, at the same path; symbolic links are
-    /// followed.
-    pub fn tree(&mut self, host_dir: &Path) -> Result<()> {
-        let Ok(entries) = fs::read_dir(host_dir) else {
+    /// The directory `source` and everything under it, as `name`; symbolic links are
+    /// followed. A missing directory adds nothing.
+    pub fn tree(&mut self, source: &Path, name: &str) -> Result<()> {
+        let Ok(entries) = fs::read_dir(source) else {
             return Ok(());
         };
-        let name = host_dir.to_string_lossy();
-        let name = name.trim_start_matches('/');
         self.parents_of(name);
         self.dir(name);
         for entry in entries {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
+            let child = format!("{name}/{}", entry.file_name().to_string_lossy());
             if path.is_dir() {
-                self.tree(&path)?;
+                self.tree(&path, &child)?;
             } else {
                 let data =
                     fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                self.file(path.to_string_lossy().trim_start_matches('/'), &data, 0o644);
+                self.file(&child, &data, 0o644);
             }
         }
         Ok(())

@@ -30,11 +30,44 @@ struct Executable {
     tests: Vec<(String, String)>,
 }
 
+/// `line` without terminal escape sequences: the test harness colours its results when the
+/// guest's console looks like a terminal.
+fn without_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters, then one final byte in @..=~.
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // A character set designation: one more character.
+            Some('(' | ')') => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 impl GuestRun {
     pub fn parse(log: &str) -> Self {
         let mut run = Self::default();
         let mut current: Option<String> = None;
-        for line in log.lines().map(|l| l.trim_end_matches('\r')) {
+        for line in log
+            .lines()
+            .map(|l| without_escapes(l.trim_end_matches('\r')))
+        {
+            let line = line.as_str();
             if let Some(rest) = line.strip_prefix(MARK).map(str::trim) {
                 if let Some(kernel) = rest.strip_prefix("kernel ") {
                     run.kernel = Some(kernel.to_owned());
@@ -179,6 +212,19 @@ reapwatch-vm: all done\r
         let storm = &run.executables["storm-0123"];
         assert_eq!(
             storm.tests,
+            [("fork_storm_counts_exactly".to_owned(), "ok".to_owned())]
+        );
+    }
+
+    #[test]
+    fn coloured_results_are_read_as_plain() {
+        let log = LOG
+            .replace("test result: ok.", "test result: \x1b[32mok\x1b(B\x1b[m.")
+            .replace(" ... ok", " ... \x1b[32mok\x1b(B\x1b[m");
+        let run = GuestRun::parse(&log);
+        assert!(run.passed(), "{run:?}");
+        assert_eq!(
+            run.executables["storm-0123"].tests,
             [("fork_storm_counts_exactly".to_owned(), "ok".to_owned())]
         );
     }

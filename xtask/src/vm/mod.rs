@@ -7,6 +7,7 @@
 //! executable must end with `test result: ok` and exit 0, and `/init` must reach its last line.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -17,11 +18,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use self::{cpio::Cpio, guest::GuestRun};
-use crate::{process, workspace_root};
+use self::{cpio::Cpio, debian::Apt, guest::GuestRun, root::GuestRoot};
+use crate::{cross::Arch, process, workspace_root};
 
 mod cpio;
+mod debian;
 mod guest;
+mod root;
 
 /// Where a pinned kernel package comes from.
 enum Source {
@@ -67,6 +70,7 @@ impl Cgroups {
 
 /// One boot of the matrix: a kernel and a cgroup layout that nodes run together.
 struct Machine {
+    arch: Arch,
     kernel: Kernel,
     cgroups: Cgroups,
     /// Who runs it, and which of the programs' paths it takes.
@@ -81,6 +85,7 @@ impl Machine {
 
 const MACHINES: &[Machine] = &[
     Machine {
+        arch: Arch::Amd64,
         kernel: Kernel {
             package: "linux-image-5.10.0-46-cloud-amd64",
             version: "5.10.262-1",
@@ -94,6 +99,7 @@ const MACHINES: &[Machine] = &[
               only) and no bpf_get_current_task_btf (probe reads)",
     },
     Machine {
+        arch: Arch::Amd64,
         kernel: Kernel {
             package: "linux-image-6.1.0-56-cloud-amd64",
             version: "6.1.192-2",
@@ -104,6 +110,7 @@ const MACHINES: &[Machine] = &[
               without group_dead",
     },
     Machine {
+        arch: Arch::Amd64,
         kernel: Kernel {
             package: "linux-image-6.12.101+deb12-cloud-amd64",
             version: "6.12.101-1~deb12u1",
@@ -112,11 +119,18 @@ const MACHINES: &[Machine] = &[
         cgroups: Cgroups::Hybrid,
         why: "6.12 with systemd's hybrid cgroups, as the build machine but an older kernel",
     },
+    Machine {
+        arch: Arch::Arm64,
+        kernel: Kernel {
+            package: "linux-image-6.1.0-56-cloud-arm64",
+            version: "6.1.192-2",
+            source: Source::Apt,
+        },
+        cgroups: Cgroups::V2,
+        why: "Graviton nodes (Amazon Linux 2023 on arm64): 6.1 with cgroup v2; the same eBPF \
+              object, reapwatch and the tests built for aarch64",
+    },
 ];
-
-/// Static binaries need no loader or libc in the initramfs; this target links statically by
-/// default.
-const TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// Where the test executables find the workspace binaries (`current_exe()/../..`), as in
 /// `target/<profile>/deps`.
@@ -129,28 +143,28 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[(
      initramfs, and which compiles its script with LLVM in the guest: minutes under emulation",
 )];
 
-/// Host programs the tests run, copied with the shared libraries `ldd` lists: util-linux's
-/// setpriv (busybox's lacks --reuid), a real Prometheus and promtool, tmux and the bash it
-/// runs to drive `top`, openssl and curl for the TLS tests.
-const HOST_TOOLS: &[&str] = &[
-    "/usr/bin/setpriv",
-    "/usr/bin/bash",
-    "/usr/bin/prometheus",
-    "/usr/bin/promtool",
-    "/usr/bin/tmux",
-    "/usr/bin/openssl",
-    "/usr/bin/curl",
+/// Programs the tests run, each with the loader and libraries it names: util-linux's setpriv
+/// (busybox's lacks --reuid), bash and tmux to drive `top`, a real Prometheus and promtool,
+/// openssl and curl for the TLS tests. Guest paths, from the guest's root (see `root`).
+const GUEST_PROGRAMS: &[&str] = &[
+    "usr/bin/setpriv",
+    "bin/bash",
+    "usr/bin/prometheus",
+    "usr/bin/promtool",
+    "usr/bin/tmux",
+    "usr/bin/openssl",
+    "usr/bin/curl",
 ];
 
 /// Terminal descriptions tmux and the `top` tests look up, and the UTF-8 locale tmux needs.
-const HOST_DIRS: &[&str] = &[
-    "/lib/terminfo",
-    "/usr/share/terminfo",
-    "/usr/lib/locale/C.utf8",
+const GUEST_DIRS: &[&str] = &[
+    "lib/terminfo",
+    "usr/share/terminfo",
+    "usr/lib/locale/C.utf8",
 ];
 
-/// Data files of the host tools: openssl's configuration.
-const HOST_FILES: &[&str] = &["/usr/lib/ssl/openssl.cnf"];
+/// Data files of those programs: openssl's configuration.
+const GUEST_FILES: &[&str] = &["usr/lib/ssl/openssl.cnf"];
 
 /// One boot: a few seconds to boot, minutes of emulated tests; a hung guest is killed.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -215,17 +229,22 @@ pub fn run(only: Option<&str>) -> Result<()> {
     }
     let cache = workspace_root().join("target/vm-cache");
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    let initramfs = cache.join("initramfs.cpio");
-    process::run(Command::new("rustup").args(["target", "add", TARGET]))?;
-    build_initramfs(&initramfs)?;
+    let mut initramfs = BTreeMap::new();
+    for arch in machines.iter().map(|m| m.arch) {
+        if !initramfs.contains_key(arch.oci_name()) {
+            let out = cache.join(format!("initramfs-{}.cpio", arch.oci_name()));
+            build_initramfs(arch, &cache, &out)?;
+            initramfs.insert(arch.oci_name(), out);
+        }
+    }
 
     let mut failed = Vec::new();
     let mut summary = String::new();
     for machine in machines {
-        let vmlinuz = kernel_image(&cache, &machine.kernel)?;
+        let vmlinuz = kernel_image(&cache, machine)?;
         let log = cache.join(format!("{}.log", machine.name()));
         let started = Instant::now();
-        boot(&vmlinuz, &initramfs, machine.cgroups, &log)?;
+        boot(machine, &vmlinuz, &initramfs[machine.arch.oci_name()], &log)?;
         let serial = fs::read(&log).with_context(|| format!("cannot read {}", log.display()))?;
         let run = GuestRun::parse(&String::from_utf8_lossy(&serial));
         summary.push_str(&run.summary(&machine.name(), machine.why, started.elapsed(), &log));
@@ -240,13 +259,13 @@ pub fn run(only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The kernel image of a pinned package, downloaded once into `cache`.
-fn kernel_image(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
+/// The kernel image of a machine's pinned package, downloaded once into `cache`.
+fn kernel_image(cache: &Path, machine: &Machine) -> Result<PathBuf> {
     let Kernel {
         package,
         version,
         source,
-    } = kernel;
+    } = &machine.kernel;
     let unpacked = cache.join(format!("{package}_{version}"));
     let boot_dir = unpacked.join("boot");
     if let Some(image) = find_vmlinuz(&boot_dir) {
@@ -254,69 +273,20 @@ fn kernel_image(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
     }
     // apt names the file PACKAGE_VERSION_ARCH.deb with ':' (an epoch) escaped.
     let deb = cache.join(format!(
-        "{package}_{}_amd64.deb",
-        version.replace(':', "%3a")
+        "{package}_{}_{}.deb",
+        version.replace(':', "%3a"),
+        machine.arch.oci_name()
     ));
     if !deb.exists() {
         match source {
-            Source::Apt => apt_download(cache, package, version)?,
-            Source::Archive { url, sha256 } => archive_download(url, sha256, &deb)?,
+            Source::Apt => Apt::new(cache, machine.arch)?
+                .download(cache, &[&format!("{package}={version}")])?,
+            Source::Archive { url, sha256 } => debian::download_checked(url, sha256, &deb)?,
         }
     }
-    fs::create_dir_all(&unpacked)?;
     // Only the image: the modules are not needed (virtio, serial, BPF, cgroups are built in).
-    let mut dpkg = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(&deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot run dpkg-deb")?;
-    let tar = Command::new("tar")
-        .args(["-x", "-f", "-", "-C"])
-        .arg(&unpacked)
-        .args(["--wildcards", "./boot/vmlinuz-*"])
-        .stdin(dpkg.stdout.take().context("dpkg-deb stdout")?)
-        .status()
-        .context("cannot run tar")?;
-    if !dpkg.wait()?.success() || !tar.success() {
-        bail!("cannot unpack {}", deb.display());
-    }
+    debian::unpack(&deb, &unpacked, Some("./boot/vmlinuz-*"))?;
     find_vmlinuz(&boot_dir).with_context(|| format!("no vmlinuz in {}", deb.display()))
-}
-
-fn apt_download(cache: &Path, package: &str, version: &str) -> Result<()> {
-    let spec = format!("{package}={version}");
-    let download = || {
-        Command::new("apt-get")
-            .args(["download", "-qq", &spec])
-            .current_dir(cache)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !download() {
-        // A fresh machine has no package lists yet.
-        process::run(Command::new("apt-get").args(["update", "-qq"]))?;
-        if !download() {
-            bail!("apt-get download {spec} failed (is the pinned version still in the archive?)");
-        }
-    }
-    Ok(())
-}
-
-fn archive_download(url: &str, sha256: &str, deb: &Path) -> Result<()> {
-    let partial = deb.with_extension("partial");
-    process::run(
-        Command::new("curl")
-            .args(["-fsSL", "--retry", "3", "-o"])
-            .arg(&partial)
-            .arg(url),
-    )?;
-    let got = process::output(Command::new("sha256sum").arg(&partial))?;
-    if got.split_whitespace().next() != Some(sha256) {
-        let _ = fs::remove_file(&partial);
-        bail!("{url}: SHA-256 is not the pinned {sha256}");
-    }
-    fs::rename(&partial, deb).with_context(|| format!("cannot write {}", deb.display()))
 }
 
 fn find_vmlinuz(boot_dir: &Path) -> Option<PathBuf> {
@@ -330,20 +300,21 @@ fn find_vmlinuz(boot_dir: &Path) -> Option<PathBuf> {
         })
 }
 
-/// Builds for `TARGET` and returns the executables cargo reports, by target name: test
+/// Builds for `arch` and returns the executables cargo reports, by target name: test
 /// harnesses if `tests`, else programs.
-fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<(String, PathBuf)>> {
+fn cargo_executables(arch: Arch, args: &[&str], tests: bool) -> Result<Vec<(String, PathBuf)>> {
     let mut cmd = process::cargo_command(None);
     cmd.args(args)
         .args([
             "--release",
             "--target",
-            TARGET,
+            arch.rust_target(),
             "--message-format=json-render-diagnostics",
         ])
         .args(["--package", "reapwatch", "--package", "reapwatch-tests"])
         .stdout(Stdio::piped());
-    eprintln!("xtask: cargo {} --target {TARGET}", args.join(" "));
+    let target = arch.rust_target();
+    eprintln!("xtask: cargo {} --target {target}", args.join(" "));
     let mut child = cmd.spawn().context("cannot run cargo")?;
     let mut executables = Vec::new();
     for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
@@ -371,16 +342,18 @@ fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<(String, PathBuf)
         }
     }
     if !child.wait()?.success() {
-        bail!("cargo {} --target {TARGET} failed", args.join(" "));
+        bail!("cargo {} --target {target} failed", args.join(" "));
     }
     Ok(executables)
 }
 
-/// Busybox, the static binaries laid out as under `target/`, setpriv (util-linux, for the
-/// unprivileged-user test) with its libraries, and `/init`.
-fn build_initramfs(out: &Path) -> Result<()> {
-    let tests = cargo_executables(&["test", "--no-run"], true)?;
-    let binaries = cargo_executables(&["build", "--bins"], false)?;
+/// Busybox, the static binaries laid out as under `target/`, the programs the tests run with
+/// their libraries and data, and `/init`; for `arch`.
+fn build_initramfs(arch: Arch, cache: &Path, out: &Path) -> Result<()> {
+    arch.install_target()?;
+    let tests = cargo_executables(arch, &["test", "--no-run"], true)?;
+    let binaries = cargo_executables(arch, &["build", "--bins"], false)?;
+    let root = GuestRoot::of(arch, cache)?;
 
     let mut archive = Cpio::default();
     for dir in [
@@ -401,34 +374,25 @@ fn build_initramfs(out: &Path) -> Result<()> {
     // The kernel opens /dev/console for init before anything is mounted.
     archive.char_device("dev/console", 5, 1);
     archive.file("init", INIT.as_bytes(), 0o755);
-    archive.file("bin/busybox", &read("/bin/busybox")?, 0o755);
+    archive.file("bin/busybox", &root.read("bin/busybox")?, 0o755);
     archive.parents_of("etc/hosts");
     archive.file("etc/hosts", b"127.0.0.1 localhost\n::1 localhost\n", 0o644);
-    for tool in HOST_TOOLS {
-        for file in shared_libraries(tool)?
-            .into_iter()
-            .chain([tool.to_string()])
-        {
-            let file = file.trim_start_matches('/');
-            archive.parents_of(file);
-            archive.file(file, &read(&format!("/{file}"))?, 0o755);
+    for program in GUEST_PROGRAMS {
+        for file in root.with_libraries(program)? {
+            archive.parents_of(&file);
+            archive.file(&file, &root.read(&file)?, 0o755);
         }
     }
-    for dir in HOST_DIRS {
-        archive.tree(Path::new(dir))?;
+    for dir in GUEST_DIRS {
+        archive.tree(&root.path(dir), dir)?;
     }
-    for file in HOST_FILES {
-        let file = file.trim_start_matches('/');
+    for file in GUEST_FILES {
         archive.parents_of(file);
-        archive.file(file, &read(&format!("/{file}"))?, 0o644);
+        archive.file(file, &root.read(file)?, 0o644);
     }
     for (name, exe) in &binaries {
         if ["reapwatch", "zombie-helper"].contains(&name.as_str()) {
-            archive.file(
-                &format!("{GUEST_PROFILE_DIR}/{name}"),
-                &read_path(exe)?,
-                0o755,
-            );
+            archive.file(&format!("{GUEST_PROFILE_DIR}/{name}"), &read(exe)?, 0o755);
         }
     }
     archive.dir(&format!("{GUEST_PROFILE_DIR}/deps"));
@@ -440,42 +404,35 @@ fn build_initramfs(out: &Path) -> Result<()> {
         let file = exe.file_name().context("test executable name")?;
         archive.file(
             &format!("{GUEST_PROFILE_DIR}/deps/{}", file.to_string_lossy()),
-            &read_path(exe)?,
+            &read(exe)?,
             0o755,
         );
     }
     fs::write(out, archive.finish()).with_context(|| format!("cannot write {}", out.display()))
 }
 
-fn read(path: &str) -> Result<Vec<u8>> {
-    read_path(Path::new(path))
-}
-
-fn read_path(path: &Path) -> Result<Vec<u8>> {
+fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// The libraries and loader `ldd` lists for `binary`, as paths without the leading `/`.
-fn shared_libraries(binary: &str) -> Result<Vec<String>> {
-    // A static binary makes ldd exit 1 ("not a dynamic executable"): it needs nothing.
-    let out = process::capture(Command::new("ldd").arg(binary))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            line.split_whitespace()
-                .find(|word| word.starts_with('/'))
-                .map(|path| path.trim_start_matches('/').to_owned())
-        })
-        .collect())
-}
-
-/// Boots one kernel; the serial console goes to `log`.
-fn boot(vmlinuz: &Path, initramfs: &Path, cgroups: Cgroups, log: &Path) -> Result<()> {
+/// Boots one machine; the serial console goes to `log`.
+fn boot(machine: &Machine, vmlinuz: &Path, initramfs: &Path, log: &Path) -> Result<()> {
     let _ = fs::remove_file(log);
-    let mut cmd = Command::new("qemu-system-x86_64");
+    // The arm64 CPU is a Graviton2's: `max` emulates pointer authentication, three times
+    // slower under TCG.
+    let (qemu, machine_args, console): (&str, &[&str], &str) = match machine.arch {
+        Arch::Amd64 => ("qemu-system-x86_64", &["-cpu", "max"], "ttyS0"),
+        Arch::Arm64 => (
+            "qemu-system-aarch64",
+            &["-machine", "virt", "-cpu", "neoverse-n1"],
+            "ttyAMA0",
+        ),
+    };
+    let mut cmd = Command::new(qemu);
     // Memory for the unpacked initramfs (Prometheus and promtool are 50 MB each) and the
     // tests.
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "4096"])
+    cmd.args(machine_args)
+        .args(["-accel", "tcg", "-smp", "2", "-m", "4096"])
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
@@ -487,8 +444,9 @@ fn boot(vmlinuz: &Path, initramfs: &Path, cgroups: Cgroups, log: &Path) -> Resul
         // hanging until the timeout.
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic rdinit=/init reapwatch.cgroups={}",
-            cgroups.name()
+            "console={console} quiet loglevel=3 panic=-1 oops=panic rdinit=/init \
+             reapwatch.cgroups={}",
+            machine.cgroups.name()
         ))
         .stdin(Stdio::null());
     eprintln!(
@@ -499,7 +457,7 @@ fn boot(vmlinuz: &Path, initramfs: &Path, cgroups: Cgroups, log: &Path) -> Resul
     let started = Instant::now();
     let mut qemu = cmd
         .spawn()
-        .context("cannot run qemu-system-x86_64 (apt-get install qemu-system-x86)")?;
+        .with_context(|| format!("cannot run {qemu} (cargo xtask setup installs it)"))?;
     loop {
         if let Some(status) = qemu.try_wait()? {
             eprintln!(
