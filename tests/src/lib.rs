@@ -302,10 +302,11 @@ impl Daemon {
     }
 
     /// Starts it under `wrapper` (a command that execs its arguments, such as `unshare -m`),
-    /// and waits until `/readyz` answers 200.
+    /// and waits until `/readyz` answers 200: seconds here, up to a minute in an emulated
+    /// arm64 guest on a busy machine.
     pub fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> Self {
         let mut daemon = Self::spawn(wrapper, extra);
-        let ready = eventually(Duration::from_secs(30), || {
+        let ready = eventually(Duration::from_secs(90), || {
             daemon.assert_running();
             daemon
                 .get("/readyz")

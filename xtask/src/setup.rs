@@ -39,10 +39,12 @@ const PACKAGES: &[&str] = &[
     "libbpf-tools",
     // The static aarch64 build (the arm64 image): Debian has no aarch64 musl gcc, so its
     // glibc cross gcc compiles ring's C (with the cross libc's headers) and links, as
-    // .cargo/config.toml says; qemu-system-aarch64 for the arm64 VM (not in vm-test yet).
+    // .cargo/config.toml says; qemu-system-aarch64 for the arm64 VM.
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-system-arm",
+    // vm-test finds the libraries a guest's programs need with readelf, for any architecture.
+    "binutils",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
