@@ -33,17 +33,27 @@ fn platform_image_ref(arch: Arch) -> String {
 /// them; returns the host's image, the one the image test runs.
 pub fn build() -> Result<String> {
     let containerfile = workspace_root().join("Containerfile");
-    let linker = format!("bpf-linker@{}", setup::BPF_LINKER_VERSION);
-    ensure!(
-        fs::read_to_string(&containerfile)?.contains(&linker),
-        "the Containerfile's builder must install {linker}, as xtask setup does"
-    );
+    builder_matches_setup(&fs::read_to_string(&containerfile)?)?;
     let images = Arch::ALL
         .into_iter()
         .map(|arch| platform_image(arch, &containerfile))
         .collect::<Result<Vec<_>>>()?;
     manifest_list(&image_ref(), &images)?;
     Ok(platform_image_ref(Arch::host()?))
+}
+
+/// The Containerfile's builder stage (for those with registries) must build with what setup
+/// installs: the same bpf-linker and the pinned eBPF nightly, never the moving `nightly`.
+fn builder_matches_setup(containerfile: &str) -> Result<()> {
+    let linker = format!("bpf-linker@{}", setup::BPF_LINKER_VERSION);
+    let toolchain = setup::ebpf_toolchain()?;
+    for wanted in [&linker, &toolchain] {
+        ensure!(
+            containerfile.contains(wanted.as_str()),
+            "the Containerfile's builder must install {wanted}, as xtask setup does"
+        );
+    }
+    Ok(())
 }
 
 /// The runtime stage of the Containerfile around `arch`'s static binary. FROM scratch with
@@ -667,6 +677,12 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_containerfile_builds_with_what_setup_installs() {
+        let containerfile = fs::read_to_string(workspace_root().join("Containerfile")).unwrap();
+        builder_matches_setup(&containerfile).unwrap();
+    }
 
     fn list(platforms: &[(&str, &str)]) -> Value {
         let manifests: Vec<Value> = platforms
