@@ -56,6 +56,9 @@ enum Task {
         /// Only the machines whose name contains this (e.g. `5.10`, `cgroup-v2`).
         #[arg(long)]
         only: Option<String>,
+        /// Run the smoke set where a machine has one, as `cargo xtask test` does.
+        #[arg(long)]
+        smoke: bool,
     },
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
     Bench {
@@ -111,11 +114,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()?;
-            vm::run(None)
+            vm::run(None, true)
         }
-        Task::VmTest { only } => {
+        Task::VmTest { only, smoke } => {
             setup::all()?;
-            vm::run(only.as_deref())
+            vm::run(only.as_deref(), smoke)
         }
         Task::Bench {
             pairs,
