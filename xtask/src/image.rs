@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{cargo, cross::Arch, deploy, process, setup, workspace_root};
 
@@ -405,7 +405,7 @@ fn refused_snapshot(image: &str, mut args: Vec<String>, because: &str, what: &st
 }
 
 pub fn test(image: &str) -> Result<()> {
-    let daemonset = deploy::daemonset(None)?;
+    let daemonset = deploy::daemonset(&json!({}))?;
     let pod = KubeletPod::create()?;
     let privileges = daemonset_privileges(&daemonset, &pod.node_root)?;
     let zombies = Zombies::start(&pod.cgroup)?;
@@ -456,17 +456,17 @@ pub fn test(image: &str) -> Result<()> {
     scrape(image, &daemonset, &privileges, &zombies, &pod)?;
     eprintln!("xtask: image {image} finds host zombies with the DaemonSet's privileges");
 
-    // The seccomp component's profile, installed on the stand-in node as the runbook says:
-    // serve starts, samples, answers scrapes and stops under it.
-    let daemonset = deploy::daemonset(Some("seccomp"))?;
+    // The chart's seccomp profile, installed on the stand-in node as the runbook says: serve
+    // starts, samples, answers scrapes and stops under it.
+    let daemonset = deploy::daemonset(&json!({ "seccomp": { "type": "Localhost" } }))?;
     let profile = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]
         ["seccompProfile"]["localhostProfile"]
         .as_str()
-        .context("the seccomp component's localhostProfile")?;
+        .context("the chart's localhostProfile")?;
     let installed = pod.node_root.join(KUBELET_SECCOMP_DIR).join(profile);
     fs::create_dir_all(installed.parent().context("profile dir")?)?;
     fs::copy(
-        deploy::components_dir().join("seccomp").join(profile),
+        deploy::chart_file(&format!("seccomp/{profile}")),
         &installed,
     )
     .context("install the seccomp profile on the stand-in node")?;
@@ -490,7 +490,7 @@ pub fn test(image: &str) -> Result<()> {
         "failed to create map",
         "a profile without bpf() must stop reapwatch",
     )?;
-    eprintln!("xtask: image {image} runs under the seccomp component's profile");
+    eprintln!("xtask: image {image} runs under the chart's seccomp profile");
     Ok(())
 }
 
@@ -532,8 +532,10 @@ fn scrape(
         eprintln!("xtask: image: this reapwatch has no `serve` command yet: /metrics not scraped");
         return Ok(());
     }
-    // Host network for the scrape, on a free port rather than 9750, which may be taken.
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // Host network for the scrape, on free ports rather than the chart's, which may be taken.
+    let free_port =
+        || -> Result<u16> { Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (port, health_port) = (free_port()?, free_port()?);
     let name = format!("reapwatch-image-test-{}", std::process::id());
     let mut args = vec![
         "run".to_owned(),
@@ -555,6 +557,8 @@ fn scrape(
     {
         args.push(if arg.starts_with("--listen=") {
             format!("--listen=127.0.0.1:{port}")
+        } else if arg.starts_with("--health-listen=") {
+            format!("--health-listen=127.0.0.1:{health_port}")
         } else {
             arg.to_owned()
         });
@@ -569,11 +573,19 @@ fn scrape(
     );
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(port, "/readyz").ok().map(|(status, _)| status) != Some(200) {
+    // The kubelet's probes, on the health port as the DaemonSet points them.
+    while http_get(health_port, "/readyz")
+        .ok()
+        .map(|(status, _)| status)
+        != Some(200)
+    {
         ensure!(Instant::now() < deadline, "/readyz not 200 within 30 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    ensure!(http_get(port, "/healthz")?.0 == 200, "/healthz not 200");
+    ensure!(
+        http_get(health_port, "/healthz")?.0 == 200,
+        "/healthz not 200"
+    );
     // The names, as kubelet's layout gives them to the DaemonSet's mounts.
     let labels = [
         format!("cgroup=\"{}\"", pod.cgroup_path),
@@ -635,7 +647,7 @@ fn scrape(
     for (family, kind) in &served {
         ensure!(
             contract.get(family) == Some(kind),
-            "/metrics serves {family} ({kind}), which deploy/metrics.txt does not list so"
+            "/metrics serves {family} ({kind}), which the metric contract does not list so"
         );
     }
     // SIGTERM, as the kubelet stops it: a clean exit, its programs detached.

@@ -47,9 +47,13 @@ enum Task {
         #[arg(long)]
         test: bool,
     },
-    /// The offline checks of deploy/ that `test` runs: schemas, least privilege, rules and
-    /// their unit tests, dashboard, metric contract.
+    /// The offline checks of the Helm chart that `test` runs: every documented combination
+    /// rendered and linted by Helm's engine, schemas, least privilege, the values schema's
+    /// refusals, kube-prometheus-stack's selectors, rules and their unit tests, dashboard,
+    /// metric contract, and deploy/reapwatch.yaml against the chart.
     DeployCheck,
+    /// Write deploy/reapwatch.yaml (the chart's defaults, for clusters without Helm).
+    DeployRender,
     /// Run the end-to-end suite in qemu on each kernel and cgroup layout of the matrix
     /// (5.10 with cgroup v1, 6.1 with cgroup v2, 6.12 hybrid).
     VmTest {
@@ -142,6 +146,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::DeployCheck => {
             setup::all()?;
             deploy::check()
+        }
+        Task::DeployRender => {
+            setup::all()?;
+            deploy::render_plain_manifests()
         }
         Task::Image { test } => {
             setup::all()?;

@@ -45,6 +45,8 @@ const PACKAGES: &[&str] = &[
     "qemu-system-arm",
     // vm-test finds the libraries a guest's programs need with readelf, for any architecture.
     "binutils",
+    // libseccomp's scmp_sys_resolver: the seccomp profile's names on each architecture.
+    "seccomp",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,4 +1,4 @@
-//! The exporter's metric contract (`deploy/metrics.txt`), and the check that queries use
+//! The exporter's metric contract (`charts/reapwatch/files/metrics.txt`), and the check that queries use
 //! only its metrics.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use super::promql::metric_names;
 /// own `up`, and kube-state-metrics' `kube_pod_owner` (workloads, where it runs).
 const PROMETHEUS_SERIES: &[&str] = &["up", "kube_pod_owner"];
 
-/// The exporter's metric families, from `deploy/metrics.txt`: name -> Prometheus type.
+/// The exporter's metric families, from `charts/reapwatch/files/metrics.txt`: name -> Prometheus type.
 pub(super) struct Contract {
     pub(super) families: BTreeMap<String, String>,
 }
@@ -80,7 +80,7 @@ pub(super) fn check_names(
         if let Some(family) = contract.family_of(&name) {
             used.insert(family.to_owned());
         } else if !recorded.contains(&name) && !PROMETHEUS_SERIES.contains(&name.as_str()) {
-            bail!("{what}: {name} is not in deploy/metrics.txt, the exporter's contract");
+            bail!("{what}: {name} is not in charts/reapwatch/files/metrics.txt, the exporter's contract");
         }
     }
     Ok(())
