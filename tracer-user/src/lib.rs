@@ -2,8 +2,9 @@
 //!
 //! The kernel programs (`tracer-ebpf`) keep the zombies and counters; [`kernel`] loads them,
 //! [`state`] reconciles them with `/proc` and groups them per parent, [`cgroup`] attributes
-//! processes to containers, [`watch`] is the refresh loop `top` and `serve` share, and
-//! [`commands`] renders what a person or a script asks for.
+//! processes to containers, [`kubelet`] reads the kubelet's PID eviction settings, [`watch`]
+//! is the refresh loop `top` and `serve` share, and [`commands`] renders what a person or a
+//! script asks for.
 
 pub mod cgroup;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod escape;
 pub mod exporter;
 pub mod forecast;
 pub mod kernel;
+pub mod kubelet;
 pub mod kubernetes;
 pub mod procfs;
 pub mod state;

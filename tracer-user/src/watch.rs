@@ -93,6 +93,12 @@ impl Watch {
         })
     }
 
+    /// Seconds until the node's tasks reach `tasks` on the node forecast's trend; None without
+    /// a significant rising trend.
+    pub fn tasks_eta_seconds(&self, tasks: u64) -> Option<f64> {
+        self.node_growth.eta_seconds(tasks as f64)
+    }
+
     fn reconcile_at(&mut self, now: Instant, zombie_losses: u64) -> Result<()> {
         self.engine.reconcile()?;
         self.reconciles.done(now, zombie_losses);

@@ -51,3 +51,19 @@ release: {{ . | quote }}
 {{- define "reapwatch.serverName" -}}
 {{- printf "%s.%s.svc" (include "reapwatch.fullname" .) .Release.Namespace -}}
 {{- end -}}
+
+{{/*
+The kubelet's config paths to mount, each checked: never one that holds, or lies within,
+the kubelet's or the control plane's credentials or the pods' volumes.
+*/}}
+{{- define "reapwatch.kubeletConfigPaths" -}}
+{{- $sensitive := list "/var/lib/kubelet/pods" "/var/lib/kubelet/pki" "/var/lib/kubelet/kubeconfig" "/var/lib/kubelet/plugins" "/var/lib/kubelet/pod-resources" "/var/lib/kubelet/device-plugins" "/etc/kubernetes/pki" "/etc/kubernetes/kubelet.conf" "/etc/kubernetes/admin.conf" "/etc/kubernetes/bootstrap-kubelet.conf" "/var/run/secrets" "/run/secrets" -}}
+{{- range $index, $path := .Values.kubelet.configPaths -}}
+{{- range $sensitive -}}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" $path) .) (hasPrefix (printf "%s/" .) $path) -}}
+{{- fail (printf "kubelet.configPaths: %s reaches %s, which holds credentials or pod volumes: name the kubelet's config file or drop-in directory itself" $path .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson .Values.kubelet.configPaths -}}
+{{- end -}}

@@ -180,6 +180,29 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         node_eta.push(Vec::new(), eta);
     }
 
+    let kubelet = node.kubelet;
+    let mut kubelet_thresholds = Family::new(
+        "reapwatch_kubelet_pid_eviction_threshold",
+        "The kubelet's pid.available eviction threshold in PIDs (kind hard or soft); absent when not set or not known (reapwatch_kubelet_eviction_known).",
+        GAUGE,
+    );
+    for (kind, threshold) in [
+        ("hard", kubelet.hard_threshold),
+        ("soft", kubelet.soft_threshold),
+    ] {
+        if let Some(threshold) = threshold {
+            kubelet_thresholds.push(vec![("kind", kind.to_owned())], threshold as f64);
+        }
+    }
+    let mut kubelet_eta = Family::new(
+        "reapwatch_kubelet_pid_pressure_eta_seconds",
+        "Seconds until the kubelet's pid.available falls to its first eviction threshold (PIDPressure) at the growth of the forecast window; absent when not growing or no threshold.",
+        GAUGE,
+    );
+    if let Some(eta) = kubelet.pressure_eta_seconds {
+        kubelet_eta.push(Vec::new(), eta);
+    }
+
     let mut build = Family::new(
         "reapwatch_build_info",
         "Version and kernel of this tracer.",
@@ -261,6 +284,18 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
             node.threads_max as f64,
         ),
         node_eta,
+        gauge(
+            "reapwatch_kubelet_pid_available",
+            "pid.available as the kubelet computes it: min(pid_max, threads-max) less every task, zombies included.",
+            node.pid_max.min(node.threads_max).saturating_sub(node.tasks) as f64,
+        ),
+        gauge(
+            "reapwatch_kubelet_eviction_known",
+            "1 when the kubelet's eviction settings were read whole (a threshold then absent is not set), 0 when no kubelet was found or its files could not be read.",
+            f64::from(u8::from(kubelet.known)),
+        ),
+        kubelet_thresholds,
+        kubelet_eta,
         build,
         lost,
         entries,
@@ -415,7 +450,7 @@ fn escape_help(help: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exporter::model::{CgroupSeries, MapUsage, NodeSeries, ParentSeries};
+    use crate::exporter::model::{CgroupSeries, KubeletSeries, MapUsage, NodeSeries, ParentSeries};
     use tracer_common::LifetimeHistogram;
 
     fn model() -> Model {
@@ -450,6 +485,7 @@ mod tests {
                 pid_max: 32768,
                 threads_max: 90000,
                 eta_seconds: None,
+                kubelet: Default::default(),
             },
             lifetimes,
             version: "0.1.0",
@@ -488,6 +524,42 @@ mod tests {
         assert!(text.contains("reapwatch_zombies_created_total{cgroup=\"/kubepods/x\""));
         assert!(text.contains(r#"reapwatch_zombie_lifetime_seconds_bucket{le="+Inf"} 2"#));
         assert!(text.contains(r#"comm="a\"b\nc{}\\""#));
+    }
+
+    #[test]
+    fn the_kubelet_view_says_what_is_known() {
+        // Unknown: pid.available all the same, no threshold, known 0.
+        let text = String::from_utf8(encode_text(&families(&model())).unwrap()).unwrap();
+        assert!(
+            text.contains("reapwatch_kubelet_pid_available 32468\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reapwatch_kubelet_eviction_known 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("reapwatch_kubelet_pid_eviction_threshold"));
+        let mut m = model();
+        m.node.kubelet = KubeletSeries {
+            known: true,
+            hard_threshold: Some(3277),
+            soft_threshold: None,
+            pressure_eta_seconds: Some(600.0),
+        };
+        let text = String::from_utf8(encode_text(&families(&m)).unwrap()).unwrap();
+        assert!(
+            text.contains("reapwatch_kubelet_eviction_known 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("reapwatch_kubelet_pid_eviction_threshold{kind=\"hard\"} 3277\n"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"soft\""));
+        assert!(
+            text.contains("reapwatch_kubelet_pid_pressure_eta_seconds 600\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -62,6 +62,20 @@ pub struct NodeSeries {
     pub pid_max: u64,
     pub threads_max: u64,
     pub eta_seconds: Option<f64>,
+    pub kubelet: KubeletSeries,
+}
+
+/// The kubelet's PID eviction as it will see this node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KubeletSeries {
+    /// Whether its settings were read whole: then a threshold it lacks is not set.
+    pub known: bool,
+    /// `pid.available` thresholds, in PIDs.
+    pub hard_threshold: Option<u64>,
+    pub soft_threshold: Option<u64>,
+    /// Seconds until `pid.available` falls to the first threshold on the node forecast's
+    /// trend.
+    pub pressure_eta_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug)]

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -12,8 +13,8 @@ use tracer_common::{CgroupCounters, Loss};
 use super::{
     ledger::CounterLedger,
     model::{
-        CgroupLabels, CgroupSeries, Health, MapUsage, Model, NodeSeries, ParentSeries, PidsSeries,
-        SeriesCounters,
+        CgroupLabels, CgroupSeries, Health, KubeletSeries, MapUsage, Model, NodeSeries,
+        ParentSeries, PidsSeries, SeriesCounters,
     },
     settings::{CgroupSeriesChoice, Settings},
 };
@@ -21,6 +22,7 @@ use crate::{
     escape,
     forecast::GrowthTracker,
     kernel::preflight,
+    kubelet::{KubeletView, KubeletWatch},
     kubernetes::{self, PodDirectory},
     state::StateEngine,
     watch::Watch,
@@ -38,6 +40,7 @@ pub struct Sampler {
     cgroup_growth: HashMap<u64, GrowthTracker>,
     wait_entries: u64,
     kernel: String,
+    kubelet: KubeletWatch,
 }
 
 /// A new cgroup's attribution can lag: its path comes from a walk of the hierarchy (at most
@@ -76,6 +79,7 @@ impl Sampler {
             cgroup_growth: HashMap::new(),
             wait_entries: 0,
             kernel: preflight::kernel_release()?,
+            kubelet: KubeletWatch::default(),
         })
     }
 
@@ -86,6 +90,8 @@ impl Sampler {
         let tick = self.watch.tick()?;
         if tick.reconciled {
             self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
+            // Its files are mounted at their host paths.
+            self.kubelet.refresh(Path::new("/proc"), Path::new("/"));
         }
         let elapsed = tick.elapsed.as_secs_f64();
         let parents = tick.parents;
@@ -156,6 +162,7 @@ impl Sampler {
             pid_max: tick.node.pid_max,
             threads_max: tick.node.threads_max,
             eta_seconds: tick.node_eta_seconds,
+            kubelet: self.kubelet_series(tick.node.limit()),
         };
 
         let mut top = Vec::new();
@@ -305,6 +312,24 @@ impl Sampler {
 
 /// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
 /// of all); their counters come from the ledger.
+impl Sampler {
+    /// The kubelet's thresholds on a node of `capacity` PIDs, and when `pid.available` (the
+    /// capacity less every task) reaches the first of them.
+    fn kubelet_series(&self, capacity: u64) -> KubeletSeries {
+        let KubeletView::Known { eviction, .. } = self.kubelet.view() else {
+            return KubeletSeries::default();
+        };
+        KubeletSeries {
+            known: true,
+            hard_threshold: eviction.hard.map(|t| t.pids(capacity)),
+            soft_threshold: eviction.soft.map(|t| t.pids(capacity)),
+            pressure_eta_seconds: eviction
+                .first_threshold(capacity)
+                .and_then(|t| self.watch.tasks_eta_seconds(capacity.saturating_sub(t))),
+        }
+    }
+}
+
 fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
     into.labels = series.labels;
     // Every id of a series shares its ledger totals: the last one fed has them all.

@@ -67,6 +67,18 @@ fn refused() -> Vec<(Value, &'static str)> {
             "/serviceMonitor/interval",
         ),
         (json!({ "podLabels": { "bad label": "x" } }), "'bad label'"),
+        (
+            json!({ "kubelet": { "configPaths": ["/var/lib/kubelet"] } }),
+            "/var/lib/kubelet reaches /var/lib/kubelet/pods",
+        ),
+        (
+            json!({ "kubelet": { "configPaths": ["/etc/kubernetes"] } }),
+            "/etc/kubernetes reaches /etc/kubernetes/pki",
+        ),
+        (
+            json!({ "kubelet": { "configPaths": ["kubelet.yaml"] } }),
+            "/kubelet/configPaths/0",
+        ),
     ]
 }
 

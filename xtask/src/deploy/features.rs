@@ -127,6 +127,30 @@ fn check_wiring(resources: &[Resource], values: &Value) -> Result<()> {
         service["spec"]["ports"][0]["targetPort"] == "metrics",
         "the Service reaches the metrics port"
     );
+    // The kubelet's files at their host paths, as its command line names them.
+    for path in values["kubelet"]["configPaths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| {
+                m["mountPath"] == *path
+                    && m["readOnly"] == true
+                    && template["spec"]["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["name"] == m["name"] && v["hostPath"]["path"] == *path)
+            });
+        ensure!(
+            mounted,
+            "kubelet config {path} is not mounted read-only at its host path"
+        );
+    }
     if values["priorityClass"]["create"] == true {
         let class = find(resources, "PriorityClass")?;
         ensure!(

@@ -19,6 +19,33 @@ const ALLOWED_HOST_PATHS: &[&str] = &[
 /// absolute path: both are mounted, each at its host path.
 const KUBELET_LOG_DIRS: &[&str] = &["/var/log/pods", "/var/log/containers"];
 
+/// Where the kubelet keeps credentials and every pod's volumes: no mount of its configuration
+/// may reach them.
+const KUBELET_SECRETS: &[&str] = &[
+    "/var/lib/kubelet/pods",
+    "/var/lib/kubelet/pki",
+    "/etc/kubernetes/pki",
+];
+
+/// A mount of the kubelet's configuration: an absolute path that neither holds nor lies in
+/// the kubelet's secrets.
+fn check_kubelet_config_path(path: &str) -> Result<()> {
+    ensure!(
+        path.starts_with('/') && !path.split('/').any(|s| s == ".." || s == "."),
+        "kubelet config path {path} must be absolute and plain"
+    );
+    for secret in KUBELET_SECRETS {
+        let within = |outer: &str, inner: &str| {
+            inner.starts_with(&format!("{}/", outer.trim_end_matches('/')))
+        };
+        ensure!(
+            path != *secret && !within(path, secret) && !within(secret, path),
+            "kubelet config path {path} reaches {secret}, which holds credentials or pod volumes"
+        );
+    }
+    Ok(())
+}
+
 /// The DaemonSet's privileges are the design, not an accident: checks each of them.
 pub(super) fn check(resources: &[Resource]) -> Result<()> {
     let daemonset = find(resources, "DaemonSet")?;
@@ -91,6 +118,13 @@ pub(super) fn check(resources: &[Resource]) -> Result<()> {
         let path = volume["hostPath"]["path"]
             .as_str()
             .with_context(|| format!("volume {} is not a hostPath", volume["name"]))?;
+        if volume["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kubelet-config-"))
+        {
+            check_kubelet_config_path(path)?;
+            continue;
+        }
         ensure!(
             ALLOWED_HOST_PATHS.contains(&path),
             "host path {path} is more than the tracer needs"
@@ -151,4 +185,25 @@ pub(super) fn check(resources: &[Resource]) -> Result<()> {
         "image {image} is not this version ({tag}), which `cargo xtask image` builds"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubelet_config_paths_keep_out_of_its_secrets() {
+        assert!(check_kubelet_config_path("/var/lib/kubelet/config.yaml").is_ok());
+        assert!(check_kubelet_config_path("/etc/kubernetes/kubelet/config.json.d").is_ok());
+        for bad in [
+            "/var/lib/kubelet",
+            "/",
+            "/etc",
+            "/var/lib/kubelet/pods/x/volumes",
+            "etc/x",
+            "/a/../var/lib/kubelet",
+        ] {
+            assert!(check_kubelet_config_path(bad).is_err(), "{bad}");
+        }
+    }
 }
