@@ -218,6 +218,30 @@ impl CgroupHierarchy {
         Some((current, max.trim().parse().ok()))
     }
 
+    /// Processes (not threads, never zombies) in the cgroup and every cgroup below it: what
+    /// `cgroup.procs` lists, as the kubelet counts a pod's processes.
+    pub fn processes_below(&self, path: impl AsRef<[u8]>) -> u64 {
+        let mut count = 0;
+        let mut stack = vec![self.dir(path.as_ref())];
+        while let Some(dir) = stack.pop() {
+            if let Ok(procs) = fs::read(dir.join("cgroup.procs")) {
+                count += procs
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count() as u64;
+            }
+            if let Ok(entries) = fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        count
+    }
+
     /// Forks refused because the cgroup (or an ancestor) was at its `pids.max`: the `max`
     /// line of `pids.events`. None where the file is missing.
     pub fn fork_failures(&self, path: impl AsRef<[u8]>) -> Option<u64> {

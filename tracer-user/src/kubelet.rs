@@ -14,9 +14,10 @@ use std::{
     time::Duration,
 };
 
+use serde::Serialize;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::{escape, procfs};
+use crate::{cgroup::CgroupHierarchy, escape, kubernetes, procfs};
 
 /// The eviction signal reapwatch reads.
 const SIGNAL: &str = "pid.available";
@@ -104,6 +105,40 @@ pub enum KubeletView {
     Known { pid: u32, eviction: PidEviction },
     /// Found, but a file it reads could not be read or understood: thresholds unknown.
     Unknown { pid: u32 },
+}
+
+/// The kubelet's view of the node, as `scan --json` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KubeletReport {
+    /// A kubelet process was found.
+    pub found: bool,
+    /// Its eviction settings were read whole: a null threshold is then not set.
+    pub known: bool,
+    /// min(pid_max, threads-max) less every task, zombies included.
+    pub pid_available: u64,
+    /// `pid.available` thresholds in PIDs; null when not set or not known.
+    pub hard_threshold: Option<u64>,
+    pub soft_threshold: Option<u64>,
+}
+
+impl KubeletView {
+    pub fn report(&self, node: &procfs::NodeLimits) -> KubeletReport {
+        let capacity = node.limit();
+        let eviction = match self {
+            Self::Known { eviction, .. } => Some(eviction),
+            _ => None,
+        };
+        let threshold = |pick: fn(&PidEviction) -> Option<Threshold>| {
+            eviction.and_then(pick).map(|t| t.pids(capacity))
+        };
+        KubeletReport {
+            found: *self != Self::NotFound,
+            known: eviction.is_some(),
+            pid_available: capacity.saturating_sub(node.tasks),
+            hard_threshold: threshold(|e| e.hard),
+            soft_threshold: threshold(|e| e.soft),
+        }
+    }
 }
 
 /// The view and what stood in its way, each a line for the log.
@@ -385,40 +420,34 @@ fn go_duration(text: &str) -> Option<Duration> {
 
 /// What the kubelet's PID eviction makes of one pod: it ranks pods by priority, then by live
 /// processes (`cgroup.procs`), which leave out its zombies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodRanking {
-    /// Processes listed in the `cgroup.procs` of the pod's cgroup and those below it.
+    /// The pod's cgroup (its containers' parent).
+    pub pod_cgroup: String,
+    /// What the kubelet ranks it by: processes in `cgroup.procs` of the pod's cgroups.
     pub live_processes: u64,
-    /// The pod cgroup's `pids.current`: every task, zombies included; None without the pids
-    /// controller.
+    /// What it really holds: the pod cgroup's `pids.current`, every task and zombie; null
+    /// without the pids controller.
     pub pids_held: Option<u64>,
+    /// Unreaped zombies whose parent is in the pod.
     pub zombies: u64,
-    /// The pod cgroup's `pids.max` (`podPidsLimit`); None when it is `max` (unset).
+    /// The pod cgroup's `pids.max` (`podPidsLimit`); null when unset (`max`) or unknown.
     pub pod_pids_limit: Option<u64>,
 }
 
 impl PodRanking {
-    /// The pod's live processes, below `pod_cgroup` (a directory of a hierarchy).
-    pub fn live_processes(pod_cgroup: &Path) -> u64 {
-        let mut count = 0;
-        let mut dirs = vec![pod_cgroup.to_path_buf()];
-        while let Some(dir) = dirs.pop() {
-            if let Ok(procs) = fs::read(dir.join("cgroup.procs")) {
-                count += procs
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count() as u64;
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                dirs.extend(
-                    entries
-                        .filter_map(|e| e.ok())
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-        }
-        count
+    /// The ranking of the pod `container_cgroup` belongs to, which holds `zombies`; None
+    /// outside a pod.
+    pub fn of(hierarchy: &CgroupHierarchy, container_cgroup: &str, zombies: u64) -> Option<Self> {
+        let pod = kubernetes::pod_cgroup(container_cgroup)?;
+        let pids = hierarchy.pids(pod);
+        Some(Self {
+            pod_cgroup: pod.to_owned(),
+            live_processes: hierarchy.processes_below(pod),
+            pids_held: pids.map(|(current, _)| current),
+            zombies,
+            pod_pids_limit: pids.and_then(|(_, max)| max),
+        })
     }
 }
 

@@ -36,6 +36,20 @@ pub fn parse_path(path: &str) -> ContainerRef {
     found
 }
 
+/// The pod's own cgroup: the path up to the segment that names the pod, which holds the
+/// pod's containers (and carries `podPidsLimit` as its `pids.max`).
+pub fn pod_cgroup(path: &str) -> Option<&str> {
+    let mut end = 0;
+    for segment in path.split('/') {
+        let at = end + segment.len();
+        if pod_uid(segment).is_some() {
+            return Some(&path[..at]);
+        }
+        end = at + 1;
+    }
+    None
+}
+
 fn pod_uid(segment: &str) -> Option<String> {
     let name = segment.strip_suffix(".slice").unwrap_or(segment);
     let uid = match name.rfind("-pod") {
@@ -187,6 +201,21 @@ fn entries(dir: &Path) -> impl Iterator<Item = Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_cgroup_of_a_container() {
+        assert_eq!(
+            pod_cgroup("/kubepods/burstable/pod4a1f2c9e-0000-4000-8000-000000000001/0c3e"),
+            Some("/kubepods/burstable/pod4a1f2c9e-0000-4000-8000-000000000001")
+        );
+        assert_eq!(
+            pod_cgroup(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4a1f2c9e_0000_4000_8000_000000000001.slice/cri-containerd-ab.scope"
+            ),
+            Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod4a1f2c9e_0000_4000_8000_000000000001.slice")
+        );
+        assert_eq!(pod_cgroup("/system.slice/kubelet.service"), None);
+    }
 
     const UID: &str = "5f3a8c1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b";
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

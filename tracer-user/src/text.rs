@@ -1,9 +1,11 @@
 //! How the commands word what they show: durations, ages, fitting names into columns by
 //! their display width, how a process ended, and where it runs.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+use crate::kubelet::{KubeletReport, KubeletView, PodRanking};
 
 /// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
 pub fn human_duration(seconds: f64) -> String {
@@ -140,6 +142,74 @@ pub fn pod_place(
     Some(format!("{namespace}/{pod}/{}", container.unwrap_or("?")))
 }
 
+/// What the kubelet's PID eviction makes of a pod with zombies, in words: what it ranks the
+/// pod by beside what the pod holds, and what would contain it. Hedged where the kubelet's
+/// version and the pods' priorities are not known.
+pub fn kubelet_ranking(ranking: &PodRanking, kubelet: &KubeletView) -> String {
+    let processes = plural(ranking.live_processes, "live process", "live processes");
+    let mut text = format!(
+        "the kubelet's PID eviction ranks this pod, after priority, by its {processes} \
+         (kubelets before 1.30 count 0 for every pod); "
+    );
+    match ranking.pids_held {
+        Some(held) => {
+            let _ = write!(text, "it holds {held} PIDs ({} zombies)", ranking.zombies);
+        }
+        None => {
+            let _ = write!(text, "it holds {} zombies besides them", ranking.zombies);
+        }
+    }
+    if ranking.zombies > ranking.live_processes {
+        text.push_str(": eviction will take pods with more live processes first");
+    }
+    match ranking.pod_pids_limit {
+        Some(limit) => {
+            let _ = write!(
+                text,
+                ". podPidsLimit is {limit}: a leak fails inside this pod"
+            );
+        }
+        None => text.push_str(". Set podPidsLimit (now unset) to contain a leak in its pod"),
+    }
+    match kubelet {
+        KubeletView::Known { eviction, .. }
+            if eviction.hard.is_none() && eviction.soft.is_none() =>
+        {
+            text.push_str(
+                ". This kubelet has no pid.available threshold: it evicts nothing for PIDs until \
+                 forks fail node-wide",
+            );
+        }
+        KubeletView::Known { .. } => {}
+        KubeletView::Unknown { .. } => text.push_str(" (the kubelet's thresholds are unknown)"),
+        KubeletView::NotFound => text.push_str(" (no kubelet found on this node)"),
+    }
+    text.push('.');
+    text
+}
+
+/// The kubelet's PID eviction on this node, in words.
+pub fn kubelet_line(kubelet: &KubeletReport) -> String {
+    match (kubelet.found, kubelet.known, kubelet.hard_threshold, kubelet.soft_threshold) {
+        (false, ..) => "kubelet: none found on this node".to_owned(),
+        (true, false, ..) => "kubelet: its pid.available thresholds are unknown (its files cannot be read: see the runbook's \"The kubelet's configuration\")".to_owned(),
+        (true, true, None, None) => format!(
+            "kubelet: pid.available {}, no eviction threshold (the default): no PID eviction before forks fail node-wide",
+            kubelet.pid_available
+        ),
+        (true, true, hard, soft) => format!(
+            "kubelet: pid.available {}, evicts pods under {} (hard) or {} (soft)",
+            kubelet.pid_available,
+            hard.map_or("none".to_owned(), |t| t.to_string()),
+            soft.map_or("none".to_owned(), |t| t.to_string())
+        ),
+    }
+}
+
+fn plural(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
 /// A Kubernetes name as the reports carry it: an empty one, not found, is None.
 pub fn known<S: AsRef<str>>(name: S) -> Option<S> {
     (!name.as_ref().is_empty()).then_some(name)
@@ -148,6 +218,7 @@ pub fn known<S: AsRef<str>>(name: S) -> Option<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubelet::{PidEviction, Threshold};
 
     #[test]
     fn durations() {
@@ -195,6 +266,65 @@ mod tests {
         assert_eq!(Ending::Killed(9).to_string(), "killed by signal 9");
         assert_eq!(Ending::Killed(9).exit_code(), None);
         assert_eq!(Ending::Exited(0).signal(), None);
+    }
+
+    fn ranking(live: u64, held: Option<u64>, zombies: u64, limit: Option<u64>) -> PodRanking {
+        PodRanking {
+            pod_cgroup: "/kubepods/pod".into(),
+            live_processes: live,
+            pids_held: held,
+            zombies,
+            pod_pids_limit: limit,
+        }
+    }
+
+    #[test]
+    fn the_kubelets_ranking_in_words() {
+        let none_set = KubeletView::Known {
+            pid: 1,
+            eviction: PidEviction::default(),
+        };
+        assert_eq!(
+            kubelet_ranking(&ranking(3, Some(4120), 4117, None), &none_set),
+            "the kubelet's PID eviction ranks this pod, after priority, by its 3 live processes \
+             (kubelets before 1.30 count 0 for every pod); it holds 4120 PIDs (4117 zombies): \
+             eviction will take pods with more live processes first. Set podPidsLimit (now \
+             unset) to contain a leak in its pod. This kubelet has no pid.available threshold: \
+             it evicts nothing for PIDs until forks fail node-wide."
+        );
+        let set = KubeletView::Known {
+            pid: 1,
+            eviction: PidEviction {
+                hard: Some(Threshold::Percent(10.0)),
+                ..PidEviction::default()
+            },
+        };
+        let text = kubelet_ranking(&ranking(1, None, 0, Some(512)), &set);
+        assert!(text.contains("by its 1 live process "), "{text}");
+        assert!(
+            text.contains("it holds 0 zombies besides them. podPidsLimit is 512"),
+            "{text}"
+        );
+        assert!(!text.contains("more live processes first"), "{text}");
+        assert!(text.ends_with("a leak fails inside this pod."), "{text}");
+        assert!(
+            kubelet_ranking(&ranking(1, None, 2, None), &KubeletView::Unknown { pid: 1 })
+                .ends_with("(the kubelet's thresholds are unknown).")
+        );
+        let node = crate::procfs::NodeLimits {
+            tasks: 1000,
+            pid_max: 32768,
+            threads_max: 90000,
+        };
+        assert_eq!(
+            kubelet_line(&set.report(&node)),
+            "kubelet: pid.available 31768, evicts pods under 3277 (hard) or none (soft)"
+        );
+        assert!(kubelet_line(&none_set.report(&node)).contains("no eviction threshold"));
+        assert_eq!(
+            kubelet_line(&KubeletView::NotFound.report(&node)),
+            "kubelet: none found on this node"
+        );
     }
 
     #[test]

@@ -20,18 +20,34 @@ use crate::{
     escape,
     forecast::GrowthTracker,
     kernel::clock::monotonic_ns,
+    kubelet::{self, KubeletReport, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
     state::{exit_times, found_in_proc, ChildState, ParentState},
-    text::{human_duration, known, pod_place},
+    text::{self, human_duration, known, pod_place},
 };
 
-/// The `scan --json` document: `parents` as in `snapshot --json`, plus `node` and `cgroups`.
+/// The `scan --json` document: `parents` as in `snapshot --json`, plus `node`, `cgroups`,
+/// the kubelet's PID eviction and what it makes of each pod with zombies.
 #[derive(Serialize)]
 pub struct ScanReport {
     pub parents: Vec<ParentReport>,
     pub node: NodeReport,
     pub cgroups: Vec<CgroupHeadroomReport>,
+    pub kubelet: KubeletReport,
+    pub pods: Vec<PodReport>,
+}
+
+/// A pod with unreaped zombies, as the kubelet's PID eviction ranks it.
+#[derive(Serialize)]
+pub struct PodReport {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    #[serde(flatten)]
+    pub ranking: PodRanking,
+    /// The same in words, as the text report says it.
+    #[serde(skip)]
+    pub words: String,
 }
 
 #[derive(Serialize)]
@@ -333,10 +349,36 @@ fn build(
             }
         })
         .collect();
+    // The kubelet's ranking of each pod with zombies.
+    let kubelet = kubelet::discover(proc_root, Path::new("/")).view;
+    let mut zombies_by_pod: BTreeMap<&str, u64> = BTreeMap::new();
+    for (path, zombies) in &zombies_by_cgroup {
+        if let Some(pod) = kubernetes::pod_cgroup(path) {
+            *zombies_by_pod.entry(pod).or_default() += zombies;
+        }
+    }
+    let mut pod_reports = Vec::new();
+    if let Some(h) = hierarchy.as_deref() {
+        for (pod, zombies) in zombies_by_pod {
+            let Some(ranking) = PodRanking::of(h, pod, zombies) else {
+                continue;
+            };
+            let labels = pods.labels(&kubernetes::parse_path(pod));
+            pod_reports.push(PodReport {
+                namespace: known(labels.namespace),
+                pod: known(labels.pod),
+                words: text::kubelet_ranking(&ranking, &kubelet),
+                ranking,
+            });
+        }
+    }
+    pod_reports.sort_by_key(|p| std::cmp::Reverse(p.ranking.zombies));
     Ok(ScanReport {
         parents,
         node,
         cgroups,
+        kubelet: kubelet.report(&last.limits),
+        pods: pod_reports,
     })
 }
 
@@ -407,6 +449,21 @@ fn table(report: &ScanReport) -> String {
                 c.pids_fork_failures
                     .map_or("-".to_owned(), |n| n.to_string()),
                 escape::for_terminal(place.as_bytes())
+            );
+        }
+    }
+    if !report.pods.is_empty() {
+        let _ = writeln!(out, "\n{}", text::kubelet_line(&report.kubelet));
+        for pod in &report.pods {
+            let place = pod_place(pod.namespace.as_deref(), pod.pod.as_deref(), Some(""))
+                .map_or(pod.ranking.pod_cgroup.clone(), |p| {
+                    p.trim_end_matches('/').to_owned()
+                });
+            let _ = writeln!(
+                out,
+                "{}: {}",
+                escape::for_terminal(place.as_bytes()),
+                pod.words
             );
         }
     }

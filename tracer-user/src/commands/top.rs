@@ -31,9 +31,11 @@ use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
+    kubelet::{self, PodRanking},
     kubernetes::{self, PodDirectory},
-    state::StateEngine,
-    text::{known, pod_place},
+    procfs::NodeLimits,
+    state::{ParentState, StateEngine},
+    text::{self, known, pod_place},
     watch::Watch,
 };
 
@@ -110,6 +112,9 @@ struct Collector {
     /// with their refused forks when first seen.
     limited: BTreeMap<String, u64>,
     limited_walk: Option<Instant>,
+    /// The kubelet's lines, looked up every [`LIMITED_WALK_EVERY`].
+    kubelet: Vec<String>,
+    kubelet_at: Option<Instant>,
 }
 
 /// How often the hierarchy is walked for cgroups with a `pids.max`.
@@ -126,6 +131,8 @@ impl Collector {
             last_forget: Instant::now(),
             limited: BTreeMap::new(),
             limited_walk: None,
+            kubelet: Vec::new(),
+            kubelet_at: None,
         })
     }
 
@@ -171,12 +178,44 @@ impl Collector {
             .collect()
     }
 
+    /// The kubelet's PID eviction on this node, and what it makes of the pod that holds the
+    /// most zombies.
+    fn kubelet_lines(&mut self, node: &NodeLimits, parents: &[ParentState]) -> Vec<String> {
+        if self
+            .kubelet_at
+            .is_some_and(|at| at.elapsed() < LIMITED_WALK_EVERY)
+        {
+            return self.kubelet.clone();
+        }
+        self.kubelet_at = Some(Instant::now());
+        let view = kubelet::discover(Path::new("/proc"), Path::new("/")).view;
+        let mut lines = vec![text::kubelet_line(&view.report(node))];
+        let mut by_pod: BTreeMap<&str, u64> = BTreeMap::new();
+        for parent in parents {
+            if let Some(pod) = parent.cgroup.as_deref().and_then(kubernetes::pod_cgroup) {
+                *by_pod.entry(pod).or_default() += parent.children.len() as u64;
+            }
+        }
+        let most = by_pod
+            .into_iter()
+            .max_by_key(|&(pod, zombies)| (zombies, std::cmp::Reverse(pod)));
+        if let (Some((pod, zombies)), Some(hierarchy)) = (most, self.watch.engine().hierarchy()) {
+            if let Some(ranking) = PodRanking::of(hierarchy, pod, zombies) {
+                let words = text::kubelet_ranking(&ranking, &view);
+                lines.push(format!("{}: {words}", self.container(Some(pod))));
+            }
+        }
+        self.kubelet = lines;
+        self.kubelet.clone()
+    }
+
     fn collect(&mut self) -> Result<TopSample> {
         let tick = self.watch.tick()?;
         if self.last_forget.elapsed() >= super::FORGET_REMOVED_EVERY {
             super::forget_removed_cgroups(self.watch.engine_mut())?;
             self.last_forget = Instant::now();
         }
+        let kubelet = self.kubelet_lines(&tick.node, &tick.parents);
         let mut parents = Vec::new();
         for parent in tick.parents {
             let oldest = parent.oldest();
@@ -206,12 +245,14 @@ impl Collector {
             Some(left) => Eta::Measuring(left),
             None => tick.node_eta_seconds.map_or(Eta::NotGrowing, Eta::Seconds),
         };
+
         Ok(TopSample {
             taken: SystemTime::now(),
             node: tick.node,
             eta,
             parents,
             full: self.full_cgroups(),
+            kubelet,
         })
     }
 

@@ -1,6 +1,7 @@
 //! `reapwatch why <pid>`: everything that explains one parent's zombies, and what to do.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     fs,
     path::Path,
@@ -11,14 +12,15 @@ use anyhow::{Context, Result};
 use tracer_common::{Event, EventKind, SIGCHLD};
 
 use crate::{
-    cgroup,
+    cgroup::{self, CgroupHierarchy},
     cli::{TracerArgs, WhyArgs},
     escape,
     kernel::{clock::monotonic_ns, MapSizes},
+    kubelet::{self, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
     state::{self, Change, StateEngine},
-    text::{human_duration, Ending},
+    text::{self, human_duration, Ending},
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.
@@ -115,13 +117,11 @@ pub fn run(args: &WhyArgs) -> Result<()> {
     let path = cgroup::select_host_path(hierarchy.as_mut(), &cgroups).unwrap_or_default();
     let labels = PodDirectory::new(&args.pods.pod_logs_dir).labels(&kubernetes::parse_path(&path));
 
+    let processes = procfs::scan(proc_root)?.processes;
+    let kubelet = kubelet_ranking(proc_root, hierarchy.as_mut(), &path, &processes);
     let mut zombies: Vec<ProcStat> = Vec::new();
     let mut live_children = 0;
-    for p in procfs::scan(proc_root)?
-        .processes
-        .into_iter()
-        .filter(|p| p.ppid == pid)
-    {
+    for p in processes.into_iter().filter(|p| p.ppid == pid) {
         if p.is_unreaped_zombie() {
             zombies.push(p);
         } else {
@@ -210,10 +210,45 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         }
     }
     out.push('\n');
-    for finding in findings(&facts, &zombies, watched.as_ref().ok()) {
+    let mut found = findings(&facts, &zombies, watched.as_ref().ok());
+    if !zombies.is_empty() {
+        found.extend(kubelet);
+    }
+    for finding in found {
         let _ = writeln!(out, "- {finding}");
     }
     super::emit(&out)
+}
+
+/// What the kubelet's PID eviction makes of the pod of the cgroup `path`, with every zombie
+/// whose parent is in that pod; None outside a pod.
+fn kubelet_ranking(
+    proc_root: &Path,
+    hierarchy: Option<&mut CgroupHierarchy>,
+    path: &str,
+    processes: &[ProcStat],
+) -> Option<String> {
+    let hierarchy = hierarchy?;
+    let pod = kubernetes::pod_cgroup(path)?.to_owned();
+    let mut by_parent: HashMap<u32, u64> = HashMap::new();
+    for z in processes.iter().filter(|p| p.is_unreaped_zombie()) {
+        *by_parent.entry(z.ppid).or_default() += 1;
+    }
+    let mut zombies = 0;
+    for (parent, count) in by_parent {
+        let cgroups = procfs::read_cgroups(proc_root, parent)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let parent_path =
+            cgroup::select_host_path(Some(&mut *hierarchy), &cgroups).unwrap_or_default();
+        if kubernetes::pod_cgroup(&parent_path) == Some(pod.as_str()) {
+            zombies += count;
+        }
+    }
+    let ranking = PodRanking::of(hierarchy, &pod, zombies)?;
+    let view = kubelet::discover(proc_root, Path::new("/")).view;
+    Some(text::kubelet_ranking(&ranking, &view))
 }
 
 /// Watches the parent with the kernel programs' event stream. Its zombies that predate the

@@ -98,6 +98,8 @@ pub struct TopSample {
     pub eta: Eta,
     pub parents: Vec<ParentRow>,
     pub full: Vec<FullCgroup>,
+    /// The kubelet's PID eviction, and what it makes of the pod with most zombies; escaped.
+    pub kubelet: Vec<String>,
 }
 
 /// A cgroup at its `pids.max` (or that refused forks while watched): fork() fails in it.
@@ -242,6 +244,7 @@ pub fn summary(sample: &TopSample, display: &Display, interval: Duration) -> Vec
             .collect();
         lines.push(format!("FULL (pids.max): {}", full.join("; ")));
     }
+    lines.extend(sample.kubelet.iter().cloned());
     lines
 }
 
@@ -456,6 +459,7 @@ mod tests {
             eta: Eta::Seconds(475200.0),
             parents,
             full: Vec::new(),
+            kubelet: Vec::new(),
         }
     }
 
