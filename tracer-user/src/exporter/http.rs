@@ -21,6 +21,7 @@ use tokio::{
 };
 
 use super::{
+    accept::wants_openmetrics,
     metrics,
     model::Model,
     webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
@@ -297,17 +298,6 @@ async fn respond(
     })
 }
 
-/// Whether any `Accept` value names OpenMetrics. Header values are bytes a scraper chooses
-/// (not necessarily text); media types are case-insensitive.
-fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    const OPENMETRICS: &[u8] = b"application/openmetrics-text";
-    accept.into_iter().any(|value| {
-        value
-            .windows(OPENMETRICS.len())
-            .any(|w| w.eq_ignore_ascii_case(OPENMETRICS))
-    })
-}
-
 fn metrics_response(exposition: &Exposition, openmetrics: bool) -> Response<Full<Bytes>> {
     let (body, content_type) = if openmetrics {
         (&exposition.openmetrics, metrics::OPENMETRICS_CONTENT_TYPE)
@@ -398,57 +388,5 @@ mod slots {
         assert!(slots.by_peer.is_empty());
         let mut receivers = fill(&mut slots, &[ip(2)]);
         assert!(evicted(&mut receivers).is_empty());
-    }
-}
-
-/// Random and hostile `Accept` headers: never a panic, and OpenMetrics exactly when named.
-#[cfg(test)]
-mod properties {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn bytes() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(any::<u8>(), 0..128)
-    }
-
-    proptest! {
-        #[test]
-        fn any_bytes_never_panic(values in prop::collection::vec(bytes(), 0..4)) {
-            let _ = wants_openmetrics(values.iter().map(Vec::as_slice));
-        }
-
-        #[test]
-        fn named_anywhere_in_any_value(
-            before in prop::collection::vec(bytes(), 0..3),
-            prefix in bytes(),
-            suffix in bytes(),
-            upper in any::<bool>(),
-        ) {
-            let mut value = prefix;
-            let name = "application/openmetrics-text";
-            value.extend_from_slice(if upper { name.to_uppercase() } else { name.to_owned() }.as_bytes());
-            value.extend_from_slice(&suffix);
-            let mut values = before;
-            values.push(value);
-            prop_assert!(wants_openmetrics(values.iter().map(Vec::as_slice)));
-        }
-
-        #[test]
-        fn not_named_means_text(values in prop::collection::vec("[^o]{0,64}", 0..4)) {
-            prop_assert!(!wants_openmetrics(values.iter().map(String::as_bytes)));
-        }
-    }
-
-    #[test]
-    fn scrapers_accept_headers() {
-        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics([prometheus.as_slice()]));
-        assert!(!wants_openmetrics([b"text/plain;version=0.0.4".as_slice()]));
-        assert!(!wants_openmetrics([]));
-        assert!(wants_openmetrics([
-            b"\xff".as_slice(),
-            b"Application/OpenMetrics-Text; \xfe".as_slice()
-        ]));
     }
 }

@@ -7,6 +7,7 @@
 //! takes long; it never holds up a probe or a scrape, which are served from the last
 //! encoded sample. No child process, and nothing after start-up needs a new task.
 
+mod accept;
 mod http;
 mod ledger;
 mod logger;
