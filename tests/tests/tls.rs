@@ -287,6 +287,45 @@ fn the_web_config_is_reloaded_and_a_broken_one_is_kept_out() {
     fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// A new config that fails to load because the certificate files it names are not there
+/// yet (a Secret mounted after the ConfigMap): they are watched, and their arrival loads it.
+#[test]
+fn a_failed_reload_watches_the_files_the_new_config_names() {
+    let pki = Pki::new("late");
+    let config = pki.dir.join("web.yml");
+    fs::write(
+        &config,
+        format!("basic_auth_users:\n  prometheus: '{}'\n", bcrypt("pw")),
+    )
+    .expect("web config");
+    let daemon = Daemon::start(&["--web-config-file", &config.display().to_string()]);
+    let (http, https) = (
+        format!("http://127.0.0.1:{}/healthz", daemon.port),
+        format!("https://127.0.0.1:{}/healthz", daemon.port),
+    );
+    write_atomically(
+        &config,
+        "tls_server_config:\n  cert_file: late/server.crt\n  key_file: late/server.key\n",
+    );
+    // A connection makes it look at the files: the new config fails, the old one serves.
+    assert_eq!(curl(&http, &[]), Some(200));
+    assert_eq!(curl(&http, &[]), Some(200));
+
+    let late = pki.dir.join("late");
+    fs::create_dir_all(&late).expect("late dir");
+    for name in ["server.key", "server.crt"] {
+        fs::copy(pki.dir.join(name), late.join(name)).expect("copy");
+    }
+    let ca = pki.path("ca.crt");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            curl(&http, &[]);
+            curl(&https, &["--cacert", &ca]) == Some(200)
+        }),
+        "the certificate files of the failed config were never noticed"
+    );
+}
+
 #[test]
 fn a_broken_web_config_at_start_is_a_one_line_error() {
     let dir = std::env::temp_dir().join(format!("reapwatch-web-broken-{}", std::process::id()));

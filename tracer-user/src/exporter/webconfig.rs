@@ -37,8 +37,6 @@ pub struct WebConfig {
     pub tls: Option<TlsAcceptor>,
     /// User name to bcrypt hash; empty: no authentication.
     users: HashMap<String, String>,
-    /// The files it names (certificates, key, CA), watched for changes with it.
-    files: Vec<PathBuf>,
 }
 
 impl WebConfig {
@@ -47,20 +45,22 @@ impl WebConfig {
         Self {
             tls: None,
             users: HashMap::new(),
-            files: Vec::new(),
         }
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Loads the file at `path`; `files` gets the files it names (certificates, key, CA) as
+    /// they are read, also when one of them fails to load: they are watched with it.
+    pub fn load(path: &Path, files: &mut Vec<PathBuf>) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read web config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).with_context(|| format!("invalid web config {}", path.display()))
+        Self::parse(&text, base, files)
+            .with_context(|| format!("invalid web config {}", path.display()))
     }
 
     /// The file's text; relative paths in it are relative to `base`, as exporter-toolkit
     /// takes them.
-    fn parse(text: &str, base: &Path) -> Result<Self> {
+    fn parse(text: &str, base: &Path, files: &mut Vec<PathBuf>) -> Result<Self> {
         shallow_and_without_aliases(text)?;
         let documents =
             YamlLoader::load_from_str(text).map_err(|err| anyhow!("not YAML: {err}"))?;
@@ -74,7 +74,7 @@ impl WebConfig {
             match (key.as_str(), value) {
                 (Some("tls_server_config"), Yaml::Null) => {}
                 (Some("tls_server_config"), Yaml::Hash(tls)) => {
-                    config.tls = Some(tls_acceptor(tls, base, &mut config.files)?);
+                    config.tls = Some(tls_acceptor(tls, base, files)?);
                 }
                 (Some("basic_auth_users"), Yaml::Null) => {}
                 (Some("basic_auth_users"), Yaml::Hash(users)) => {
@@ -238,10 +238,13 @@ fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The web config file as last loaded, reloaded when it or a file it names changes (checked
-/// at each new connection: no watcher thread). A broken new version keeps the old one.
+/// The web config file as last loaded, reloaded when it or a file its newest version names
+/// changes (checked at each new connection: no watcher thread). A broken new version keeps
+/// the old one served, and the files it names watched, so that their arrival loads it.
 pub struct WebConfigFile {
     path: PathBuf,
+    /// The files the newest version names, whether it loaded or not.
+    named: Vec<PathBuf>,
     stamps: Vec<Option<Stamp>>,
     current: Arc<WebConfig>,
 }
@@ -258,9 +261,11 @@ struct Stamp {
 impl WebConfigFile {
     /// Loads it at start-up, where a broken file is an error.
     pub fn open(path: PathBuf) -> Result<Self> {
-        let current = Arc::new(WebConfig::load(&path)?);
+        let mut named = Vec::new();
+        let current = Arc::new(WebConfig::load(&path, &mut named)?);
         let mut file = Self {
             path,
+            named,
             stamps: Vec::new(),
             current,
         };
@@ -270,7 +275,7 @@ impl WebConfigFile {
 
     fn stamp(&self) -> Vec<Option<Stamp>> {
         std::iter::once(&self.path)
-            .chain(&self.current.files)
+            .chain(&self.named)
             .map(|path| {
                 std::fs::metadata(path).ok().map(|m| Stamp {
                     inode: m.ino(),
@@ -284,20 +289,18 @@ impl WebConfigFile {
 
     /// The config to serve a new connection with, reloaded first if the files changed.
     pub fn current(&mut self) -> Arc<WebConfig> {
-        let stamps = self.stamp();
-        if stamps != self.stamps {
-            match WebConfig::load(&self.path) {
+        if self.stamp() != self.stamps {
+            self.named.clear();
+            match WebConfig::load(&self.path, &mut self.named) {
                 Ok(config) => {
                     log::info!("web config {} reloaded", self.path.display());
                     self.current = Arc::new(config);
-                    self.stamps = self.stamp();
                 }
-                Err(err) => {
-                    // Warned once per change: the stamps are those of the broken version.
-                    log::warn!("{err:#}; keeping the previous web config");
-                    self.stamps = stamps;
-                }
+                // Warned once per change: the stamps are those of the broken version.
+                Err(err) => log::warn!("{err:#}; keeping the previous web config"),
             }
+            // The files this version names, from now on.
+            self.stamps = self.stamp();
         }
         self.current.clone()
     }
@@ -387,7 +390,7 @@ mod tests {
     use super::*;
 
     fn users(text: &str) -> WebConfig {
-        WebConfig::parse(text, Path::new("/nonexistent")).unwrap()
+        WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new()).unwrap()
     }
 
     fn header(user: &str, password: &str) -> Vec<u8> {
@@ -445,13 +448,16 @@ mod tests {
             "- a\n- b\n",
             "a: [\n",
         ] {
-            let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) else {
+            let Err(err) = WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new())
+            else {
                 panic!("{text:?} accepted");
             };
             let line = format!("{err:#}");
             assert!(!line.contains('\n'), "{text:?}: {line}");
         }
-        assert!(WebConfig::parse("", Path::new("/")).is_ok_and(|c| c.tls.is_none()));
+        assert!(
+            WebConfig::parse("", Path::new("/"), &mut Vec::new()).is_ok_and(|c| c.tls.is_none())
+        );
     }
 
     #[test]
@@ -482,7 +488,7 @@ mod properties {
     use super::*;
 
     fn check(text: &str) -> std::result::Result<(), TestCaseError> {
-        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) {
+        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new()) {
             let line = format!("{err:#}");
             prop_assert!(!line.contains('\n'), "{:?}", line);
         }
@@ -528,7 +534,7 @@ mod properties {
             block_maps,
             laughs.to_owned(),
         ] {
-            let err = WebConfig::parse(&text, Path::new("/nonexistent"))
+            let err = WebConfig::parse(&text, Path::new("/nonexistent"), &mut Vec::new())
                 .err()
                 .map(|err| format!("{err:#}"));
             assert!(
