@@ -94,8 +94,9 @@ impl Published {
 /// What one listening address serves.
 pub struct Endpoint {
     pub published: Arc<Published>,
-    /// TLS and basic auth; None: plain HTTP without authentication.
-    pub web: Option<WebConfigFile>,
+    /// TLS and basic auth, and the checker of its passwords; None: plain HTTP without
+    /// authentication.
+    pub web: Option<(WebConfigFile, Arc<Authenticator>)>,
     /// Only /healthz and /readyz: the probes' own address.
     pub health_only: bool,
 }
@@ -105,14 +106,26 @@ pub struct Endpoint {
 struct Connection {
     published: Arc<Published>,
     web: Arc<WebConfig>,
-    auth: Arc<Authenticator>,
+    auth: Option<Arc<Authenticator>>,
+    source: IpAddr,
     health_only: bool,
+}
+
+/// Where a connection comes from, for fair shares: its IPv4 address, or the /64 network of
+/// its IPv6 address (one host gets a whole /64, so single IPv6 addresses cost it nothing).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
 }
 
 pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     let plain = Arc::new(WebConfig::open());
-    let auth = Arc::new(Authenticator::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -123,19 +136,22 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
                 continue;
             }
         };
+        let source = source_of(peer.ip());
         let (evict, evicted) = oneshot::channel::<()>();
         let held = Held {
-            id: lock(&slots).admit(peer.ip(), evict),
-            peer: peer.ip(),
+            id: lock(&slots).admit(source, evict),
+            peer: source,
             slots: slots.clone(),
+        };
+        let (web, auth) = match endpoint.web.as_mut() {
+            Some((file, auth)) => (file.current(), Some(auth.clone())),
+            None => (plain.clone(), None),
         };
         let connection = Arc::new(Connection {
             published: endpoint.published.clone(),
-            web: endpoint
-                .web
-                .as_mut()
-                .map_or_else(|| plain.clone(), WebConfigFile::current),
-            auth: auth.clone(),
+            web,
+            auth,
+            source,
             health_only: endpoint.health_only,
         });
         tokio::spawn(async move {
@@ -259,7 +275,14 @@ async fn respond(
             .headers()
             .get(header::AUTHORIZATION)
             .map(|value| value.as_bytes());
-        match connection.auth.check(&connection.web, authorization) {
+        let verdict = match &connection.auth {
+            Some(auth) => {
+                auth.check(&connection.web, authorization, connection.source)
+                    .await
+            }
+            None => Verdict::Allowed,
+        };
+        match verdict {
             Verdict::Allowed => {}
             Verdict::Denied => {
                 let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");

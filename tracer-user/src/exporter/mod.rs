@@ -2,12 +2,14 @@
 //!
 //! It must keep answering while the node is out of PIDs, which is when it is needed, so it
 //! makes every task it will ever need at start-up: the main thread runs a current-thread
-//! tokio runtime (no blocking pool) that answers HTTP, and one sampler thread loads the
-//! programs, then samples and reconciles with `/proc`. A full `/proc` scan on a busy node
+//! tokio runtime (no blocking pool) that answers HTTP, a `bcrypt` thread checks passwords
+//! (with a web config), and one sampler thread loads the programs, then samples and
+//! reconciles with `/proc`. A full `/proc` scan on a busy node
 //! takes long; it never holds up a probe or a scrape, which are served from the last
 //! encoded sample. No child process, and nothing after start-up needs a new task.
 
 mod accept;
+mod checker;
 mod http;
 mod ledger;
 mod logger;
@@ -36,7 +38,7 @@ use self::{
     model::Health,
     sampler::Sampler,
     settings::Settings,
-    webconfig::WebConfigFile,
+    webconfig::{Authenticator, WebConfigFile},
 };
 use crate::{cli::ServeArgs, kernel::preflight, state::StateEngine};
 
@@ -70,6 +72,10 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
     let published = Arc::new(Published::new(settings.sample_interval));
+    let web = match web {
+        Some(web) => Some((web, Arc::new(Authenticator::start()?))),
+        None => None,
+    };
     let server = tokio::spawn(http::serve(
         listener,
         Endpoint {

@@ -14,10 +14,10 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,12 +31,17 @@ use subtle::ConstantTimeEq;
 use tokio_rustls::TlsAcceptor;
 use yaml_rust2::{parser::Parser, Event, Yaml, YamlLoader};
 
+use super::checker::Checker;
+
 /// What the web config file asks for.
 pub struct WebConfig {
     /// None: plain HTTP.
     pub tls: Option<TlsAcceptor>,
     /// User name to bcrypt hash; empty: no authentication.
     users: HashMap<String, String>,
+    /// The hash of the highest cost, which unknown users are checked against; None: no
+    /// users, no authentication.
+    costliest_hash: Option<String>,
 }
 
 impl WebConfig {
@@ -45,6 +50,7 @@ impl WebConfig {
         Self {
             tls: None,
             users: HashMap::new(),
+            costliest_hash: None,
         }
     }
 
@@ -82,8 +88,24 @@ impl WebConfig {
                         let (Some(user), Some(hash)) = (user.as_str(), hash.as_str()) else {
                             bail!("basic_auth_users: expected user: bcrypt-hash strings");
                         };
-                        if hash.parse::<bcrypt::HashParts>().is_err() {
+                        let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
                             bail!("basic_auth_users: {user}: not a bcrypt hash");
+                        };
+                        let cost = parts.get_cost();
+                        if cost > MAX_BCRYPT_COST {
+                            bail!(
+                                "basic_auth_users: {user}: bcrypt cost {cost} is above \
+                                 {MAX_BCRYPT_COST}, the most reapwatch checks (one check at \
+                                 cost {MAX_BCRYPT_COST} takes about 0.4 s)"
+                            );
+                        }
+                        let costliest = config
+                            .costliest_hash
+                            .as_ref()
+                            .and_then(|h| h.parse::<bcrypt::HashParts>().ok())
+                            .map_or(0, |parts| parts.get_cost());
+                        if cost >= costliest {
+                            config.costliest_hash = Some(hash.to_owned());
                         }
                         config.users.insert(user.to_owned(), hash.to_owned());
                     }
@@ -100,6 +122,11 @@ impl WebConfig {
         Ok(config)
     }
 }
+
+/// The highest bcrypt cost accepted. Each step doubles the time of a check: at 12 one takes
+/// about 0.4 s here (release build, 2 cores), so a first login waits under a second behind a
+/// flood (the check in progress, then its own). exporter-toolkit accepts up to 31 (days).
+const MAX_BCRYPT_COST: u32 = 12;
 
 /// The web config is three levels deep at most.
 const MAX_DEPTH: usize = 8;
@@ -306,67 +333,72 @@ impl WebConfigFile {
     }
 }
 
-/// Checks HTTP basic authentication. bcrypt is deliberately slow (tens of milliseconds) and
-/// runs on the one thread that answers every request, so a credential verified once is
-/// remembered, and checks of credentials not yet verified are rationed.
+/// Checks HTTP basic authentication. bcrypt is deliberately slow (tens of milliseconds at
+/// cost 10, more in a debug build): checks run on the [`Checker`]'s thread, rationed per
+/// source, and a credential verified once is remembered. An unknown user is checked against
+/// the costliest user's hash, so that it takes as long and is told the same.
 pub struct Authenticator {
+    checker: Checker,
     /// User name to (bcrypt hash, password it verified).
     verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
-    next_check: Mutex<Instant>,
 }
-
-/// Uncached bcrypt checks at most this often (and three times their own cost apart): a flood
-/// of wrong passwords takes a small share of the thread, never all of it.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
     Denied,
-    /// Not checked: too many unverified credentials lately.
+    /// Not checked: this source has a check waiting already, or the checks are taken by
+    /// quieter sources.
     Throttled,
 }
 
-impl Default for Authenticator {
-    fn default() -> Self {
-        Self {
-            verified: Mutex::new(HashMap::new()),
-            next_check: Mutex::new(Instant::now()),
-        }
-    }
-}
-
 impl Authenticator {
-    /// Whether the `Authorization` header's credentials are those of a user of `config`.
-    pub fn check(&self, config: &WebConfig, authorization: Option<&[u8]>) -> Verdict {
-        if config.users.is_empty() {
+    /// Starts the bcrypt thread: at start-up, whether the web config has users yet or not.
+    pub fn start() -> Result<Self> {
+        Ok(Self {
+            checker: Checker::start()?,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the `Authorization` header's credentials, from `source`, are those of a
+    /// user of `config`.
+    pub async fn check(
+        &self,
+        config: &WebConfig,
+        authorization: Option<&[u8]>,
+        source: IpAddr,
+    ) -> Verdict {
+        let Some(costliest) = &config.costliest_hash else {
             return Verdict::Allowed;
-        }
+        };
         let Some((user, password)) = authorization.and_then(basic_credentials) else {
             return Verdict::Denied;
         };
-        let Some(hash) = config.users.get(&user) else {
-            return Verdict::Denied;
-        };
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((verified_hash, verified_password)) = verified.get(&user) {
-            if verified_hash == hash && bool::from(verified_password.ct_eq(&password)) {
-                return Verdict::Allowed;
+        let hash = config.users.get(&user);
+        if let Some(hash) = hash {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((verified_hash, verified_password)) = verified.get(&user) {
+                if verified_hash == hash && bool::from(verified_password.ct_eq(&password)) {
+                    return Verdict::Allowed;
+                }
             }
         }
-        let mut next_check = self.next_check.lock().unwrap_or_else(|e| e.into_inner());
-        let began = Instant::now();
-        if began < *next_check {
-            return Verdict::Throttled;
-        }
-        let matches = bcrypt::verify(&password, hash).unwrap_or(false);
-        // A costlier hash waits longer: checks take at most a quarter of the thread.
-        *next_check = Instant::now() + CHECK_EVERY.max(began.elapsed() * 3);
-        if matches {
-            verified.insert(user, (hash.clone(), password));
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
+        let checked = hash.unwrap_or(costliest).clone();
+        match self
+            .checker
+            .matches(source, password.clone(), checked.clone())
+            .await
+        {
+            None => Verdict::Throttled,
+            Some(true) if hash.is_some() => {
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(user, (checked, password));
+                Verdict::Allowed
+            }
+            Some(_) => Verdict::Denied,
         }
     }
 }
@@ -403,37 +435,75 @@ mod tests {
     fn basic_auth_is_verified_once_then_remembered() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let config = users(&format!("basic_auth_users:\n  prom: '{hash}'\n"));
-        let auth = Authenticator::default();
-        assert_eq!(auth.check(&config, None), Verdict::Denied);
+        let auth = Authenticator::start().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let source = IpAddr::from([10, 0, 0, 1]);
+        let check = |config: &WebConfig, header: Option<&[u8]>| {
+            runtime.block_on(auth.check(config, header, source))
+        };
+        assert_eq!(check(&config, None), Verdict::Denied);
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "s3cret"))),
+            check(&config, Some(&header("prom", "s3cret"))),
             Verdict::Allowed
         );
-        // Cached: no bcrypt, so not rationed either.
         for _ in 0..10 {
             assert_eq!(
-                auth.check(&config, Some(&header("prom", "s3cret"))),
+                check(&config, Some(&header("prom", "s3cret"))),
                 Verdict::Allowed
             );
         }
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "wrong"))),
-            Verdict::Throttled
-        );
-        assert_eq!(
-            auth.check(&config, Some(&header("nobody", "s3cret"))),
+            check(&config, Some(&header("prom", "wrong"))),
             Verdict::Denied
         );
-        std::thread::sleep(CHECK_EVERY);
+        // Checked against the hash, told the same: the right password of a user for another
+        // name gets nothing.
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "wrong"))),
+            check(&config, Some(&header("nobody", "s3cret"))),
             Verdict::Denied
         );
         assert_eq!(
-            auth.check(&WebConfig::open(), None),
+            check(&WebConfig::open(), None),
             Verdict::Allowed,
             "no users: no authentication"
         );
+    }
+
+    #[test]
+    fn unknown_users_are_checked_at_the_highest_cost() {
+        let (cheap, dear) = (bcrypt::hash("a", 4).unwrap(), bcrypt::hash("b", 5).unwrap());
+        let config = users(&format!(
+            "basic_auth_users:\n  dear: '{dear}'\n  cheap: '{cheap}'\n"
+        ));
+        assert_eq!(config.costliest_hash, Some(dear));
+    }
+
+    #[test]
+    fn costs_above_the_cap_are_refused() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let at = |cost: u32| hash.replacen("$04$", &format!("${cost:02}$"), 1);
+        assert!(WebConfig::parse(
+            &format!("basic_auth_users:\n  prom: '{}'\n", at(MAX_BCRYPT_COST)),
+            Path::new("/"),
+            &mut Vec::new()
+        )
+        .is_ok());
+        for cost in [MAX_BCRYPT_COST + 1, 31] {
+            let err = WebConfig::parse(
+                &format!("basic_auth_users:\n  prom: '{}'\n", at(cost)),
+                Path::new("/"),
+                &mut Vec::new(),
+            )
+            .err()
+            .map(|err| format!("{err:#}"));
+            assert!(
+                err.as_ref().is_some_and(|err| !err.contains('\n')
+                    && err.contains(&format!("bcrypt cost {cost} is above {MAX_BCRYPT_COST}"))),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]
