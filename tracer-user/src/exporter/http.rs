@@ -22,15 +22,18 @@ use tokio::{
 
 use super::{
     accept::wants_openmetrics,
+    admission::{Admission, PER_SECOND},
     metrics,
     model::Model,
     webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
 };
 
-/// Connections served at once. When all are taken, a new one evicts the oldest connection
-/// of the peer address that holds the most: a neighbour that hoards slots loses its own, and
-/// the kubelet's probes (from the node's address) and Prometheus always get one.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once, per address served. When all are taken, a new one evicts the
+/// oldest connection of the source that holds the most (of the one whose oldest is oldest,
+/// among equals): a neighbour that hoards slots loses its own, and a connection is evicted
+/// only after this many newer ones came, which at the metrics address' rate per source
+/// takes longer than a scrape.
+const MAX_CONNECTIONS: usize = 64;
 /// The whole life of a connection: request head read and response written. One request per
 /// connection (no keep-alive), so no client, slow, idle or not reading, holds a slot longer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
@@ -126,6 +129,7 @@ fn source_of(peer: IpAddr) -> IpAddr {
 pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     let plain = Arc::new(WebConfig::open());
+    let mut admission = Admission::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -137,6 +141,14 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
             }
         };
         let source = source_of(peer.ip());
+        // Not on the probes' address: the kubelet shares the node's address with hostNetwork
+        // pods, which would use up its allowance. Its connections cost little to refuse.
+        let over_rate = !endpoint.health_only && !admission.admit(source, Instant::now());
+        if over_rate && lock(&slots).crowded() {
+            log::debug!("connection from {peer}: over {PER_SECOND} a second while crowded");
+            drop(stream);
+            continue;
+        }
         let (evict, evicted) = oneshot::channel::<()>();
         let held = Held {
             id: lock(&slots).admit(source, evict),
@@ -211,7 +223,7 @@ impl Slots {
             let greediest = self
                 .by_peer
                 .iter()
-                .max_by_key(|(_, held)| held.len())
+                .max_by_key(|(_, held)| (held.len(), held.front().map(|(id, _)| u64::MAX - id)))
                 .map(|(address, _)| *address);
             if let Some((address, id)) = greediest.and_then(|address| {
                 let oldest = self.by_peer.get(&address)?.front()?.0;
@@ -225,6 +237,11 @@ impl Slots {
         self.by_peer.entry(peer).or_default().push_back((id, evict));
         self.held += 1;
         id
+    }
+
+    /// More than half the slots are taken: new connections are rationed per source.
+    fn crowded(&self) -> bool {
+        self.held >= MAX_CONNECTIONS / 2
     }
 
     /// Frees the slot of connection `id` (and so ends it, if it is still served).
@@ -389,6 +406,23 @@ mod slots {
         slots.admit(ip(3), evict);
         assert_eq!(evicted(&mut receivers), vec![(0, ip(1))]);
         assert_eq!(slots.held, MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn among_equals_the_longest_held_is_evicted() {
+        let mut slots = Slots::default();
+        // Every peer holds one slot, a scraper's the newest.
+        let peers: Vec<IpAddr> = (0..MAX_CONNECTIONS as u8).map(ip).collect();
+        let mut receivers = fill(&mut slots, &peers);
+        for newcomer in 0..MAX_CONNECTIONS - 1 {
+            let (evict, _kept) = oneshot::channel();
+            slots.admit(IpAddr::from([10, 1, 0, newcomer as u8]), evict);
+            assert_eq!(
+                evicted(&mut receivers).last().map(|(n, _)| *n),
+                Some(newcomer),
+                "the oldest goes first"
+            );
+        }
     }
 
     #[test]
