@@ -92,6 +92,10 @@ impl WebConfig {
                             bail!("basic_auth_users: {user}: not a bcrypt hash");
                         };
                         let cost = parts.get_cost();
+                        if cost < 4 {
+                            // bcrypt's least: such a hash would refuse every password.
+                            bail!("basic_auth_users: {user}: bcrypt cost {cost} is below 4");
+                        }
                         if cost > MAX_BCRYPT_COST {
                             bail!(
                                 "basic_auth_users: {user}: bcrypt cost {cost} is above \
@@ -491,6 +495,19 @@ mod tests {
             &mut Vec::new()
         )
         .is_ok());
+        // Found by users_and_the_cost_cap: a cost under bcrypt's least loaded, and then
+        // refused every password.
+        let err = WebConfig::parse(
+            &format!("basic_auth_users:\n  prom: '{}'\n", at(0)),
+            Path::new("/"),
+            &mut Vec::new(),
+        )
+        .err()
+        .map(|err| format!("{err:#}"));
+        assert_eq!(
+            err.as_deref(),
+            Some("basic_auth_users: prom: bcrypt cost 0 is below 4")
+        );
         for cost in [MAX_BCRYPT_COST + 1, 31] {
             let err = WebConfig::parse(
                 &format!("basic_auth_users:\n  prom: '{}'\n", at(cost)),
@@ -566,10 +583,84 @@ mod properties {
         Ok(())
     }
 
+    /// A bcrypt hash of `cost` (only its shape: parsing does not verify), or something
+    /// close to one.
+    fn hash() -> impl Strategy<Value = (String, Option<u32>)> {
+        let salt_and_digest = "[./A-Za-z0-9]{53}";
+        prop_oneof![
+            4 => (0..=40u32, salt_and_digest, prop::sample::select(vec!["2a", "2b", "2y"]))
+                .prop_map(|(cost, rest, version)| {
+                    let shape_ok = (4..=31).contains(&cost);
+                    (format!("${version}${cost:02}${rest}"), shape_ok.then_some(cost))
+                }),
+            1 => "[ -~]{0,64}".prop_map(|text| (text, None)),
+        ]
+    }
+
+    /// A file of users and their hashes, and optionally a TLS section that cannot load.
+    fn users_file() -> impl Strategy<Value = (String, Vec<Option<u32>>, bool)> {
+        (
+            prop::collection::vec(("[a-z][a-z0-9_-]{0,12}", hash()), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(users, tls)| {
+                let mut text = String::new();
+                if tls {
+                    text +=
+                        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n";
+                }
+                if !users.is_empty() {
+                    text += "basic_auth_users:\n";
+                }
+                let mut costs = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for (user, (hash, cost)) in users {
+                    if seen.insert(user.clone()) {
+                        text += &format!("  {user}: '{}'\n", hash.replace('\'', "''"));
+                        costs.push(cost);
+                    }
+                }
+                (text, costs, tls)
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn any_text_never_panics(text in any::<String>()) {
             check(&text)?;
+        }
+
+        /// Users load exactly when every hash is one of a cost up to the cap, and unknown
+        /// users are then checked at the highest cost; a cost above it is named in the error.
+        #[test]
+        fn users_and_the_cost_cap((text, costs, tls) in users_file()) {
+            let parsed = WebConfig::parse(&text, Path::new("/nonexistent"), &mut Vec::new());
+            let all_valid = costs.iter().all(|c| c.is_some_and(|c| c <= MAX_BCRYPT_COST));
+            match parsed {
+                Ok(config) => {
+                    prop_assert!(all_valid && !tls, "{:?} accepted", text);
+                    let costliest = config
+                        .costliest_hash
+                        .and_then(|h| h.parse::<bcrypt::HashParts>().ok())
+                        .map(|parts| parts.get_cost());
+                    prop_assert_eq!(costliest, costs.iter().copied().flatten().max());
+                }
+                Err(err) => {
+                    let line = format!("{err:#}");
+                    prop_assert!(!line.contains('\n'), "{:?}", line);
+                    prop_assert!(!all_valid || tls, "{:?} refused: {}", text, line);
+                    if let Some(over) = costs.iter().flatten().find(|&&c| c > MAX_BCRYPT_COST) {
+                        // The first bad entry is the one named; a cost above the cap may
+                        // follow an entry that is not a hash at all.
+                        let first_bad = costs.iter().find(|c| c.is_none_or(|c| c > MAX_BCRYPT_COST));
+                        if !tls && first_bad == Some(&Some(*over)) {
+                            prop_assert!(line.contains(&format!("bcrypt cost {over} is above")), "{}", line);
+                        }
+                    }
+                }
+            }
         }
 
         #[test]
