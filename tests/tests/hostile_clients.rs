@@ -542,7 +542,7 @@ fn probes_and_scrapes_answer_beside_a_crowd_of_hostile_sources() {
                     health_port,
                 ));
                 ticks += 1;
-                if ticks % (CHURN_PER_SECOND / 2) == 0 {
+                if ticks.is_multiple_of(CHURN_PER_SECOND / 2) {
                     for connection in &mut node {
                         connection.round();
                     }

@@ -483,7 +483,7 @@ mod properties {
             space in " {0,3}",
             reversed in any::<bool>(),
         ) {
-            let mut lines = vec![
+            let mut lines = [
                 format!("eta-window{space}={space}'{seconds}s'"),
                 format!("top-parents{space}={space}{top}"),
                 format!("health-listen{space}={space}\":{port}\""),
