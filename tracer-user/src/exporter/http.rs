@@ -141,8 +141,8 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
             }
         };
         let source = source_of(peer.ip());
-        // Not on the probes' address: the kubelet shares the node's address with hostNetwork
-        // pods, which would use up its allowance. Its connections cost little to refuse.
+        // Not on the probes' address, whose connections cost little: the kubelet shares the
+        // node's address with hostNetwork pods, which would use up its allowance.
         let over_rate = !endpoint.health_only && !admission.admit(source, Instant::now());
         if over_rate && lock(&slots).crowded() {
             log::debug!("connection from {peer}: over {PER_SECOND} a second while crowded");
@@ -423,6 +423,22 @@ mod slots {
                 "the oldest goes first"
             );
         }
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source() {
+        let host: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(source_of(host), source_of(neighbour));
+        assert_ne!(
+            source_of(host),
+            source_of("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(
+            source_of("::ffff:10.0.0.7".parse().unwrap()),
+            IpAddr::from([10, 0, 0, 7])
+        );
+        assert_eq!(source_of(ip(7)), ip(7));
     }
 
     #[test]
