@@ -338,8 +338,8 @@ impl WebConfigFile {
     }
 }
 
-/// Checks HTTP basic authentication. bcrypt is deliberately slow (tens of milliseconds at
-/// cost 10, more in a debug build): checks run on the [`Checker`]'s thread, rationed per
+/// Checks HTTP basic authentication. bcrypt is deliberately slow (about 0.1 s at cost 10,
+/// more in a debug build): checks run on the [`Checker`]'s thread, rationed per
 /// source, and a credential verified once is remembered. An unknown user is checked against
 /// the costliest user's hash, so that it takes as long and is told the same.
 pub struct Authenticator {
@@ -352,8 +352,8 @@ pub struct Authenticator {
 pub enum Verdict {
     Allowed,
     Denied,
-    /// Not checked: this source has a check waiting already, or the checks are taken by
-    /// quieter sources.
+    /// Not checked: this source has a check waiting already, or the queue is full of
+    /// sources with no more strikes.
     Throttled,
 }
 
