@@ -213,6 +213,57 @@ fn keeps_answering_when_no_task_can_be_created() {
     assert!(status.success(), "{status}");
 }
 
+/// With a probes' address and passwords, its four threads are all made at start-up: in a pids
+/// cgroup that allows no new task, a first login (a bcrypt check) and the probes still answer.
+#[test]
+fn checks_passwords_and_answers_probes_when_no_task_can_be_created() {
+    use base64::Engine;
+    let dir = std::env::temp_dir().join(format!("reapwatch-jailed-web-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("web.yml");
+    let hash = bcrypt::hash("scrape-me", 4).unwrap();
+    fs::write(
+        &config,
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    )
+    .unwrap();
+    let health_port = reapwatch_tests::free_port();
+    let daemon = Daemon::start(&[
+        "--web-config-file",
+        &config.display().to_string(),
+        "--health-listen",
+        &format!("127.0.0.1:{health_port}"),
+    ]);
+    let jail = TestCgroup::new("no-pids-web");
+    fs::write(jail.path.join("cgroup.procs"), daemon.pid().to_string()).unwrap();
+    let current = fs::read_to_string(jail.path.join("pids.current")).unwrap();
+    fs::write(jail.path.join("pids.max"), current.trim()).unwrap();
+    // The one that answers, the sampler, the probes' and the bcrypt checks'.
+    assert_eq!(current.trim(), "4");
+
+    let credentials = base64::engine::general_purpose::STANDARD.encode("prometheus:scrape-me");
+    let authorization = format!("Basic {credentials}");
+    let metrics = format!("http://127.0.0.1:{}/metrics", daemon.port);
+    assert_eq!(
+        get(&metrics, &[("Authorization", &authorization)]).map(|(status, _)| status),
+        Some(200)
+    );
+    assert_eq!(get(&metrics, &[]).map(|(status, _)| status), Some(401));
+    for path in ["/healthz", "/readyz"] {
+        let url = format!("http://127.0.0.1:{health_port}{path}");
+        assert_eq!(
+            get(&url, &[]).map(|(status, _)| status),
+            Some(200),
+            "{path}"
+        );
+    }
+    let events = fs::read_to_string(jail.path.join("pids.events")).unwrap();
+    assert_eq!(events.trim(), "max 0", "the daemon tried to create a task");
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Ids of the eBPF programs a process holds (by program or link fd), from its fd table.
 fn program_ids(pid: u32) -> Vec<u32> {
     let mut ids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/fdinfo"))

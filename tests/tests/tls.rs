@@ -3,123 +3,9 @@
 //! certificate are refused; the file is reloaded when it changes, and a broken one is kept
 //! out.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    thread::sleep,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Command, time::Duration};
 
-use reapwatch_tests::{eventually, free_port, get, workspace_binary, Daemon, Prometheus};
-
-/// Uncached bcrypt checks are rationed to one per 250 ms (or three times their cost, kept
-/// small by a low bcrypt cost): checks of wrong passwords are spaced more than that, so they
-/// read 401 rather than 429.
-const BCRYPT_SPACING: Duration = Duration::from_millis(300);
-
-/// A throwaway directory with a CA, a server certificate for 127.0.0.1 and a client
-/// certificate, made by the openssl command.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("reapwatch-tls-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("pki dir");
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=reapwatch test CA",
-        ]);
-        pki.signed(
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        );
-        pki.signed("client", "extendedKeyUsage=clientAuth\n");
-        pki
-    }
-
-    /// `NAME.key` and `NAME.crt`, signed by the CA with `extensions`.
-    fn signed(&self, name: &str, extensions: &str) {
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        fs::write(self.dir.join(&ext), extensions).expect("extensions");
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl (Debian package openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
+use reapwatch_tests::{eventually, free_port, get, workspace_binary, Daemon, Pki, Prometheus};
 
 /// The HTTP status curl got, None when no response came (refused handshake, plain HTTP to a
 /// TLS port).
@@ -230,7 +116,6 @@ fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
 
     let metrics = https("/metrics");
     let as_user = |password: &str| {
-        sleep(BCRYPT_SPACING);
         let user = format!("prometheus:{password}");
         let mut args = with_cert.to_vec();
         args.extend(["-u", &user]);
@@ -262,10 +147,7 @@ fn the_web_config_is_reloaded_and_a_broken_one_is_kept_out() {
     // Plain HTTP with basic auth: the probes (no password) say when it is ready.
     let daemon = Daemon::start(&["--web.config.file", &config.display().to_string()]);
     let metrics = format!("http://127.0.0.1:{}/metrics", daemon.port);
-    let status = |password: &str| {
-        sleep(BCRYPT_SPACING);
-        curl(&metrics, &["-u", &format!("prometheus:{password}")])
-    };
+    let status = |password: &str| curl(&metrics, &["-u", &format!("prometheus:{password}")]);
     assert_eq!(status("first"), Some(200));
     assert_eq!(status("second"), Some(401));
 
@@ -285,6 +167,45 @@ fn the_web_config_is_reloaded_and_a_broken_one_is_kept_out() {
         );
     }
     fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A new config that fails to load because the certificate files it names are not there
+/// yet (a Secret mounted after the ConfigMap): they are watched, and their arrival loads it.
+#[test]
+fn a_failed_reload_watches_the_files_the_new_config_names() {
+    let pki = Pki::new("late");
+    let config = pki.dir.join("web.yml");
+    fs::write(
+        &config,
+        format!("basic_auth_users:\n  prometheus: '{}'\n", bcrypt("pw")),
+    )
+    .expect("web config");
+    let daemon = Daemon::start(&["--web-config-file", &config.display().to_string()]);
+    let (http, https) = (
+        format!("http://127.0.0.1:{}/healthz", daemon.port),
+        format!("https://127.0.0.1:{}/healthz", daemon.port),
+    );
+    write_atomically(
+        &config,
+        "tls_server_config:\n  cert_file: late/server.crt\n  key_file: late/server.key\n",
+    );
+    // A connection makes it look at the files: the new config fails, the old one serves.
+    assert_eq!(curl(&http, &[]), Some(200));
+    assert_eq!(curl(&http, &[]), Some(200));
+
+    let late = pki.dir.join("late");
+    fs::create_dir_all(&late).expect("late dir");
+    for name in ["server.key", "server.crt"] {
+        fs::copy(pki.dir.join(name), late.join(name)).expect("copy");
+    }
+    let ca = pki.path("ca.crt");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            curl(&http, &[]);
+            curl(&https, &["--cacert", &ca]) == Some(200)
+        }),
+        "the certificate files of the failed config were never noticed"
+    );
 }
 
 #[test]

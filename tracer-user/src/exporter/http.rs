@@ -21,15 +21,19 @@ use tokio::{
 };
 
 use super::{
+    accept::wants_openmetrics,
+    admission::{Admission, PER_SECOND},
     metrics,
     model::Model,
     webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
 };
 
-/// Connections served at once. When all are taken, a new one evicts the oldest connection
-/// of the peer address that holds the most: a neighbour that hoards slots loses its own, and
-/// the kubelet's probes (from the node's address) and Prometheus always get one.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once, per address served. When all are taken, a new one evicts the
+/// oldest connection of the source that holds the most (of the one whose oldest is oldest,
+/// among equals): a neighbour that hoards slots loses its own, and a connection is evicted
+/// only after this many newer ones came, which at the metrics address' rate per source
+/// takes longer than a scrape.
+const MAX_CONNECTIONS: usize = 64;
 /// The whole life of a connection: request head read and response written. One request per
 /// connection (no keep-alive), so no client, slow, idle or not reading, holds a slot longer.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
@@ -93,8 +97,9 @@ impl Published {
 /// What one listening address serves.
 pub struct Endpoint {
     pub published: Arc<Published>,
-    /// TLS and basic auth; None: plain HTTP without authentication.
-    pub web: Option<WebConfigFile>,
+    /// TLS and basic auth, and the checker of its passwords; None: plain HTTP without
+    /// authentication.
+    pub web: Option<(WebConfigFile, Arc<Authenticator>)>,
     /// Only /healthz and /readyz: the probes' own address.
     pub health_only: bool,
 }
@@ -104,14 +109,27 @@ pub struct Endpoint {
 struct Connection {
     published: Arc<Published>,
     web: Arc<WebConfig>,
-    auth: Arc<Authenticator>,
+    auth: Option<Arc<Authenticator>>,
+    source: IpAddr,
     health_only: bool,
+}
+
+/// Where a connection comes from, for fair shares: its IPv4 address, or the /64 network of
+/// its IPv6 address (one host gets a whole /64, so single IPv6 addresses cost it nothing).
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
 }
 
 pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
     let slots = Arc::new(Mutex::new(Slots::default()));
     let plain = Arc::new(WebConfig::open());
-    let auth = Arc::new(Authenticator::default());
+    let mut admission = Admission::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -122,19 +140,30 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
                 continue;
             }
         };
+        let source = source_of(peer.ip());
+        // Not on the probes' address, whose connections cost little: the kubelet shares the
+        // node's address with hostNetwork pods, which would use up its allowance.
+        let over_rate = !endpoint.health_only && !admission.admit(source, Instant::now());
+        if over_rate && lock(&slots).crowded() {
+            log::debug!("connection from {peer}: over {PER_SECOND} a second while crowded");
+            drop(stream);
+            continue;
+        }
         let (evict, evicted) = oneshot::channel::<()>();
         let held = Held {
-            id: lock(&slots).admit(peer.ip(), evict),
-            peer: peer.ip(),
+            id: lock(&slots).admit(source, evict),
+            peer: source,
             slots: slots.clone(),
+        };
+        let (web, auth) = match endpoint.web.as_mut() {
+            Some((file, auth)) => (file.current(), Some(auth.clone())),
+            None => (plain.clone(), None),
         };
         let connection = Arc::new(Connection {
             published: endpoint.published.clone(),
-            web: endpoint
-                .web
-                .as_mut()
-                .map_or_else(|| plain.clone(), WebConfigFile::current),
-            auth: auth.clone(),
+            web,
+            auth,
+            source,
             health_only: endpoint.health_only,
         });
         tokio::spawn(async move {
@@ -194,7 +223,7 @@ impl Slots {
             let greediest = self
                 .by_peer
                 .iter()
-                .max_by_key(|(_, held)| held.len())
+                .max_by_key(|(_, held)| (held.len(), held.front().map(|(id, _)| u64::MAX - id)))
                 .map(|(address, _)| *address);
             if let Some((address, id)) = greediest.and_then(|address| {
                 let oldest = self.by_peer.get(&address)?.front()?.0;
@@ -208,6 +237,11 @@ impl Slots {
         self.by_peer.entry(peer).or_default().push_back((id, evict));
         self.held += 1;
         id
+    }
+
+    /// More than half the slots are taken: new connections are rationed per source.
+    fn crowded(&self) -> bool {
+        self.held >= MAX_CONNECTIONS / 2
     }
 
     /// Frees the slot of connection `id` (and so ends it, if it is still served).
@@ -258,7 +292,14 @@ async fn respond(
             .headers()
             .get(header::AUTHORIZATION)
             .map(|value| value.as_bytes());
-        match connection.auth.check(&connection.web, authorization) {
+        let verdict = match &connection.auth {
+            Some(auth) => {
+                auth.check(&connection.web, authorization, connection.source)
+                    .await
+            }
+            None => Verdict::Allowed,
+        };
+        match verdict {
             Verdict::Allowed => {}
             Verdict::Denied => {
                 let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
@@ -294,17 +335,6 @@ async fn respond(
             Some(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
         },
         _ => plain(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
-    })
-}
-
-/// Whether any `Accept` value names OpenMetrics. Header values are bytes a scraper chooses
-/// (not necessarily text); media types are case-insensitive.
-fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    const OPENMETRICS: &[u8] = b"application/openmetrics-text";
-    accept.into_iter().any(|value| {
-        value
-            .windows(OPENMETRICS.len())
-            .any(|w| w.eq_ignore_ascii_case(OPENMETRICS))
     })
 }
 
@@ -379,6 +409,39 @@ mod slots {
     }
 
     #[test]
+    fn among_equals_the_longest_held_is_evicted() {
+        let mut slots = Slots::default();
+        // Every peer holds one slot, a scraper's the newest.
+        let peers: Vec<IpAddr> = (0..MAX_CONNECTIONS as u8).map(ip).collect();
+        let mut receivers = fill(&mut slots, &peers);
+        for newcomer in 0..MAX_CONNECTIONS - 1 {
+            let (evict, _kept) = oneshot::channel();
+            slots.admit(IpAddr::from([10, 1, 0, newcomer as u8]), evict);
+            assert_eq!(
+                evicted(&mut receivers).last().map(|(n, _)| *n),
+                Some(newcomer),
+                "the oldest goes first"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source() {
+        let host: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(source_of(host), source_of(neighbour));
+        assert_ne!(
+            source_of(host),
+            source_of("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(
+            source_of("::ffff:10.0.0.7".parse().unwrap()),
+            IpAddr::from([10, 0, 0, 7])
+        );
+        assert_eq!(source_of(ip(7)), ip(7));
+    }
+
+    #[test]
     fn a_hoarder_evicts_its_own() {
         let mut slots = Slots::default();
         let mut receivers = fill(&mut slots, &[ip(1), ip(1), ip(1), ip(2)]);
@@ -398,57 +461,5 @@ mod slots {
         assert!(slots.by_peer.is_empty());
         let mut receivers = fill(&mut slots, &[ip(2)]);
         assert!(evicted(&mut receivers).is_empty());
-    }
-}
-
-/// Random and hostile `Accept` headers: never a panic, and OpenMetrics exactly when named.
-#[cfg(test)]
-mod properties {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn bytes() -> impl Strategy<Value = Vec<u8>> {
-        prop::collection::vec(any::<u8>(), 0..128)
-    }
-
-    proptest! {
-        #[test]
-        fn any_bytes_never_panic(values in prop::collection::vec(bytes(), 0..4)) {
-            let _ = wants_openmetrics(values.iter().map(Vec::as_slice));
-        }
-
-        #[test]
-        fn named_anywhere_in_any_value(
-            before in prop::collection::vec(bytes(), 0..3),
-            prefix in bytes(),
-            suffix in bytes(),
-            upper in any::<bool>(),
-        ) {
-            let mut value = prefix;
-            let name = "application/openmetrics-text";
-            value.extend_from_slice(if upper { name.to_uppercase() } else { name.to_owned() }.as_bytes());
-            value.extend_from_slice(&suffix);
-            let mut values = before;
-            values.push(value);
-            prop_assert!(wants_openmetrics(values.iter().map(Vec::as_slice)));
-        }
-
-        #[test]
-        fn not_named_means_text(values in prop::collection::vec("[^o]{0,64}", 0..4)) {
-            prop_assert!(!wants_openmetrics(values.iter().map(String::as_bytes)));
-        }
-    }
-
-    #[test]
-    fn scrapers_accept_headers() {
-        let prometheus = b"application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics([prometheus.as_slice()]));
-        assert!(!wants_openmetrics([b"text/plain;version=0.0.4".as_slice()]));
-        assert!(!wants_openmetrics([]));
-        assert!(wants_openmetrics([
-            b"\xff".as_slice(),
-            b"Application/OpenMetrics-Text; \xfe".as_slice()
-        ]));
     }
 }

@@ -2,11 +2,16 @@
 //!
 //! It must keep answering while the node is out of PIDs, which is when it is needed, so it
 //! makes every task it will ever need at start-up: the main thread runs a current-thread
-//! tokio runtime (no blocking pool) that answers HTTP, and one sampler thread loads the
-//! programs, then samples and reconciles with `/proc`. A full `/proc` scan on a busy node
-//! takes long; it never holds up a probe or a scrape, which are served from the last
-//! encoded sample. No child process, and nothing after start-up needs a new task.
+//! tokio runtime (no blocking pool) that answers HTTP, the probes' address (when asked for)
+//! has a thread and runtime of its own, a `bcrypt` thread checks passwords (with a web
+//! config), and one sampler thread loads the programs, then samples and reconciles with
+//! `/proc`. A full `/proc` scan on a busy node takes long; it never holds up a probe or a
+//! scrape, which are served from the last encoded sample. No child process, and nothing
+//! after start-up needs a new task.
 
+mod accept;
+mod admission;
+mod checker;
 mod http;
 mod ledger;
 mod logger;
@@ -35,7 +40,7 @@ use self::{
     model::Health,
     sampler::Sampler,
     settings::Settings,
-    webconfig::WebConfigFile,
+    webconfig::{Authenticator, WebConfigFile},
 };
 use crate::{cli::ServeArgs, kernel::preflight, state::StateEngine};
 
@@ -60,15 +65,25 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     // What would stop the programs loading is said before anything is served.
     preflight::check_all()?;
     // Bind before loading, so a taken port fails fast and touches nothing in the kernel.
-    let listener = bind(settings.listen).await?;
-    let health_listener = match settings.health_listen {
-        Some(address) => Some(bind(address).await?),
-        None => None,
-    };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|err| cannot_listen(settings.listen, err))?;
+    let health_listener = settings
+        .health_listen
+        .map(|address| {
+            std::net::TcpListener::bind(address)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|err| cannot_listen(address, err))
+        })
+        .transpose()?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
     let published = Arc::new(Published::new(settings.sample_interval));
+    let web = match web {
+        Some(web) => Some((web, Arc::new(Authenticator::start()?))),
+        None => None,
+    };
     let server = tokio::spawn(http::serve(
         listener,
         Endpoint {
@@ -78,17 +93,9 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
         },
     ));
     log::info!("listening on {}", settings.listen);
-    // The probes' own slots: nothing the metrics address serves can crowd them out.
-    let health_server = health_listener.map(|listener| {
-        tokio::spawn(http::serve(
-            listener,
-            Endpoint {
-                published: published.clone(),
-                web: None,
-                health_only: true,
-            },
-        ))
-    });
+    if let Some(listener) = health_listener {
+        serve_probes(listener, published.clone())?;
+    }
 
     let stop = Arc::new(Stop::default());
     let (loaded_tx, loaded) = oneshot::channel();
@@ -118,9 +125,6 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     log::info!("shutting down");
     stop.request();
     server.abort();
-    if let Some(health_server) = health_server {
-        health_server.abort();
-    }
     // The sampler drops the programs' links and maps as it ends: nothing is left attached.
     if sampler.join().is_err() {
         return Err(anyhow!("the sampler thread panicked"));
@@ -128,10 +132,33 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     outcome
 }
 
-async fn bind(address: std::net::SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|err| anyhow!("cannot listen on {address}: {err}"))
+fn cannot_listen(address: std::net::SocketAddr, err: std::io::Error) -> anyhow::Error {
+    anyhow!("cannot listen on {address}: {err}")
+}
+
+/// The probes' address, on a thread and runtime of its own made now: neither a flood of
+/// connections or handshakes on the metrics address nor a slow scrape can hold a probe up.
+/// It ends with the process.
+fn serve_probes(listener: std::net::TcpListener, published: Arc<Published>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the probes' runtime")?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        TcpListener::from_std(listener).context("cannot serve the probes' address")?
+    };
+    let endpoint = Endpoint {
+        published,
+        web: None,
+        health_only: true,
+    };
+    thread::Builder::new()
+        .name("probes".to_owned())
+        .spawn(move || runtime.block_on(http::serve(listener, endpoint)))
+        .context("cannot start the probes' thread")?;
+    Ok(())
 }
 
 /// The sampler thread: loads the programs, says how that went, then samples every interval

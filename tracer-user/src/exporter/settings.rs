@@ -467,9 +467,36 @@ mod properties {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn any_text_never_panics(text in any::<String>()) {
             check(&text)?;
+        }
+
+        /// Valid keys are taken as written, whatever their order and spacing.
+        #[test]
+        fn valid_keys_are_taken(
+            seconds in 1..1_000_000u64,
+            top in 0..100_000usize,
+            port in 1..=u16::MAX,
+            space in " {0,3}",
+            reversed in any::<bool>(),
+        ) {
+            let mut lines = [
+                format!("eta-window{space}={space}'{seconds}s'"),
+                format!("top-parents{space}={space}{top}"),
+                format!("health-listen{space}={space}\":{port}\""),
+            ];
+            if reversed {
+                lines.reverse();
+            }
+            let file = parse_file(&lines.join("\n")).map_err(TestCaseError::fail)?;
+            let settings = Settings::merge(&serve_args(&[]), file)
+                .map_err(|err| TestCaseError::fail(format!("{err:#}")))?;
+            prop_assert_eq!(settings.eta_window, Duration::from_secs(seconds));
+            prop_assert_eq!(settings.top_parents, top);
+            prop_assert_eq!(settings.health_listen, Some(SocketAddr::from(([0, 0, 0, 0], port))));
         }
 
         #[test]

@@ -14,10 +14,10 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,14 +31,17 @@ use subtle::ConstantTimeEq;
 use tokio_rustls::TlsAcceptor;
 use yaml_rust2::{parser::Parser, Event, Yaml, YamlLoader};
 
+use super::checker::Checker;
+
 /// What the web config file asks for.
 pub struct WebConfig {
     /// None: plain HTTP.
     pub tls: Option<TlsAcceptor>,
     /// User name to bcrypt hash; empty: no authentication.
     users: HashMap<String, String>,
-    /// The files it names (certificates, key, CA), watched for changes with it.
-    files: Vec<PathBuf>,
+    /// The hash of the highest cost, which unknown users are checked against; None: no
+    /// users, no authentication.
+    costliest_hash: Option<String>,
 }
 
 impl WebConfig {
@@ -47,20 +50,23 @@ impl WebConfig {
         Self {
             tls: None,
             users: HashMap::new(),
-            files: Vec::new(),
+            costliest_hash: None,
         }
     }
 
-    pub fn load(path: &Path) -> Result<Self> {
+    /// Loads the file at `path`; `files` gets the files it names (certificates, key, CA) as
+    /// they are read, also when one of them fails to load: they are watched with it.
+    pub fn load(path: &Path, files: &mut Vec<PathBuf>) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read web config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).with_context(|| format!("invalid web config {}", path.display()))
+        Self::parse(&text, base, files)
+            .with_context(|| format!("invalid web config {}", path.display()))
     }
 
     /// The file's text; relative paths in it are relative to `base`, as exporter-toolkit
     /// takes them.
-    fn parse(text: &str, base: &Path) -> Result<Self> {
+    fn parse(text: &str, base: &Path, files: &mut Vec<PathBuf>) -> Result<Self> {
         shallow_and_without_aliases(text)?;
         let documents =
             YamlLoader::load_from_str(text).map_err(|err| anyhow!("not YAML: {err}"))?;
@@ -74,7 +80,7 @@ impl WebConfig {
             match (key.as_str(), value) {
                 (Some("tls_server_config"), Yaml::Null) => {}
                 (Some("tls_server_config"), Yaml::Hash(tls)) => {
-                    config.tls = Some(tls_acceptor(tls, base, &mut config.files)?);
+                    config.tls = Some(tls_acceptor(tls, base, files)?);
                 }
                 (Some("basic_auth_users"), Yaml::Null) => {}
                 (Some("basic_auth_users"), Yaml::Hash(users)) => {
@@ -82,8 +88,28 @@ impl WebConfig {
                         let (Some(user), Some(hash)) = (user.as_str(), hash.as_str()) else {
                             bail!("basic_auth_users: expected user: bcrypt-hash strings");
                         };
-                        if hash.parse::<bcrypt::HashParts>().is_err() {
+                        let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
                             bail!("basic_auth_users: {user}: not a bcrypt hash");
+                        };
+                        let cost = parts.get_cost();
+                        if cost < 4 {
+                            // bcrypt's least: such a hash would refuse every password.
+                            bail!("basic_auth_users: {user}: bcrypt cost {cost} is below 4");
+                        }
+                        if cost > MAX_BCRYPT_COST {
+                            bail!(
+                                "basic_auth_users: {user}: bcrypt cost {cost} is above \
+                                 {MAX_BCRYPT_COST}, the most reapwatch checks (one check at \
+                                 cost {MAX_BCRYPT_COST} takes about half a second)"
+                            );
+                        }
+                        let costliest = config
+                            .costliest_hash
+                            .as_ref()
+                            .and_then(|h| h.parse::<bcrypt::HashParts>().ok())
+                            .map_or(0, |parts| parts.get_cost());
+                        if cost >= costliest {
+                            config.costliest_hash = Some(hash.to_owned());
                         }
                         config.users.insert(user.to_owned(), hash.to_owned());
                     }
@@ -100,6 +126,12 @@ impl WebConfig {
         Ok(config)
     }
 }
+
+/// The highest bcrypt cost accepted. Each step doubles the time of a check: at 12 one takes
+/// 0.46 to 0.57 s on the project's 2-core build machine (release build; 0.10 to 0.15 s at
+/// 10), so a first login waits about a second behind a flood (the check in progress, then
+/// its own). exporter-toolkit accepts up to 31, where one check takes days.
+const MAX_BCRYPT_COST: u32 = 12;
 
 /// The web config is three levels deep at most.
 const MAX_DEPTH: usize = 8;
@@ -238,10 +270,13 @@ fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The web config file as last loaded, reloaded when it or a file it names changes (checked
-/// at each new connection: no watcher thread). A broken new version keeps the old one.
+/// The web config file as last loaded, reloaded when it or a file its newest version names
+/// changes (checked at each new connection: no watcher thread). A broken new version keeps
+/// the old one served, and the files it names watched, so that their arrival loads it.
 pub struct WebConfigFile {
     path: PathBuf,
+    /// The files the newest version names, whether it loaded or not.
+    named: Vec<PathBuf>,
     stamps: Vec<Option<Stamp>>,
     current: Arc<WebConfig>,
 }
@@ -258,9 +293,11 @@ struct Stamp {
 impl WebConfigFile {
     /// Loads it at start-up, where a broken file is an error.
     pub fn open(path: PathBuf) -> Result<Self> {
-        let current = Arc::new(WebConfig::load(&path)?);
+        let mut named = Vec::new();
+        let current = Arc::new(WebConfig::load(&path, &mut named)?);
         let mut file = Self {
             path,
+            named,
             stamps: Vec::new(),
             current,
         };
@@ -270,7 +307,7 @@ impl WebConfigFile {
 
     fn stamp(&self) -> Vec<Option<Stamp>> {
         std::iter::once(&self.path)
-            .chain(&self.current.files)
+            .chain(&self.named)
             .map(|path| {
                 std::fs::metadata(path).ok().map(|m| Stamp {
                     inode: m.ino(),
@@ -284,86 +321,89 @@ impl WebConfigFile {
 
     /// The config to serve a new connection with, reloaded first if the files changed.
     pub fn current(&mut self) -> Arc<WebConfig> {
-        let stamps = self.stamp();
-        if stamps != self.stamps {
-            match WebConfig::load(&self.path) {
+        if self.stamp() != self.stamps {
+            self.named.clear();
+            match WebConfig::load(&self.path, &mut self.named) {
                 Ok(config) => {
                     log::info!("web config {} reloaded", self.path.display());
                     self.current = Arc::new(config);
-                    self.stamps = self.stamp();
                 }
-                Err(err) => {
-                    // Warned once per change: the stamps are those of the broken version.
-                    log::warn!("{err:#}; keeping the previous web config");
-                    self.stamps = stamps;
-                }
+                // Warned once per change: the stamps are those of the broken version.
+                Err(err) => log::warn!("{err:#}; keeping the previous web config"),
             }
+            // The files this version names, from now on.
+            self.stamps = self.stamp();
         }
         self.current.clone()
     }
 }
 
-/// Checks HTTP basic authentication. bcrypt is deliberately slow (tens of milliseconds) and
-/// runs on the one thread that answers every request, so a credential verified once is
-/// remembered, and checks of credentials not yet verified are rationed.
+/// Checks HTTP basic authentication. bcrypt is deliberately slow (about 0.1 s at cost 10,
+/// more in a debug build): checks run on the [`Checker`]'s thread, rationed per
+/// source, and a credential verified once is remembered. An unknown user is checked against
+/// the costliest user's hash, so that it takes as long and is told the same.
 pub struct Authenticator {
+    checker: Checker,
     /// User name to (bcrypt hash, password it verified).
     verified: Mutex<HashMap<String, (String, Vec<u8>)>>,
-    next_check: Mutex<Instant>,
 }
-
-/// Uncached bcrypt checks at most this often (and three times their own cost apart): a flood
-/// of wrong passwords takes a small share of the thread, never all of it.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
     Denied,
-    /// Not checked: too many unverified credentials lately.
+    /// Not checked: this source has a check waiting already, or the queue is full of
+    /// sources with no more strikes.
     Throttled,
 }
 
-impl Default for Authenticator {
-    fn default() -> Self {
-        Self {
-            verified: Mutex::new(HashMap::new()),
-            next_check: Mutex::new(Instant::now()),
-        }
-    }
-}
-
 impl Authenticator {
-    /// Whether the `Authorization` header's credentials are those of a user of `config`.
-    pub fn check(&self, config: &WebConfig, authorization: Option<&[u8]>) -> Verdict {
-        if config.users.is_empty() {
+    /// Starts the bcrypt thread: at start-up, whether the web config has users yet or not.
+    pub fn start() -> Result<Self> {
+        Ok(Self {
+            checker: Checker::start()?,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the `Authorization` header's credentials, from `source`, are those of a
+    /// user of `config`.
+    pub async fn check(
+        &self,
+        config: &WebConfig,
+        authorization: Option<&[u8]>,
+        source: IpAddr,
+    ) -> Verdict {
+        let Some(costliest) = &config.costliest_hash else {
             return Verdict::Allowed;
-        }
+        };
         let Some((user, password)) = authorization.and_then(basic_credentials) else {
             return Verdict::Denied;
         };
-        let Some(hash) = config.users.get(&user) else {
-            return Verdict::Denied;
-        };
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((verified_hash, verified_password)) = verified.get(&user) {
-            if verified_hash == hash && bool::from(verified_password.ct_eq(&password)) {
-                return Verdict::Allowed;
+        let hash = config.users.get(&user);
+        if let Some(hash) = hash {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((verified_hash, verified_password)) = verified.get(&user) {
+                if verified_hash == hash && bool::from(verified_password.ct_eq(&password)) {
+                    return Verdict::Allowed;
+                }
             }
         }
-        let mut next_check = self.next_check.lock().unwrap_or_else(|e| e.into_inner());
-        let began = Instant::now();
-        if began < *next_check {
-            return Verdict::Throttled;
-        }
-        let matches = bcrypt::verify(&password, hash).unwrap_or(false);
-        // A costlier hash waits longer: checks take at most a quarter of the thread.
-        *next_check = Instant::now() + CHECK_EVERY.max(began.elapsed() * 3);
-        if matches {
-            verified.insert(user, (hash.clone(), password));
-            Verdict::Allowed
-        } else {
-            Verdict::Denied
+        let checked = hash.unwrap_or(costliest).clone();
+        match self
+            .checker
+            .matches(source, password.clone(), checked.clone())
+            .await
+        {
+            None => Verdict::Throttled,
+            Some(true) if hash.is_some() => {
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(user, (checked, password));
+                Verdict::Allowed
+            }
+            Some(_) => Verdict::Denied,
         }
     }
 }
@@ -387,7 +427,7 @@ mod tests {
     use super::*;
 
     fn users(text: &str) -> WebConfig {
-        WebConfig::parse(text, Path::new("/nonexistent")).unwrap()
+        WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new()).unwrap()
     }
 
     fn header(user: &str, password: &str) -> Vec<u8> {
@@ -400,37 +440,88 @@ mod tests {
     fn basic_auth_is_verified_once_then_remembered() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let config = users(&format!("basic_auth_users:\n  prom: '{hash}'\n"));
-        let auth = Authenticator::default();
-        assert_eq!(auth.check(&config, None), Verdict::Denied);
+        let auth = Authenticator::start().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let source = IpAddr::from([10, 0, 0, 1]);
+        let check = |config: &WebConfig, header: Option<&[u8]>| {
+            runtime.block_on(auth.check(config, header, source))
+        };
+        assert_eq!(check(&config, None), Verdict::Denied);
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "s3cret"))),
+            check(&config, Some(&header("prom", "s3cret"))),
             Verdict::Allowed
         );
-        // Cached: no bcrypt, so not rationed either.
         for _ in 0..10 {
             assert_eq!(
-                auth.check(&config, Some(&header("prom", "s3cret"))),
+                check(&config, Some(&header("prom", "s3cret"))),
                 Verdict::Allowed
             );
         }
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "wrong"))),
-            Verdict::Throttled
-        );
-        assert_eq!(
-            auth.check(&config, Some(&header("nobody", "s3cret"))),
+            check(&config, Some(&header("prom", "wrong"))),
             Verdict::Denied
         );
-        std::thread::sleep(CHECK_EVERY);
+        // Checked against the hash, told the same: the right password of a user for another
+        // name gets nothing.
         assert_eq!(
-            auth.check(&config, Some(&header("prom", "wrong"))),
+            check(&config, Some(&header("nobody", "s3cret"))),
             Verdict::Denied
         );
         assert_eq!(
-            auth.check(&WebConfig::open(), None),
+            check(&WebConfig::open(), None),
             Verdict::Allowed,
             "no users: no authentication"
         );
+    }
+
+    #[test]
+    fn unknown_users_are_checked_at_the_highest_cost() {
+        let (cheap, dear) = (bcrypt::hash("a", 4).unwrap(), bcrypt::hash("b", 5).unwrap());
+        let config = users(&format!(
+            "basic_auth_users:\n  dear: '{dear}'\n  cheap: '{cheap}'\n"
+        ));
+        assert_eq!(config.costliest_hash, Some(dear));
+    }
+
+    #[test]
+    fn costs_above_the_cap_are_refused() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let at = |cost: u32| hash.replacen("$04$", &format!("${cost:02}$"), 1);
+        assert!(WebConfig::parse(
+            &format!("basic_auth_users:\n  prom: '{}'\n", at(MAX_BCRYPT_COST)),
+            Path::new("/"),
+            &mut Vec::new()
+        )
+        .is_ok());
+        // Found by users_and_the_cost_cap: a cost under bcrypt's least loaded, and then
+        // refused every password.
+        let err = WebConfig::parse(
+            &format!("basic_auth_users:\n  prom: '{}'\n", at(0)),
+            Path::new("/"),
+            &mut Vec::new(),
+        )
+        .err()
+        .map(|err| format!("{err:#}"));
+        assert_eq!(
+            err.as_deref(),
+            Some("basic_auth_users: prom: bcrypt cost 0 is below 4")
+        );
+        for cost in [MAX_BCRYPT_COST + 1, 31] {
+            let err = WebConfig::parse(
+                &format!("basic_auth_users:\n  prom: '{}'\n", at(cost)),
+                Path::new("/"),
+                &mut Vec::new(),
+            )
+            .err()
+            .map(|err| format!("{err:#}"));
+            assert!(
+                err.as_ref().is_some_and(|err| !err.contains('\n')
+                    && err.contains(&format!("bcrypt cost {cost} is above {MAX_BCRYPT_COST}"))),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]
@@ -445,13 +536,16 @@ mod tests {
             "- a\n- b\n",
             "a: [\n",
         ] {
-            let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) else {
+            let Err(err) = WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new())
+            else {
                 panic!("{text:?} accepted");
             };
             let line = format!("{err:#}");
             assert!(!line.contains('\n'), "{text:?}: {line}");
         }
-        assert!(WebConfig::parse("", Path::new("/")).is_ok_and(|c| c.tls.is_none()));
+        assert!(
+            WebConfig::parse("", Path::new("/"), &mut Vec::new()).is_ok_and(|c| c.tls.is_none())
+        );
     }
 
     #[test]
@@ -482,17 +576,91 @@ mod properties {
     use super::*;
 
     fn check(text: &str) -> std::result::Result<(), TestCaseError> {
-        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent")) {
+        if let Err(err) = WebConfig::parse(text, Path::new("/nonexistent"), &mut Vec::new()) {
             let line = format!("{err:#}");
             prop_assert!(!line.contains('\n'), "{:?}", line);
         }
         Ok(())
     }
 
+    /// A bcrypt hash of `cost` (only its shape: parsing does not verify), or something
+    /// close to one.
+    fn hash() -> impl Strategy<Value = (String, Option<u32>)> {
+        let salt_and_digest = "[./A-Za-z0-9]{53}";
+        prop_oneof![
+            4 => (0..=40u32, salt_and_digest, prop::sample::select(vec!["2a", "2b", "2y"]))
+                .prop_map(|(cost, rest, version)| {
+                    let shape_ok = (4..=31).contains(&cost);
+                    (format!("${version}${cost:02}${rest}"), shape_ok.then_some(cost))
+                }),
+            1 => "[ -~]{0,64}".prop_map(|text| (text, None)),
+        ]
+    }
+
+    /// A file of users and their hashes, and optionally a TLS section that cannot load.
+    fn users_file() -> impl Strategy<Value = (String, Vec<Option<u32>>, bool)> {
+        (
+            prop::collection::vec(("[a-z][a-z0-9_-]{0,12}", hash()), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(users, tls)| {
+                let mut text = String::new();
+                if tls {
+                    text +=
+                        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n";
+                }
+                if !users.is_empty() {
+                    text += "basic_auth_users:\n";
+                }
+                let mut costs = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for (user, (hash, cost)) in users {
+                    if seen.insert(user.clone()) {
+                        text += &format!("  {user}: '{}'\n", hash.replace('\'', "''"));
+                        costs.push(cost);
+                    }
+                }
+                (text, costs, tls)
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
         #[test]
         fn any_text_never_panics(text in any::<String>()) {
             check(&text)?;
+        }
+
+        /// Users load exactly when every hash is one of a cost up to the cap, and unknown
+        /// users are then checked at the highest cost; a cost above it is named in the error.
+        #[test]
+        fn users_and_the_cost_cap((text, costs, tls) in users_file()) {
+            let parsed = WebConfig::parse(&text, Path::new("/nonexistent"), &mut Vec::new());
+            let all_valid = costs.iter().all(|c| c.is_some_and(|c| c <= MAX_BCRYPT_COST));
+            match parsed {
+                Ok(config) => {
+                    prop_assert!(all_valid && !tls, "{:?} accepted", text);
+                    let costliest = config
+                        .costliest_hash
+                        .and_then(|h| h.parse::<bcrypt::HashParts>().ok())
+                        .map(|parts| parts.get_cost());
+                    prop_assert_eq!(costliest, costs.iter().copied().flatten().max());
+                }
+                Err(err) => {
+                    let line = format!("{err:#}");
+                    prop_assert!(!line.contains('\n'), "{:?}", line);
+                    prop_assert!(!all_valid || tls, "{:?} refused: {}", text, line);
+                    if let Some(over) = costs.iter().flatten().find(|&&c| c > MAX_BCRYPT_COST) {
+                        // The first bad entry is the one named; a cost above the cap may
+                        // follow an entry that is not a hash at all.
+                        let first_bad = costs.iter().find(|c| c.is_none_or(|c| c > MAX_BCRYPT_COST));
+                        if !tls && first_bad == Some(&Some(*over)) {
+                            prop_assert!(line.contains(&format!("bcrypt cost {over} is above")), "{}", line);
+                        }
+                    }
+                }
+            }
         }
 
         #[test]
@@ -528,7 +696,7 @@ mod properties {
             block_maps,
             laughs.to_owned(),
         ] {
-            let err = WebConfig::parse(&text, Path::new("/nonexistent"))
+            let err = WebConfig::parse(&text, Path::new("/nonexistent"), &mut Vec::new())
                 .err()
                 .map(|err| format!("{err:#}"));
             assert!(
