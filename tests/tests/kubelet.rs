@@ -216,7 +216,7 @@ fn threshold_set_and_a_leak() {
     assert_eq!(entry["pod_pids_limit"], Value::Null, "{entry}");
 
     let text = String::from_utf8(run(&["scan"]).stdout).unwrap();
-    assert!(text.contains(&format!("kubelet: pid.available ")), "{text}");
+    assert!(text.contains("kubelet: pid.available "), "{text}");
     assert!(
         text.contains(&format!("evicts pods under {hard} (hard) or {soft} (soft)")),
         "{text}"
