@@ -299,14 +299,23 @@ fn the_shortest_gc_grace_loses_no_count() {
     let container = base.nested(&format!("kubepods/burstable/pod{uid}/{CONTAINER_ID}"));
     let cgroup = container.host_path();
     let mut helper = Helper::start("leak", 3, &container);
+    let labels = [("cgroup", cgroup.as_str())];
+    let mut text = String::new();
+    // Its gauges are exported at once, under its path.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            text = daemon.scrape();
+            sample_value(&text, "reapwatch_zombies", &labels) == Some(3.0)
+        }),
+        "the cgroup never showed:\n{text}"
+    );
     helper.step();
     drop(helper);
     assert!(
-        eventually(Duration::from_secs(5), || fs::remove_dir(&container.path).is_ok()),
+        eventually(Duration::from_secs(5), || fs::remove_dir(&container.path)
+            .is_ok()),
         "the cgroup never emptied"
     );
-    let labels = [("cgroup", cgroup.as_str())];
-    let mut text = String::new();
     let counted = |text: &str, name: &str| sample_value(text, name, &labels);
     assert!(
         eventually(Duration::from_secs(10), || {
