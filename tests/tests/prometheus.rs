@@ -68,7 +68,9 @@ fn shipped_alert(name: &str) -> String {
         .map(str::trim)
         .find_map(|line| line.strip_prefix("expr: "))
         .unwrap_or_else(|| panic!("alert {name} has no one-line expr"));
-    format!("groups:\n  - name: shipped\n    rules:\n      - alert: {name}\n        expr: '{expr}'\n")
+    format!(
+        "groups:\n  - name: shipped\n    rules:\n      - alert: {name}\n        expr: '{expr}'\n"
+    )
 }
 
 /// A fresh cgroup that fills its pids.max in one burst, before reapwatch ever exported it:
@@ -87,7 +89,10 @@ fn the_first_burst_is_an_increase_and_fires_the_pids_alert() {
     );
     let cgroup = TestCgroup::new("prom-burst");
     let pids_max = cgroup.path.join("pids.max");
-    assert!(pids_max.exists(), "the tests' hierarchy has no pids controller");
+    assert!(
+        pids_max.exists(),
+        "the tests' hierarchy has no pids controller"
+    );
     // The helper and 5 zombies fill it; 3 forks are refused.
     fs::write(&pids_max, "6").unwrap();
     let _burst = Helper::start("leak-to-limit", 3, &cgroup);
@@ -112,7 +117,9 @@ fn the_first_burst_is_an_increase_and_fires_the_pids_alert() {
     }
     let firing = format!("ALERTS{{alertname=\"{alert}\",alertstate=\"firing\",cgroup=\"{path}\"}}");
     assert!(
-        eventually(Duration::from_secs(20), || !prometheus.query(&firing).is_empty()),
+        eventually(Duration::from_secs(20), || !prometheus
+            .query(&firing)
+            .is_empty()),
         "{alert} did not fire on the burst"
     );
 }

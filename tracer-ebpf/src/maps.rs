@@ -5,7 +5,7 @@ use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering::SeqCst};
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use tracer_common::{
     lifetime_bucket, CgroupCounters, LifetimeHistogram, Loss, ProcessKey, WaitRecord, Zombie,
@@ -34,6 +34,14 @@ static CGROUP_COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
 /// waits many times, but most processes never wait, so the free hook does not look here.
 #[map]
 static WAITS: HashMap<u32, WaitRecord> = HashMap::with_max_entries(65536, 0);
+
+/// Thread groups whose exit was counted, where `sched_process_exit` has no `group_dead`
+/// (before 6.16): every thread that reaches the hook after the group's live count fell to zero
+/// finds it zero, and only the first one's insert succeeds. The threads of a group get there
+/// within microseconds of each other, so an LRU of a few thousand groups never forgets one
+/// whose threads are still on their way.
+#[map]
+static EXITED_GROUPS: LruHashMap<ProcessKey, u8> = LruHashMap::with_max_entries(4096, 0);
 
 #[map]
 static LIFETIMES: PerCpuArray<LifetimeHistogram> = PerCpuArray::with_max_entries(1, 0);
@@ -136,6 +144,15 @@ pub fn take_zombie<const SLOTS: bool>(key: &ProcessKey) -> Option<Zombie> {
     // Only the remover accounts for it: userspace may close the same record concurrently.
     ZOMBIES.remove(key).ok()?;
     Some(zombie)
+}
+
+/// Whether this thread is the first to claim the exit of group `key`. A map that cannot take
+/// the claim (no memory) lets it through: a rare double count rather than a lost exit.
+pub fn claim_group_exit(key: &ProcessKey) -> bool {
+    match EXITED_GROUPS.insert(key, &0, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) => err != -EEXIST,
+    }
 }
 
 pub fn record_lifetime(lifetime_ns: u64) {
