@@ -178,13 +178,19 @@ fn main() {
     let mut parent = me;
 
     match shape.as_str() {
-        // N children exit and are not waited for; a `step` reaps them all.
-        "leak" => {
+        // N children exit and are not waited for; a `step` reaps them all (`leak-trickle`:
+        // one every 50 µs, so that reaps go on for a while).
+        "leak" | "leak-trickle" => {
             let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(7)).collect();
             pids.iter().copied().for_each(wait_exited);
             stages.ready();
             if stages.next() {
-                pids.into_iter().for_each(reap);
+                for pid in pids {
+                    reap(pid);
+                    if shape == "leak-trickle" {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
             }
         }
         // Parent and child name themselves with quotes, a newline, braces and a terminal
