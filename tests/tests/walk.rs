@@ -6,6 +6,7 @@ use std::{collections::HashSet, sync::mpsc, thread, time::Duration};
 
 use reapwatch::kernel::MapSizes;
 use reapwatch_tests::{load_engine, Helper, TestCgroup};
+use tracer_common::{ProcessKey, Zombie};
 
 const ZOMBIES: u32 = 3000;
 const ROUNDS: usize = 4;
@@ -22,6 +23,18 @@ fn walks_under_reaps_end_and_list_each_zombie_once() {
     for _ in 0..ROUNDS {
         let mut helper = Helper::start("leak-trickle", ZOMBIES, &cgroup);
         let parent = helper.parent;
+        let of_parent = |listed: &[(ProcessKey, Zombie)]| {
+            listed
+                .iter()
+                .filter(|(_, z)| z.parent.tgid == parent)
+                .count()
+        };
+        let before = engine.probes().zombies().expect("walk the zombie maps");
+        assert_eq!(
+            of_parent(&before),
+            ZOMBIES as usize,
+            "a walk before the reaps"
+        );
         let (reaped_tx, reaped) = mpsc::channel();
         let reaper = thread::spawn(move || {
             helper.step();

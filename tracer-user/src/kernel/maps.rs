@@ -9,7 +9,7 @@ use tracer_common::{
     LOSS_KINDS,
 };
 
-use super::{slots::Claim, Probes};
+use super::{batch, slots::Claim, Probes};
 
 /// What became of a zombie offered to the kernel maps by [`Probes::add_zombie`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,21 +79,18 @@ impl Probes {
         Ok(PerCpuHashMap::try_from(self.map(names::CGROUP_COUNTERS)?)?)
     }
 
-    /// Every unreaped zombie the kernel side knows of. Entries reaped during the walk may be
-    /// missing or (rarely) listed although gone; the next read corrects it.
+    /// Every unreaped zombie the kernel side knows of, each once. Entries reaped during the
+    /// walk may be missing or listed although gone; the next read corrects it.
     pub fn zombies(&self) -> Result<Vec<(ProcessKey, Zombie)>> {
-        let map = self.zombie_map()?;
         let mut zombies = self
             .slots
             .as_ref()
             .map(|slots| slots.entries())
             .unwrap_or_default();
-        for entry in map.iter() {
-            // A key deleted between get_next_key and lookup is skipped.
-            if let Some(entry) = unless_missing(entry).context("cannot read the ZOMBIES map")? {
-                zombies.push(entry);
-            }
-        }
+        zombies.extend(
+            batch::entries::<ProcessKey, Zombie>(self.map(names::ZOMBIES)?)
+                .context("cannot read the ZOMBIES map")?,
+        );
         Ok(zombies)
     }
 

@@ -1,6 +1,7 @@
 //! The kernel side: loading the programs ([`loader`]), reading and changing their maps
 //! ([`maps`]), and the clocks their records use ([`clock`]).
 
+mod batch;
 pub mod btf;
 pub mod clock;
 mod loader;
