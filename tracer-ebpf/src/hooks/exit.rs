@@ -53,15 +53,15 @@ fn on_exit<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
     // Parent and child usually share a cgroup: one counter update then serves both.
     match (cgroup_id, zombie_parent_cgroup_id) {
         (Some(exited), Some(parent)) if exited == parent => update_cgroup(exited, |c| {
-            c.exits += 1;
-            c.zombies_created += 1;
+            c.exit();
+            c.zombie_created();
         }),
         (exited, parent) => {
             if let Some(exited) = exited {
-                update_cgroup(exited, |c| c.exits += 1);
+                update_cgroup(exited, |c| c.exit());
             }
             if let Some(parent) = parent {
-                update_cgroup(parent, |c| c.zombies_created += 1);
+                update_cgroup(parent, |c| c.zombie_created());
             }
         }
     }

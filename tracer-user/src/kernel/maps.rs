@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use tracer_common::{
     names, CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS,
     LOSS_KINDS,
@@ -75,10 +75,6 @@ impl Probes {
         Ok(HashMap::try_from(self.map(names::WAITS)?)?)
     }
 
-    fn cgroup_map(&self) -> Result<PerCpuHashMap<&MapData, u64, CgroupCounters>> {
-        Ok(PerCpuHashMap::try_from(self.map(names::CGROUP_COUNTERS)?)?)
-    }
-
     /// Every unreaped zombie the kernel side knows of, each once. Entries reaped during the
     /// walk may be missing or listed although gone; the next read corrects it.
     pub fn zombies(&self) -> Result<Vec<(ProcessKey, Zombie)>> {
@@ -146,31 +142,20 @@ impl Probes {
         Ok(removed.is_some())
     }
 
-    /// Counters per cgroup id, summed over CPUs.
+    /// Counters per cgroup id.
     pub fn cgroup_counters(&self) -> Result<BTreeMap<u64, CgroupCounters>> {
-        let map = self.cgroup_map()?;
-        let mut totals = BTreeMap::new();
-        for entry in map.iter() {
-            let Some((id, per_cpu)) =
-                unless_missing(entry).context("cannot read the CGROUP_COUNTERS map")?
-            else {
-                continue;
-            };
-            let total: &mut CgroupCounters = totals.entry(id).or_default();
-            for cpu in per_cpu.iter() {
-                total.forks += cpu.forks;
-                total.exits += cpu.exits;
-                total.zombies_created += cpu.zombies_created;
-                total.zombies_reaped += cpu.zombies_reaped;
-            }
-        }
-        Ok(totals)
+        Ok(
+            batch::entries::<u64, CgroupCounters>(self.map(names::CGROUP_COUNTERS)?)
+                .context("cannot read the CGROUP_COUNTERS map")?
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// Drops the counters of a cgroup (it was removed; its series have expired).
     pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
-        let mut map: PerCpuHashMap<_, u64, CgroupCounters> =
-            PerCpuHashMap::try_from(self.map_mut(names::CGROUP_COUNTERS)?)?;
+        let mut map: HashMap<_, u64, CgroupCounters> =
+            HashMap::try_from(self.map_mut(names::CGROUP_COUNTERS)?)?;
         unless_missing(map.remove(&id)).context("cannot clean the CGROUP_COUNTERS map")?;
         Ok(())
     }
