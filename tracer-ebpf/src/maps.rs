@@ -178,7 +178,7 @@ pub fn take_zombie<const SLOTS: bool>(key: &ProcessKey) -> Option<Zombie> {
 /// Whether this thread is the first to claim the exit of group `key`. A map that cannot take
 /// the claim (no memory) lets it through: a rare double count rather than a lost exit.
 pub fn claim_group_exit(key: &ProcessKey) -> bool {
-    match EXITED_GROUPS.insert(key, &0, BPF_NOEXIST as u64) {
+    match EXITED_GROUPS.insert(key, 0, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(err) => err != -EEXIST,
     }

@@ -127,7 +127,7 @@ impl CounterLedger {
         if !shown_last_sample {
             // New to Prometheus, or back after an absence: its old values first.
             series.held_since = Some(sample);
-        } else if series.held_since.is_some_and(|held| scraped(held)) {
+        } else if series.held_since.is_some_and(scraped) {
             series.held_since = None;
         }
         if series.held_since.is_none() && series.shown != series.totals {
