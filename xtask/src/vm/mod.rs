@@ -81,7 +81,8 @@ struct Machine {
     /// CPUs the kernel sizes per-CPU memory for (`-smp 2,maxcpus=N`); two are online.
     possible_cpus: u32,
     /// Test executables this machine runs, in `test` and `vm-test` alike (all without it),
-    /// each with `--include-ignored`: a machine for one question.
+    /// each with `--include-ignored --nocapture`: a machine for one question, whose
+    /// measurements the log shows.
     only_tests: Option<&'static [&'static str]>,
 }
 
@@ -260,8 +261,9 @@ cd /reapwatch
 echo "reapwatch-vm: snapshot $(target/release/reapwatch snapshot --json 2>&1 | tr -d '\n')"
 # A smoke run names its executables: reapwatch.tests=storm,cli,...
 only=$(sed -n 's/.*reapwatch\.tests=\([a-z_,]*\).*/\1/p' /proc/cmdline)
-# A machine for one question also runs its executables' ignored measurements.
-args=$(sed -n 's/.*reapwatch\.args=\([a-z-]*\).*/\1/p' /proc/cmdline)
+# A machine for one question also runs its executables' ignored measurements, and shows
+# what they print: reapwatch.args=--include-ignored,--nocapture
+args=$(sed -n 's/.*reapwatch\.args=\([a-z,-]*\).*/\1/p' /proc/cmdline | tr , ' ')
 for test in target/release/deps/*; do
     name=${test##*/}
     case ",$only," in ,,|*",${name%-*},"*) ;; *) continue ;; esac
@@ -533,7 +535,7 @@ fn boot(
             machine.cgroups.name(),
             tests.join(","),
             if machine.only_tests.is_some() {
-                "--include-ignored"
+                "--include-ignored,--nocapture"
             } else {
                 ""
             }
