@@ -62,7 +62,7 @@ fn fork_storm_counts_exactly() {
 /// after round: every thread of a group is in do_exit() at once, and several may find the
 /// group's live count at zero. Each process counts one exit, whatever its threads do. (Taking
 /// a zero count as the last thread counted 262 exits for these 250 processes on 5.10, whose
-/// tracepoint comes after `exit_mm()`; on 6.18 it comes right after the decrement.)
+/// tracepoint comes after `exit_mm()`; it did not reproduce on the 6.18 build machine.)
 #[test]
 fn spinning_thread_groups_count_one_exit_each() {
     const PROCESSES: u32 = 24;
