@@ -568,6 +568,15 @@ impl Prometheus {
     /// Scrapes `127.0.0.1:target_port` every `interval`, with `extra` YAML lines (indented
     /// as keys of the scrape config, such as `scheme` and `tls_config`).
     pub fn start_with(target_port: u16, interval: &str, extra: &str) -> Self {
+        Self::launch(target_port, interval, extra, None)
+    }
+
+    /// Scrapes every second and evaluates `rules` (a Prometheus rule file) every second.
+    pub fn start_with_rules(target_port: u16, rules: &str) -> Self {
+        Self::launch(target_port, "1s", "", Some(rules))
+    }
+
+    fn launch(target_port: u16, interval: &str, extra: &str, rules: Option<&str>) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
@@ -577,10 +586,18 @@ impl Prometheus {
         ));
         fs::create_dir_all(&dir).expect("prometheus dir");
         let config = dir.join("prometheus.yml");
+        let rule_files = match rules {
+            Some(rules) => {
+                let file = dir.join("rules.yml");
+                fs::write(&file, rules).expect("prometheus rules");
+                format!("rule_files: ['{}']\n", file.display())
+            }
+            None => String::new(),
+        };
         fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: {interval}\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: reapwatch\n{extra}    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+                "global:\n  scrape_interval: {interval}\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: reapwatch\n{extra}    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
             ),
         )
         .expect("prometheus config");

@@ -338,3 +338,43 @@ fn port_in_use_is_one_line() {
         "{stderr}"
     );
 }
+
+/// `--gc-grace 0s`, the shortest: a kubelet-shaped cgroup whose pod names are never found (so
+/// its counters wait to settle) leaks, reaps and is removed before they settle. It is
+/// collected at once, and its series still shows every count before it goes.
+#[test]
+fn the_shortest_gc_grace_loses_no_count() {
+    let daemon = Daemon::start(&["--gc-grace", "0s"]);
+    let uid = "0c1d2e3f-4a5b-6c7d-8e9f-a0b1c2d3e4f5";
+    let base = TestCgroup::new("k8s-gc");
+    let container = base.nested(&format!("kubepods/burstable/pod{uid}/{CONTAINER_ID}"));
+    let cgroup = container.host_path();
+    let mut helper = Helper::start("leak", 3, &container);
+    let labels = [("cgroup", cgroup.as_str())];
+    let mut text = String::new();
+    // Its gauges are exported at once, under its path.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            text = daemon.scrape();
+            sample_value(&text, "reapwatch_zombies", &labels) == Some(3.0)
+        }),
+        "the cgroup never showed:\n{text}"
+    );
+    helper.step();
+    drop(helper);
+    assert!(
+        eventually(Duration::from_secs(5), || fs::remove_dir(&container.path)
+            .is_ok()),
+        "the cgroup never emptied"
+    );
+    let counted = |text: &str, name: &str| sample_value(text, name, &labels);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            text = daemon.scrape();
+            counted(&text, "reapwatch_zombies_created_total") == Some(3.0)
+                && counted(&text, "reapwatch_zombies_reaped_total") == Some(3.0)
+                && counted(&text, "reapwatch_process_forks_total") == Some(3.0)
+        }),
+        "the removed cgroup's counts never showed:\n{text}"
+    );
+}

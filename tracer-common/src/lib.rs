@@ -21,6 +21,7 @@ pub mod names {
     pub const ZOMBIES: &str = "ZOMBIES";
     pub const CGROUP_COUNTERS: &str = "CGROUP_COUNTERS";
     pub const WAITS: &str = "WAITS";
+    pub const EXITED_GROUPS: &str = "EXITED_GROUPS";
     pub const LIFETIMES: &str = "LIFETIMES";
     pub const LOSSES: &str = "LOSSES";
     pub const EVENTS: &str = "EVENTS";
@@ -85,6 +86,10 @@ pub struct ProgramSettings {
     pub helpers: u32,
     /// Non-zero for `reapwatch trace` only: other commands emit no events.
     pub trace_events: u32,
+    /// Non-zero where `sched_process_exit` passes `group_dead` (6.16+): the one thread that
+    /// took the group's live count to zero. Elsewhere the exit hook dedupes the threads that
+    /// find it at zero (`EXITED_GROUPS`).
+    pub exit_group_dead: u32,
 }
 
 /// `bpf_get_current_task_btf` (5.11+): the current task as a typed pointer.
@@ -353,7 +358,7 @@ const _: () = {
     assert!(size_of::<Zombie>() == 16 + 8 * 3 + 4 * 3 + 16 + 4);
     assert!(size_of::<ZombieSlot>() == 8 + 8 + 16 + size_of::<Zombie>());
     assert!(size_of::<KernelOffsets>() == 20 * 4);
-    assert!(size_of::<ProgramSettings>() == 6 * 4);
+    assert!(size_of::<ProgramSettings>() == 7 * 4);
     assert!(size_of::<CgroupCounters>() == 4 * 8);
     assert!(size_of::<LifetimeHistogram>() == (LIFETIME_BUCKETS + 2) * 8);
     assert!(size_of::<WaitRecord>() == 2 * 8);

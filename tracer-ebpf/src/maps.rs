@@ -1,11 +1,11 @@
 //! The maps the hooks share. Sizes here are defaults; userspace sets them from flags.
 
-use core::intrinsics::{atomic_cxchg, atomic_xchg, AtomicOrdering::SeqCst};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, atomic_xchg, AtomicOrdering::SeqCst};
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use tracer_common::{
     lifetime_bucket, CgroupCounters, LifetimeHistogram, Loss, ProcessKey, WaitRecord, Zombie,
@@ -26,24 +26,61 @@ static ZOMBIE_SLOTS: Array<ZombieSlot> = Array::with_max_entries(1, BPF_F_MMAPAB
 #[map]
 static ZOMBIES: HashMap<ProcessKey, Zombie> = HashMap::with_max_entries(65536, 0);
 
+/// Counters per cgroup, one copy for all CPUs: a per-CPU map would cost its size once per
+/// possible CPU (about 100 MiB at 16384 cgroups on a 192-vCPU node). Every CPU adds to the
+/// same words, atomically.
 #[map]
-static CGROUP_COUNTERS: PerCpuHashMap<u64, CgroupCounters> =
-    PerCpuHashMap::with_max_entries(16384, 0);
+static CGROUP_COUNTERS: HashMap<u64, CgroupCounters> = HashMap::with_max_entries(16384, 0);
 
 /// Last wait per tgid. Userspace drops the entries of processes that are gone: a parent
 /// waits many times, but most processes never wait, so the free hook does not look here.
 #[map]
 static WAITS: HashMap<u32, WaitRecord> = HashMap::with_max_entries(65536, 0);
 
+/// Thread groups whose exit was counted, where `sched_process_exit` has no `group_dead`
+/// (before 6.16): every thread that reaches the hook after the group's live count fell to zero
+/// finds it zero, and only the first one's insert succeeds. The threads of a group get there
+/// within microseconds of each other, so an LRU of a few thousand groups never forgets one
+/// whose threads are still on their way.
+#[map]
+static EXITED_GROUPS: LruHashMap<ProcessKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
 #[map]
 static LIFETIMES: PerCpuArray<LifetimeHistogram> = PerCpuArray::with_max_entries(1, 0);
 
-/// Applies `update` to this CPU's counters of `cgroup_id`, creating them on first use.
-pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
+/// A cgroup's counters in map memory that every CPU adds to.
+pub struct SharedCounters(*mut CgroupCounters);
+
+impl SharedCounters {
+    pub fn fork(&self) {
+        add_one(unsafe { &raw mut (*self.0).forks });
+    }
+
+    pub fn exit(&self) {
+        add_one(unsafe { &raw mut (*self.0).exits });
+    }
+
+    pub fn zombie_created(&self) {
+        add_one(unsafe { &raw mut (*self.0).zombies_created });
+    }
+
+    pub fn zombie_reaped(&self) {
+        add_one(unsafe { &raw mut (*self.0).zombies_reaped });
+    }
+}
+
+/// An atomic add whose result is unused: `BPF_XADD`, which every kernel takes (the fetching
+/// forms need 5.12).
+fn add_one(word: *mut u64) {
+    unsafe { atomic_xadd::<u64, u64, { SeqCst }>(word, 1) };
+}
+
+/// Applies `update` to the counters of `cgroup_id`, creating them on first use.
+pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&SharedCounters)) {
     let counters = match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
         Some(counters) => counters,
         None => {
-            // Another CPU may create it first; its copy for this CPU is still zero.
+            // Another CPU may create it first: then this insert fails and its entry is used.
             let _ =
                 CGROUP_COUNTERS.insert(cgroup_id, CgroupCounters::default(), BPF_NOEXIST as u64);
             match CGROUP_COUNTERS.get_ptr_mut(cgroup_id) {
@@ -56,7 +93,7 @@ pub fn update_cgroup(cgroup_id: u64, update: impl FnOnce(&mut CgroupCounters)) {
             }
         }
     };
-    update(unsafe { &mut *counters });
+    update(&SharedCounters(counters));
 }
 
 /// Compare-and-swap on a word of map memory (`BPF_CMPXCHG`, 5.12+); whether it swapped, and
@@ -136,6 +173,15 @@ pub fn take_zombie<const SLOTS: bool>(key: &ProcessKey) -> Option<Zombie> {
     // Only the remover accounts for it: userspace may close the same record concurrently.
     ZOMBIES.remove(key).ok()?;
     Some(zombie)
+}
+
+/// Whether this thread is the first to claim the exit of group `key`. A map that cannot take
+/// the claim (no memory) lets it through: a rare double count rather than a lost exit.
+pub fn claim_group_exit(key: &ProcessKey) -> bool {
+    match EXITED_GROUPS.insert(key, 0, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) => err != -EEXIST,
+    }
 }
 
 pub fn record_lifetime(lifetime_ns: u64) {

@@ -12,6 +12,7 @@ static SETTINGS: ProgramSettings = ProgramSettings {
     zombie_slots: 0,
     helpers: 0,
     trace_events: 0,
+    exit_group_dead: 0,
 };
 
 /// One setting. The volatile read keeps the compiler from folding the zeroed default.
@@ -33,6 +34,11 @@ pub fn tracing() -> bool {
 /// Entries of the zombie slot table; 0 when the kernel cannot use it.
 pub fn zombie_slots() -> u32 {
     setting!(zombie_slots)
+}
+
+/// Whether `sched_process_exit` has its `group_dead` argument (6.16+).
+pub fn exit_has_group_dead() -> bool {
+    setting!(exit_group_dead) != 0
 }
 
 pub fn has_helper(bit: u32) -> bool {

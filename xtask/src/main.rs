@@ -63,6 +63,9 @@ enum Task {
         /// Run the smoke set where a machine has one, as `cargo xtask test` does.
         #[arg(long)]
         smoke: bool,
+        /// Only these test executables (comma-separated target names, e.g. `walk,storm`).
+        #[arg(long, value_delimiter = ',')]
+        tests: Vec<String>,
     },
     /// Measure the tracer's overhead on a fork storm and a pipe ping-pong, and its memory.
     Bench {
@@ -118,11 +121,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => {
             setup::all()?;
             test()?;
-            vm::run(None, true)
+            vm::run(None, true, &[])
         }
-        Task::VmTest { only, smoke } => {
+        Task::VmTest { only, smoke, tests } => {
             setup::all()?;
-            vm::run(only.as_deref(), smoke)
+            vm::run(only.as_deref(), smoke, &tests)
         }
         Task::Bench {
             pairs,

@@ -178,13 +178,19 @@ fn main() {
     let mut parent = me;
 
     match shape.as_str() {
-        // N children exit and are not waited for; a `step` reaps them all.
-        "leak" => {
+        // N children exit and are not waited for; a `step` reaps them all (`leak-trickle`:
+        // one every 50 µs, so that reaps go on for a while).
+        "leak" | "leak-trickle" => {
             let pids: Vec<i32> = (0..n).map(|_| spawn_exiting(7)).collect();
             pids.iter().copied().for_each(wait_exited);
             stages.ready();
             if stages.next() {
-                pids.into_iter().for_each(reap);
+                for pid in pids {
+                    reap(pid);
+                    if shape == "leak-trickle" {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                }
             }
         }
         // Parent and child name themselves with quotes, a newline, braces and a terminal
@@ -407,6 +413,57 @@ fn main() {
             }
             unsafe { libc::close(write_fd) };
             return;
+        }
+        // Children exit unreaped until the cgroup's pids.max has refused N forks: one burst
+        // that fills the cgroup.
+        "leak-to-limit" => {
+            let mut refused = 0;
+            for _ in 0..10_000 {
+                match unsafe { libc::fork() } {
+                    0 => unsafe { libc::_exit(7) },
+                    -1 => refused += 1,
+                    pid => wait_exited(pid),
+                }
+                if refused == n {
+                    break;
+                }
+            }
+            if refused < n {
+                die("no pids.max refused a fork");
+            }
+        }
+        // N processes of 16 threads, 15 of them spinning, all released at once to exit
+        // through exit_group(), then reaped: every thread of a group dies concurrently.
+        "spinning-groups" => {
+            let [release_read, release_write] = pipe();
+            let [started_read, started_write] = pipe();
+            let pids: Vec<i32> = (0..n)
+                .map(|_| match unsafe { libc::fork() } {
+                    0 => {
+                        unsafe { libc::close(release_write) };
+                        for _ in 0..15 {
+                            std::thread::spawn(|| loop {
+                                std::hint::spin_loop();
+                            });
+                        }
+                        unsafe { libc::write(started_write, [0u8].as_ptr().cast(), 1) };
+                        block_on(release_read);
+                        unsafe { libc::syscall(libc::SYS_exit_group, 0) };
+                        unreachable!("exit_group returned")
+                    }
+                    -1 => die("fork"),
+                    pid => pid,
+                })
+                .collect();
+            unsafe { libc::close(started_write) };
+            for _ in 0..n {
+                let mut byte = 0u8;
+                if unsafe { libc::read(started_read, (&mut byte as *mut u8).cast(), 1) } != 1 {
+                    die("a group never started");
+                }
+            }
+            unsafe { libc::close(release_write) };
+            pids.into_iter().for_each(reap);
         }
         // N zombies, and a parent that keeps calling waitid(WNOWAIT): it waits, reaps nothing.
         "wait-wrong" => {

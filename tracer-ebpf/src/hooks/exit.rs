@@ -1,12 +1,20 @@
 //! `sched_process_exit(task[, group_dead])`: processes whose last thread exits, and the
-//! zombies they leave (see `zombie`). `group_dead` is an argument only from 6.16 on; the
-//! live-thread count it is computed from works on every kernel.
+//! zombies they leave (see `zombie`), once per process. `group_dead` (6.16+) names the one
+//! thread that took the group's live count to zero. Before, the hook sees only the count, and
+//! every thread that gets there after the last decrement finds it zero (an `exit_group()` of a
+//! process whose threads all run): the first of them claims the group (`EXITED_GROUPS`).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use tracer_common::EventKind;
 
-use crate::{events::report, maps::update_cgroup, settings::configured, task::Task, zombie};
+use crate::{
+    events::report,
+    maps::{claim_group_exit, update_cgroup},
+    settings::{configured, exit_has_group_dead},
+    task::Task,
+    zombie,
+};
 
 /// Kernels with BPF compare-and-swap (5.12+): the zombie slot table first.
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -27,7 +35,7 @@ fn on_exit<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let task = Task::from_arg(ctx.arg(0));
-    if task.live_threads() != Some(0) {
+    if !ends_its_group::<SLOTS>(&ctx, task) {
         return 0;
     }
     let cgroup = task.cgroup();
@@ -45,17 +53,27 @@ fn on_exit<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
     // Parent and child usually share a cgroup: one counter update then serves both.
     match (cgroup_id, zombie_parent_cgroup_id) {
         (Some(exited), Some(parent)) if exited == parent => update_cgroup(exited, |c| {
-            c.exits += 1;
-            c.zombies_created += 1;
+            c.exit();
+            c.zombie_created();
         }),
         (exited, parent) => {
             if let Some(exited) = exited {
-                update_cgroup(exited, |c| c.exits += 1);
+                update_cgroup(exited, |c| c.exit());
             }
             if let Some(parent) = parent {
-                update_cgroup(parent, |c| c.zombies_created += 1);
+                update_cgroup(parent, |c| c.zombie_created());
             }
         }
     }
     0
+}
+
+/// Whether `task`'s exit ends its thread group; true for one thread per group.
+#[inline(always)]
+fn ends_its_group<const SLOTS: bool>(ctx: &BtfTracePointContext, task: Task) -> bool {
+    // Kernels with `group_dead` all have the slot table: 5.10's program holds no read of it.
+    if SLOTS && exit_has_group_dead() {
+        return ctx.arg::<u64>(1) != 0;
+    }
+    task.live_threads() == Some(0) && task.process_key().is_some_and(|key| claim_group_exit(&key))
 }

@@ -20,7 +20,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     }
     // Charged to the parent's cgroup, where the fork happened.
     if let Some(cgroup_id) = parent.cgroup_id() {
-        update_cgroup(cgroup_id, |c| c.forks += 1);
+        update_cgroup(cgroup_id, |c| c.fork());
         report(EventKind::Fork, child, 0, 0, || Some(cgroup_id));
     }
     0

@@ -52,7 +52,7 @@ fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
         let lifetime = now.saturating_sub(zombie.exit_ns);
         // Charged where it was created, even if it was reparented since; a zombie found in
         // /proc was counted created by userspace when found. Only a seen exit has a lifetime.
-        update_cgroup(zombie.parent_cgroup_id, |c| c.zombies_reaped += 1);
+        update_cgroup(zombie.parent_cgroup_id, |c| c.zombie_reaped());
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
             // Both times lag by at most a kernel tick, which is shorter than a USER_HZ one:
             // an exit later than that is a record the programs cannot explain.

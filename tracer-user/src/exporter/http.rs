@@ -25,6 +25,7 @@ use super::{
     admission::{Admission, PER_SECOND},
     metrics,
     model::Model,
+    scrapes::ScrapeLog,
     webconfig::{Authenticator, Verdict, WebConfig, WebConfigFile},
 };
 
@@ -42,6 +43,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 /// the connections.
 pub struct Published {
     latest: Mutex<Option<Arc<Exposition>>>,
+    scrapes: ScrapeLog,
     /// Not ready once the last good sample is older than this.
     stale_after: Duration,
 }
@@ -50,12 +52,14 @@ struct Exposition {
     text: Bytes,
     openmetrics: Bytes,
     sampled_at: Instant,
+    sequence: u64,
 }
 
 impl Published {
     pub fn new(sample_interval: Duration) -> Self {
         Self {
             latest: Mutex::new(None),
+            scrapes: ScrapeLog::default(),
             stale_after: sample_interval * 3,
         }
     }
@@ -67,9 +71,15 @@ impl Published {
             text: Bytes::from(metrics::encode_text(&families)?),
             openmetrics: Bytes::from(metrics::encode_openmetrics(&families)),
             sampled_at,
+            sequence: model.sequence,
         };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(exposition));
         Ok(())
+    }
+
+    /// Which samples each scraper fetched.
+    pub fn scrapes(&self) -> &ScrapeLog {
+        &self.scrapes
     }
 
     fn latest(&self) -> Option<Arc<Exposition>> {
@@ -108,6 +118,7 @@ pub struct Endpoint {
 /// connection came (a reload applies to the next ones).
 struct Connection {
     published: Arc<Published>,
+    peer: IpAddr,
     web: Arc<WebConfig>,
     auth: Option<Arc<Authenticator>>,
     source: IpAddr,
@@ -161,6 +172,7 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
         };
         let connection = Arc::new(Connection {
             published: endpoint.published.clone(),
+            peer: peer.ip(),
             web,
             auth,
             source,
@@ -321,6 +333,15 @@ async fn respond(
     Ok(match path {
         "/metrics" => match published.latest() {
             Some(exposition) => {
+                if request.method() == Method::GET {
+                    let agent = request.headers().get(header::USER_AGENT);
+                    published.scrapes.fetched(
+                        connection.peer,
+                        agent.map_or(&[][..], |agent| agent.as_bytes()),
+                        exposition.sequence,
+                        Instant::now(),
+                    );
+                }
                 let accept = request.headers().get_all(header::ACCEPT);
                 metrics_response(
                     &exposition,

@@ -1,5 +1,5 @@
-//! Counters that never go down while the process lives, whatever happens to the cgroups
-//! behind a series.
+//! Counters that never go down while the process lives, lose nothing, double nothing, and
+//! reach Prometheus as increases.
 //!
 //! A series is a set of label values, and several cgroup ids can feed one (labels dropped by
 //! the allow-list, a cgroup removed and made again under the same path, a pod's names learnt
@@ -7,75 +7,183 @@
 //! other labels, and Prometheus reads a fall as a reset. So each id adds only what it counted
 //! since the last sample to the series it belongs to now, and a series that stops being
 //! exported keeps its totals (up to a bound) in case it comes back.
+//!
+//! Every id's last raw value is kept from the first sample that sees it, fed or not: what it
+//! counts while its labels settle waits in the id and goes, once, to the first series it feeds.
+//! An id collected before it ever fed a series gives its counts to its series on the way out,
+//! and that series is shown until they have been scraped.
+//!
+//! Prometheus takes a series' first sample as a baseline, never as an increase. So a series
+//! that appears (or comes back) shows the values it showed last, zero for a new one, until
+//! every scraper has fetched those (see `scrapes`); only then does it move.
 
 use std::collections::HashMap;
+
+use tracer_common::CgroupCounters;
 
 use super::model::{CgroupLabels, SeriesCounters};
 
 pub struct CounterLedger {
-    /// Raw counters of each cgroup id at the last sample.
-    last: HashMap<u64, SeriesCounters>,
-    series: HashMap<CgroupLabels, Totals>,
+    ids: HashMap<u64, IdCounts>,
+    series: HashMap<CgroupLabels, Series>,
     /// Series kept at most; beyond it, those retired longest ago are forgotten.
     capacity: usize,
-    /// Samples so far: when each series was last fed.
+    /// Samples so far; the body of sample `n` is published as `n`.
     sample: u64,
 }
 
-struct Totals {
-    counters: SeriesCounters,
+/// One cgroup id's raw counters at the last sample, and what it counted that no series holds
+/// yet.
+#[derive(Default)]
+struct IdCounts {
+    raw: SeriesCounters,
+    unfed: SeriesCounters,
+    seen_in_sample: u64,
+}
+
+#[derive(Default)]
+struct Series {
+    totals: SeriesCounters,
     fed_in_sample: u64,
+    /// What the last body that showed it holds (zero before the first).
+    shown: SeriesCounters,
+    /// The sample of that body; 0: never shown.
+    shown_in_sample: u64,
+    /// Since when `shown` has held these values.
+    shown_since: u64,
+    /// Held at `shown` since this sample's body appeared, until every scraper fetched it.
+    held_since: Option<u64>,
+    /// Its last id was collected: shown until its totals have been scraped.
+    farewell: bool,
 }
 
 impl CounterLedger {
     pub fn new(capacity: usize) -> Self {
         Self {
-            last: HashMap::new(),
+            ids: HashMap::new(),
             series: HashMap::new(),
             capacity: capacity.max(1),
             sample: 0,
         }
     }
 
-    /// Starts a sample: every id that is still counted is fed again before [`Self::end`].
-    pub fn begin(&mut self) {
+    /// Starts a sample, and returns its number.
+    pub fn begin(&mut self) -> u64 {
         self.sample += 1;
+        self.sample
     }
 
-    /// Adds what cgroup `id` counted since the last sample to the series `labels`, and
-    /// returns that series' totals and what was added.
-    pub fn feed(
+    /// Reads cgroup `id`'s raw counters at this sample (`fork_failures`: `None` when its
+    /// `pids.events` could not be read, which keeps the last value); returns what it counted
+    /// since the last sample.
+    pub fn observe(
         &mut self,
         id: u64,
-        raw: SeriesCounters,
-        labels: &CgroupLabels,
-    ) -> (SeriesCounters, SeriesCounters) {
-        let before = self.last.insert(id, raw).unwrap_or_default();
-        let delta = since(&raw, &before);
-        let totals = match self.series.get_mut(labels) {
-            Some(totals) => totals,
-            None => self.series.entry(labels.clone()).or_insert(Totals {
-                counters: SeriesCounters::default(),
-                fed_in_sample: 0,
-            }),
-        };
-        totals.fed_in_sample = self.sample;
-        add(&mut totals.counters, &delta);
-        (totals.counters, delta)
+        kernel: CgroupCounters,
+        fork_failures: Option<u64>,
+    ) -> SeriesCounters {
+        let counts = self.ids.entry(id).or_default();
+        let raw = SeriesCounters::new(
+            kernel,
+            fork_failures.unwrap_or(counts.raw.pids_fork_failures),
+        );
+        let delta = since(&raw, &counts.raw);
+        add(&mut counts.unfed, &delta);
+        counts.raw = raw;
+        counts.seen_in_sample = self.sample;
+        delta
     }
 
-    /// Ends a sample: ids not fed in it are gone (collected), and the oldest retired series
+    /// Gives what cgroup `id` counted and no series holds to the series `labels`.
+    pub fn feed(&mut self, id: u64, labels: &CgroupLabels) {
+        let unfed = self
+            .ids
+            .get_mut(&id)
+            .map(|counts| std::mem::take(&mut counts.unfed))
+            .unwrap_or_default();
+        let sample = self.sample;
+        let series = self.series_mut(labels);
+        series.fed_in_sample = sample;
+        add(&mut series.totals, &unfed);
+    }
+
+    /// Feeds a collected id's last counts to `labels`, whose series is then shown until they
+    /// have been scraped (call [`Self::farewells`]).
+    pub fn feed_last(&mut self, id: u64, labels: &CgroupLabels) {
+        self.feed(id, labels);
+        self.series_mut(labels).farewell = true;
+    }
+
+    /// The counters series `labels` shows in this sample's body; call it once a sample for
+    /// each series the body holds. `scraped(n)`: whether every scraper fetched body `n`.
+    pub fn show(
+        &mut self,
+        labels: &CgroupLabels,
+        scraped: &impl Fn(u64) -> bool,
+    ) -> SeriesCounters {
+        let sample = self.sample;
+        let series = self.series_mut(labels);
+        let shown_last_sample = series.shown_in_sample > 0 && series.shown_in_sample + 1 == sample;
+        if !shown_last_sample {
+            // New to Prometheus, or back after an absence: its old values first.
+            series.held_since = Some(sample);
+        } else if series.held_since.is_some_and(scraped) {
+            series.held_since = None;
+        }
+        if series.held_since.is_none() && series.shown != series.totals {
+            series.shown = series.totals;
+            series.shown_since = sample;
+        }
+        series.shown_in_sample = sample;
+        series.shown
+    }
+
+    /// Series whose ids were collected and whose last counts are not scraped yet, with what
+    /// this sample's body shows of them. Call it after [`Self::show`] for the others.
+    pub fn farewells(
+        &mut self,
+        scraped: &impl Fn(u64) -> bool,
+    ) -> Vec<(CgroupLabels, SeriesCounters)> {
+        let sample = self.sample;
+        let leaving: Vec<CgroupLabels> = self
+            .series
+            .iter_mut()
+            .filter(|(_, series)| series.farewell && series.shown_in_sample != sample)
+            .filter_map(|(labels, series)| {
+                let scraped_all = series.shown_in_sample + 1 == sample
+                    && series.held_since.is_none()
+                    && series.shown == series.totals
+                    && scraped(series.shown_since);
+                if scraped_all {
+                    series.farewell = false;
+                    None
+                } else {
+                    Some(labels.clone())
+                }
+            })
+            .collect();
+        leaving
+            .into_iter()
+            .map(|labels| {
+                let shown = self.show(&labels, scraped);
+                (labels, shown)
+            })
+            .collect()
+    }
+
+    /// Ends a sample: ids not seen in it are gone (collected), and the oldest retired series
     /// are forgotten when there are too many.
-    pub fn end(&mut self, fed: impl Fn(u64) -> bool) {
-        self.last.retain(|&id, _| fed(id));
+    pub fn end(&mut self) {
+        let sample = self.sample;
+        self.ids.retain(|_, counts| counts.seen_in_sample == sample);
         if self.series.len() <= self.capacity {
             return;
         }
         let mut retired: Vec<(u64, CgroupLabels)> = self
             .series
             .iter()
-            .filter(|(_, t)| t.fed_in_sample < self.sample)
-            .map(|(labels, t)| (t.fed_in_sample, labels.clone()))
+            .filter(|(_, s)| s.fed_in_sample < sample && s.shown_in_sample < sample && !s.farewell)
+            .map(|(labels, s)| (s.fed_in_sample.max(s.shown_in_sample), labels.clone()))
             .collect();
         retired.sort_unstable();
         // Down to three quarters, so that the sort is not paid on every sample.
@@ -83,6 +191,13 @@ impl CounterLedger {
         for (_, labels) in retired.into_iter().take(excess) {
             self.series.remove(&labels);
         }
+    }
+
+    fn series_mut(&mut self, labels: &CgroupLabels) -> &mut Series {
+        if !self.series.contains_key(labels) {
+            self.series.insert(labels.clone(), Series::default());
+        }
+        self.series.get_mut(labels).expect("inserted above")
     }
 
     #[cfg(test)]
@@ -126,26 +241,45 @@ mod tests {
         ]
     }
 
-    fn exits(n: u64) -> SeriesCounters {
-        SeriesCounters {
+    fn exits(n: u64) -> CgroupCounters {
+        CgroupCounters {
             exits: n,
             ..Default::default()
         }
     }
+
+    impl CounterLedger {
+        fn totals(&self, labels: &CgroupLabels) -> SeriesCounters {
+            self.series
+                .get(labels)
+                .map(|s| s.totals)
+                .unwrap_or_default()
+        }
+    }
+
+    /// Observes `id` at `n` raw exits and feeds it to `labels`; the series' exits.
+    fn feed(ledger: &mut CounterLedger, id: u64, n: u64, labels: &CgroupLabels) -> u64 {
+        ledger.observe(id, exits(n), Some(0));
+        ledger.feed(id, labels);
+        ledger.totals(labels).exits
+    }
+
+    const SCRAPED: fn(u64) -> bool = |_| true;
+    const NOT_SCRAPED: fn(u64) -> bool = |_| false;
 
     #[test]
     fn a_cgroup_made_again_under_the_same_path_continues_its_series() {
         let mut ledger = CounterLedger::new(16);
         let x = labels("/x", "");
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(4), &x).0.exits, 4);
-        ledger.end(|id| id == 1);
-        // Removed and collected: id 1 is no longer fed; id 2 is the new /x.
+        assert_eq!(feed(&mut ledger, 1, 4, &x), 4);
+        ledger.end();
+        // Removed and collected: id 1 is no longer seen; id 2 is the new /x.
         ledger.begin();
-        ledger.end(|_| false);
+        ledger.end();
         ledger.begin();
-        assert_eq!(ledger.feed(2, exits(3), &x).0.exits, 7);
-        ledger.end(|id| id == 2);
+        assert_eq!(feed(&mut ledger, 2, 3, &x), 7);
+        ledger.end();
     }
 
     #[test]
@@ -153,12 +287,12 @@ mod tests {
         let mut ledger = CounterLedger::new(16);
         let merged = labels("", "");
         ledger.begin();
-        ledger.feed(1, exits(100), &merged);
-        assert_eq!(ledger.feed(2, exits(41), &merged).0.exits, 141);
-        ledger.end(|_| true);
+        feed(&mut ledger, 1, 100, &merged);
+        assert_eq!(feed(&mut ledger, 2, 41, &merged), 141);
+        ledger.end();
         ledger.begin();
-        assert_eq!(ledger.feed(2, exits(41), &merged).0.exits, 141);
-        ledger.end(|id| id == 2);
+        assert_eq!(feed(&mut ledger, 2, 41, &merged), 141);
+        ledger.end();
     }
 
     #[test]
@@ -166,13 +300,13 @@ mod tests {
         let mut ledger = CounterLedger::new(16);
         let (before, after) = (labels("/p", ""), labels("/p", "ns"));
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(5), &before).0.exits, 5);
-        ledger.end(|_| true);
+        assert_eq!(feed(&mut ledger, 1, 5, &before), 5);
+        ledger.end();
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(7), &after).0.exits, 2);
-        ledger.end(|_| true);
+        assert_eq!(feed(&mut ledger, 1, 7, &after), 2);
+        ledger.end();
         ledger.begin();
-        assert_eq!(ledger.feed(3, exits(0), &before).0.exits, 5);
+        assert_eq!(feed(&mut ledger, 3, 0, &before), 5);
     }
 
     #[test]
@@ -180,9 +314,108 @@ mod tests {
         let mut ledger = CounterLedger::new(16);
         let x = labels("/x", "");
         ledger.begin();
-        ledger.feed(1, exits(10), &x);
+        feed(&mut ledger, 1, 10, &x);
         ledger.begin();
-        assert_eq!(ledger.feed(1, exits(2), &x).0.exits, 12);
+        assert_eq!(feed(&mut ledger, 1, 2, &x), 12);
+    }
+
+    /// Seen while its labels settle, fed, not fed for a sample (its pod names went
+    /// missing), fed again: every count once.
+    #[test]
+    fn an_id_not_fed_for_a_while_is_counted_once() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        for (n, fed) in [(5, false), (7, true), (7, false), (9, true)] {
+            ledger.begin();
+            ledger.observe(1, exits(n), Some(0));
+            if fed {
+                ledger.feed(1, &x);
+            }
+            ledger.end();
+        }
+        assert_eq!(ledger.totals(&x).exits, 9);
+    }
+
+    #[test]
+    fn unreadable_fork_failures_keep_their_last_value() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        for failures in [Some(3), None, Some(3), Some(4)] {
+            ledger.begin();
+            ledger.observe(1, exits(0), failures);
+            ledger.feed(1, &x);
+            ledger.end();
+        }
+        assert_eq!(ledger.totals(&x).pids_fork_failures, 4);
+    }
+
+    /// Prometheus must see the series at zero before the burst that made it.
+    #[test]
+    fn a_new_series_shows_zero_until_every_scraper_fetched_it() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        let mut shown = Vec::new();
+        for scraped in [NOT_SCRAPED, NOT_SCRAPED, SCRAPED, SCRAPED] {
+            ledger.begin();
+            feed(&mut ledger, 1, 5, &x);
+            shown.push(ledger.show(&x, &scraped).exits);
+            ledger.end();
+        }
+        assert_eq!(shown, [0, 0, 5, 5]);
+    }
+
+    #[test]
+    fn a_series_back_after_an_absence_shows_its_last_values_first() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        let mut shown = Vec::new();
+        for (n, show) in [(5, true), (5, true), (8, false), (9, true), (9, true)] {
+            ledger.begin();
+            feed(&mut ledger, 1, n, &x);
+            if show {
+                shown.push(ledger.show(&x, &SCRAPED).exits);
+            }
+            ledger.end();
+        }
+        assert_eq!(shown, [0, 5, 5, 9]);
+    }
+
+    /// `--gc-grace 0s`: collected before its labels settled, it still shows its counts.
+    #[test]
+    fn a_collected_id_shows_its_last_counts_before_it_goes() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        ledger.begin();
+        ledger.observe(1, exits(3), Some(0));
+        ledger.end();
+        ledger.begin();
+        ledger.observe(1, exits(4), Some(0));
+        ledger.feed_last(1, &x);
+        assert_eq!(ledger.farewells(&SCRAPED), [(x.clone(), exits_only(0))]);
+        ledger.end();
+        let mut shown = Vec::new();
+        for scraped in [NOT_SCRAPED, SCRAPED, NOT_SCRAPED, SCRAPED, SCRAPED] {
+            ledger.begin();
+            shown.push(ledger.farewells(&scraped));
+            ledger.end();
+        }
+        assert_eq!(
+            shown,
+            [
+                vec![(x.clone(), exits_only(0))],
+                vec![(x.clone(), exits_only(4))],
+                vec![(x.clone(), exits_only(4))],
+                vec![],
+                vec![],
+            ]
+        );
+    }
+
+    fn exits_only(n: u64) -> SeriesCounters {
+        SeriesCounters {
+            exits: n,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -190,12 +423,12 @@ mod tests {
         let mut ledger = CounterLedger::new(8);
         for id in 0..100u64 {
             ledger.begin();
-            ledger.feed(id, exits(1), &labels(&format!("/c{id}"), ""));
-            ledger.end(|fed| fed == id);
+            feed(&mut ledger, id, 1, &labels(&format!("/c{id}"), ""));
+            ledger.end();
             assert!(ledger.series_kept() <= 8, "{}", ledger.series_kept());
         }
         // The newest retired series are the ones kept.
         ledger.begin();
-        assert_eq!(ledger.feed(1000, exits(0), &labels("/c99", "")).0.exits, 1);
+        assert_eq!(feed(&mut ledger, 1000, 0, &labels("/c99", "")), 1);
     }
 }

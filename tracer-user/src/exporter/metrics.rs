@@ -498,6 +498,7 @@ mod tests {
             }],
             proc_skipped: 0,
             health: Default::default(),
+            sequence: 1,
         }
     }
 

@@ -18,6 +18,7 @@ mod logger;
 mod metrics;
 mod model;
 mod sampler;
+mod scrapes;
 pub mod settings;
 mod webconfig;
 
@@ -190,7 +191,7 @@ fn sample_until_stopped(
     let mut last_good = None;
     loop {
         let began = Instant::now();
-        let published_now = match sampler.sample() {
+        let published_now = match sampler.sample(published.scrapes()) {
             Ok(mut model) => {
                 health.last_sample_unix_seconds = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)

@@ -91,6 +91,8 @@ pub struct Model {
     /// `/proc` entries that could not be read or parsed, skipped.
     pub proc_skipped: u64,
     pub health: Health,
+    /// The sample's number: scrapers are tracked by the numbers they fetched.
+    pub sequence: u64,
 }
 
 /// How full one kernel map is, and how often it had no room.

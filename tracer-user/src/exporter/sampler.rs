@@ -16,6 +16,7 @@ use super::{
         CgroupLabels, CgroupSeries, Health, KubeletSeries, MapUsage, Model, NodeSeries,
         ParentSeries, PidsSeries, SeriesCounters,
     },
+    scrapes::ScrapeLog,
     settings::{CgroupSeriesChoice, Settings},
 };
 use crate::{
@@ -83,7 +84,8 @@ impl Sampler {
         })
     }
 
-    pub fn sample(&mut self) -> Result<Model> {
+    /// One sample; `scrapes` says which earlier ones every scraper has fetched.
+    pub fn sample(&mut self, scrapes: &ScrapeLog) -> Result<Model> {
         // The sampler thread owns the programs: it forwards their log too, once a sample.
         self.watch.engine_mut().probes_mut().forward_kernel_log();
         let now = Instant::now();
@@ -114,35 +116,39 @@ impl Sampler {
             by_id.entry(cgroup.id).or_default().raw = cgroup.counters;
         }
 
-        self.counters.begin();
+        let sequence = self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
-        let (mut seen, mut fed) = (HashSet::new(), HashSet::new());
+        let mut seen = HashSet::new();
         for (id, sample) in by_id {
             let pinned = sample.series.zombies + sample.created_alive;
-            let Some(known) = self.attribution(id, pinned, now)? else {
+            let (known, collected) = self.attribution(id, pinned, now)?;
+            let fork_failures = self
+                .watch
+                .engine()
+                .hierarchy()
+                .and_then(|h| h.fork_failures(&known.path));
+            let news = self.counters.observe(id, sample.raw, fork_failures);
+            let (labels, complete) = self.labels(&known.path);
+            if collected {
+                // Its last counts go to its series, which a scraper must see before it goes.
+                if self.was_active(id, now) {
+                    self.counters.feed_last(id, &labels);
+                } else {
+                    self.counters.feed(id, &labels);
+                }
                 continue;
-            };
+            }
             seen.insert(id);
             let mut series = sample.series;
             series.pids = self.pids(id, &known.path, elapsed);
-            let (labels, complete) = self.labels(&known.path);
             series.labels = labels;
             // Counts fed under labels about to be completed would stay behind with them.
             let settled = known.resolved && complete
                 || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
-            let mut news = SeriesCounters::default();
             if settled {
-                fed.insert(id);
-                let fork_failures = self
-                    .watch
-                    .engine()
-                    .hierarchy()
-                    .and_then(|h| h.fork_failures(&known.path))
-                    .unwrap_or(0);
-                let raw = SeriesCounters::new(sample.raw, fork_failures);
-                let (totals, delta) = self.counters.feed(id, raw, &series.labels);
-                series.counters = Some(totals);
-                news = delta;
+                self.counters.feed(id, &series.labels);
+                // Placeholder: the ledger says what the series shows, once all its ids fed.
+                series.counters = Some(SeriesCounters::default());
             }
             // Counted all the same: a series that turns active shows its whole totals.
             if !self.is_active(id, &series, &news, now) {
@@ -150,7 +156,20 @@ impl Sampler {
             }
             merge(merged.entry(series.labels.clone()).or_default(), series);
         }
-        self.counters.end(|id| fed.contains(&id));
+        let scraped = |sample: u64| scrapes.fetched_by_all(sample, now);
+        for series in merged.values_mut() {
+            if series.counters.is_some() {
+                series.counters = Some(self.counters.show(&series.labels, &scraped));
+            }
+        }
+        for (labels, counters) in self.counters.farewells(&scraped) {
+            merged.entry(labels.clone()).or_insert(CgroupSeries {
+                labels,
+                counters: Some(counters),
+                ..CgroupSeries::default()
+            });
+        }
+        self.counters.end();
         // Ids that left the sample without being collected leave nothing behind either.
         self.known.retain(|id, _| seen.contains(id));
         self.cgroup_growth.retain(|id, _| seen.contains(id));
@@ -219,6 +238,7 @@ impl Sampler {
             ],
             proc_skipped: engine.totals().skipped,
             health: Health::default(),
+            sequence,
         })
     }
 
@@ -242,15 +262,14 @@ impl Sampler {
         if series.zombies > 0 || news.pids_fork_failures > 0 || pids_pressing {
             self.last_said.insert(id, now);
         }
-        self.last_said
-            .get(&id)
-            .is_some_and(|&at| now.duration_since(at) <= self.settings.eta_window)
+        self.was_active(id, now)
     }
 
-    /// What is known of a cgroup id; None once a removed cgroup with nothing unreaped
-    /// (`pinned`: zombies of its processes, or that it created) has outlived the grace
-    /// period. Its kernel counters are then dropped; its series keeps its totals.
-    fn attribution(&mut self, id: u64, pinned: u64, now: Instant) -> Result<Option<KnownCgroup>> {
+    /// What is known of a cgroup id, and whether it is collected now: a removed cgroup with
+    /// nothing unreaped (`pinned`: zombies of its processes, or that it created) that has
+    /// outlived the grace period. Its kernel counters are then dropped; its series keeps its
+    /// totals.
+    fn attribution(&mut self, id: u64, pinned: u64, now: Instant) -> Result<(KnownCgroup, bool)> {
         let path = self.watch.engine_mut().cgroup_path(id);
         let known = self.known.entry(id).or_insert_with(|| KnownCgroup {
             // Not found yet (the hierarchy is walked at most every second), or created and
@@ -268,15 +287,29 @@ impl Sampler {
             }
             None => {
                 let gone_since = *known.gone_since.get_or_insert(now);
-                if pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
-                    self.known.remove(&id);
+                // A cgroup not found yet may be new: it is gone once a walk found it and then
+                // did not, or when it stays unfound as long as attribution waits.
+                let gone =
+                    known.resolved || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
+                if gone && pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
+                    let known = self.known.remove(&id).expect("entered above");
                     self.cgroup_growth.remove(&id);
                     self.watch.engine_mut().forget_cgroup(id)?;
-                    return Ok(None);
+                    return Ok((known, true));
                 }
             }
         }
-        Ok(Some(known.clone()))
+        Ok((known.clone(), false))
+    }
+
+    /// Whether cgroup `id` had series in the last samples (always, without
+    /// `--cgroup-series active`).
+    fn was_active(&self, id: u64, now: Instant) -> bool {
+        self.settings.cgroup_series == CgroupSeriesChoice::All
+            || self
+                .last_said
+                .get(&id)
+                .is_some_and(|&at| now.duration_since(at) <= self.settings.eta_window)
     }
 
     fn pids(&mut self, id: u64, path: &str, elapsed: f64) -> Option<PidsSeries> {

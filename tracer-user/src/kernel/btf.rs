@@ -203,6 +203,23 @@ impl KernelBtf {
                 0
             },
             trace_events: 0,
+            exit_group_dead: u32::from(self.tracepoint_arguments("sched_process_exit") == Some(2)),
+        }
+    }
+
+    /// Arguments of tracepoint `name` as a `tp_btf` program sees them, from the type of its
+    /// probe (`btf_trace_<name>`, whose first parameter is the probe's data, not an argument).
+    fn tracepoint_arguments(&self, name: &str) -> Option<usize> {
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let pointer = self.btf.resolve_chained_type(typedef.as_btf_type()?).ok()?;
+        match self.btf.resolve_chained_type(pointer.as_btf_type()?).ok()? {
+            Type::FuncProto(proto) => proto.parameters.len().checked_sub(1),
+            _ => None,
         }
     }
 }

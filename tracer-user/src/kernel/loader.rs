@@ -72,13 +72,21 @@ impl Probes {
         let btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
         let offsets = btf.kernel_offsets(hierarchy)?;
         let release = preflight::kernel_release()?;
+        let detected = btf.program_settings(nsec_per_tick()?, hierarchy);
+        let zombie_slots = slots::slots_for(
+            sizes.zombies,
+            preflight::parse_release(&release).unwrap_or_default(),
+        );
         let settings = ProgramSettings {
-            zombie_slots: slots::slots_for(
-                sizes.zombies,
-                preflight::parse_release(&release).unwrap_or_default(),
-            ),
+            zombie_slots,
             trace_events: u32::from(sizes.event_buffer > 0),
-            ..btf.program_settings(nsec_per_tick()?, hierarchy)
+            // Only the programs with the slot table read `group_dead` (see the exit hook).
+            exit_group_dead: if zombie_slots > 0 {
+                detected.exit_group_dead
+            } else {
+                0
+            },
+            ..detected
         };
         let kernel_log = log::log_enabled!(log::Level::Debug);
         Self::load_with(&offsets, &settings, sizes, kernel_log)
@@ -196,6 +204,7 @@ mod tests {
             names::ZOMBIES,
             names::CGROUP_COUNTERS,
             names::WAITS,
+            names::EXITED_GROUPS,
             names::LIFETIMES,
             names::LOSSES,
             names::EVENTS,

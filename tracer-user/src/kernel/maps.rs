@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use tracer_common::{
     names, CgroupCounters, LifetimeHistogram, ProcessKey, WaitRecord, Zombie, LIFETIME_BUCKETS,
     LOSS_KINDS,
 };
 
-use super::{slots::Claim, Probes};
+use super::{batch, slots::Claim, Probes};
 
 /// What became of a zombie offered to the kernel maps by [`Probes::add_zombie`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,25 +75,18 @@ impl Probes {
         Ok(HashMap::try_from(self.map(names::WAITS)?)?)
     }
 
-    fn cgroup_map(&self) -> Result<PerCpuHashMap<&MapData, u64, CgroupCounters>> {
-        Ok(PerCpuHashMap::try_from(self.map(names::CGROUP_COUNTERS)?)?)
-    }
-
-    /// Every unreaped zombie the kernel side knows of. Entries reaped during the walk may be
-    /// missing or (rarely) listed although gone; the next read corrects it.
+    /// Every unreaped zombie the kernel side knows of, each once. Entries reaped during the
+    /// walk may be missing or listed although gone; the next read corrects it.
     pub fn zombies(&self) -> Result<Vec<(ProcessKey, Zombie)>> {
-        let map = self.zombie_map()?;
         let mut zombies = self
             .slots
             .as_ref()
             .map(|slots| slots.entries())
             .unwrap_or_default();
-        for entry in map.iter() {
-            // A key deleted between get_next_key and lookup is skipped.
-            if let Some(entry) = unless_missing(entry).context("cannot read the ZOMBIES map")? {
-                zombies.push(entry);
-            }
-        }
+        zombies.extend(
+            batch::entries::<ProcessKey, Zombie>(self.map(names::ZOMBIES)?)
+                .context("cannot read the ZOMBIES map")?,
+        );
         Ok(zombies)
     }
 
@@ -149,31 +142,20 @@ impl Probes {
         Ok(removed.is_some())
     }
 
-    /// Counters per cgroup id, summed over CPUs.
+    /// Counters per cgroup id.
     pub fn cgroup_counters(&self) -> Result<BTreeMap<u64, CgroupCounters>> {
-        let map = self.cgroup_map()?;
-        let mut totals = BTreeMap::new();
-        for entry in map.iter() {
-            let Some((id, per_cpu)) =
-                unless_missing(entry).context("cannot read the CGROUP_COUNTERS map")?
-            else {
-                continue;
-            };
-            let total: &mut CgroupCounters = totals.entry(id).or_default();
-            for cpu in per_cpu.iter() {
-                total.forks += cpu.forks;
-                total.exits += cpu.exits;
-                total.zombies_created += cpu.zombies_created;
-                total.zombies_reaped += cpu.zombies_reaped;
-            }
-        }
-        Ok(totals)
+        Ok(
+            batch::entries::<u64, CgroupCounters>(self.map(names::CGROUP_COUNTERS)?)
+                .context("cannot read the CGROUP_COUNTERS map")?
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// Drops the counters of a cgroup (it was removed; its series have expired).
     pub fn forget_cgroup(&mut self, id: u64) -> Result<()> {
-        let mut map: PerCpuHashMap<_, u64, CgroupCounters> =
-            PerCpuHashMap::try_from(self.map_mut(names::CGROUP_COUNTERS)?)?;
+        let mut map: HashMap<_, u64, CgroupCounters> =
+            HashMap::try_from(self.map_mut(names::CGROUP_COUNTERS)?)?;
         unless_missing(map.remove(&id)).context("cannot clean the CGROUP_COUNTERS map")?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The kernel side: loading the programs ([`loader`]), reading and changing their maps
 //! ([`maps`]), and the clocks their records use ([`clock`]).
 
+mod batch;
 pub mod btf;
 pub mod clock;
 mod loader;
@@ -39,6 +40,9 @@ pub struct KernelPaths {
     pub current_task: &'static str,
     /// The hierarchy whose cgroup ids key the per-cgroup counters: `unified` or `v1_pids`.
     pub cgroup_ids: &'static str,
+    /// How one exit per process is told: `group_dead` (the tracepoint's argument, 6.16+) or
+    /// `first_claim` (the first thread to find the group's live count at zero).
+    pub group_exit: &'static str,
 }
 
 impl KernelPaths {
@@ -58,6 +62,11 @@ impl KernelPaths {
                 "v1_pids"
             } else {
                 "unified"
+            },
+            group_exit: if settings.exit_group_dead != 0 {
+                "group_dead"
+            } else {
+                "first_claim"
             },
         }
     }

@@ -78,11 +78,26 @@ struct Machine {
     cgroups: Cgroups,
     /// Who runs it, and which of the programs' paths it takes.
     why: &'static str,
+    /// CPUs the kernel sizes per-CPU memory for (`-smp 2,maxcpus=N`); two are online.
+    possible_cpus: u32,
+    /// Test executables this machine runs, in `test` and `vm-test` alike (all without it),
+    /// each with `--include-ignored --nocapture`: a machine for one question, whose
+    /// measurements the log shows.
+    only_tests: Option<&'static [&'static str]>,
 }
 
 impl Machine {
     fn name(&self) -> String {
-        format!("{}-cgroup-{}", self.kernel.package, self.cgroups.name())
+        let cpus = if self.possible_cpus > 2 {
+            format!("-cpus{}", self.possible_cpus)
+        } else {
+            String::new()
+        };
+        format!(
+            "{}-cgroup-{}{cpus}",
+            self.kernel.package,
+            self.cgroups.name()
+        )
     }
 }
 
@@ -101,6 +116,8 @@ const MACHINES: &[Machine] = &[
         cgroups: Cgroups::V1,
         why: "EKS on Amazon Linux 2: 5.10 with cgroup v1; no BPF compare-and-swap (hash map \
               only) and no bpf_get_current_task_btf (probe reads)",
+        possible_cpus: 2,
+        only_tests: None,
     },
     Machine {
         smoke_in_test: None,
@@ -113,6 +130,24 @@ const MACHINES: &[Machine] = &[
         cgroups: Cgroups::V2,
         why: "Amazon Linux 2023, Debian 12: 6.1 with cgroup v2 only; sched_process_exit \
               without group_dead",
+        possible_cpus: 2,
+        only_tests: None,
+    },
+    // Per-CPU memory is sized for the possible CPUs: a 192-vCPU node's, booted cheaply with
+    // two online. It runs the memory test alone, its measurement of 100 000 zombies included.
+    Machine {
+        smoke_in_test: None,
+        arch: Arch::Amd64,
+        kernel: Kernel {
+            package: "linux-image-6.1.0-56-cloud-amd64",
+            version: "6.1.192-2",
+            source: Source::Apt,
+        },
+        cgroups: Cgroups::V2,
+        why: "the largest nodes (192 vCPUs): the maps' memory against its formula, and serve's \
+              peak with 100 000 zombies",
+        possible_cpus: 192,
+        only_tests: Some(&["memory"]),
     },
     Machine {
         smoke_in_test: None,
@@ -124,6 +159,8 @@ const MACHINES: &[Machine] = &[
         },
         cgroups: Cgroups::Hybrid,
         why: "6.12 with systemd's hybrid cgroups, as the build machine but an older kernel",
+        possible_cpus: 2,
+        only_tests: None,
     },
     // Under emulation of another architecture the timing-heavy tests (serve with 500 zombies
     // beside others, ages within tenths of a second) flaked in 2 of 3 fresh-clone runs: CI
@@ -139,6 +176,8 @@ const MACHINES: &[Machine] = &[
         cgroups: Cgroups::V2,
         why: "Graviton nodes (Amazon Linux 2023 on arm64): 6.1 with cgroup v2; the same eBPF \
               object, reapwatch and the tests built for aarch64",
+        possible_cpus: 2,
+        only_tests: None,
     },
 ];
 
@@ -222,11 +261,14 @@ cd /reapwatch
 echo "reapwatch-vm: snapshot $(target/release/reapwatch snapshot --json 2>&1 | tr -d '\n')"
 # A smoke run names its executables: reapwatch.tests=storm,cli,...
 only=$(sed -n 's/.*reapwatch\.tests=\([a-z_,]*\).*/\1/p' /proc/cmdline)
+# A machine for one question also runs its executables' ignored measurements, and shows
+# what they print: reapwatch.args=--include-ignored,--nocapture
+args=$(sed -n 's/.*reapwatch\.args=\([a-z,-]*\).*/\1/p' /proc/cmdline | tr , ' ')
 for test in target/release/deps/*; do
     name=${test##*/}
     case ",$only," in ,,|*",${name%-*},"*) ;; *) continue ;; esac
     echo "reapwatch-vm: begin ${test##*/}"
-    "$test"
+    "$test" $args
     echo "reapwatch-vm: end ${test##*/} rc=$?"
 done
 echo "reapwatch-vm: all done"
@@ -235,7 +277,8 @@ poweroff -f
 
 /// Boots the machines whose name contains `only` (all without it); `smoke` runs each
 /// machine's smoke set where it has one (`cargo xtask test`), else every test executable.
-pub fn run(only: Option<&str>, smoke: bool) -> Result<()> {
+/// `tests`: only these test executables (by target name), on every machine booted.
+pub fn run(only: Option<&str>, smoke: bool, tests: &[String]) -> Result<()> {
     let machines: Vec<&Machine> = MACHINES
         .iter()
         .filter(|m| only.is_none_or(|only| m.name().contains(only)))
@@ -260,10 +303,18 @@ pub fn run(only: Option<&str>, smoke: bool) -> Result<()> {
         let vmlinuz = kernel_image(&cache, machine)?;
         let log = cache.join(format!("{}.log", machine.name()));
         let started = Instant::now();
-        let tests = machine.smoke_in_test.filter(|_| smoke).unwrap_or(&[]);
+        let machine_tests = machine
+            .only_tests
+            .or(machine.smoke_in_test.filter(|_| smoke))
+            .unwrap_or(&[]);
+        let tests: Vec<&str> = if tests.is_empty() {
+            machine_tests.to_vec()
+        } else {
+            tests.iter().map(String::as_str).collect()
+        };
         boot(
             machine,
-            tests,
+            &tests,
             &vmlinuz,
             &initramfs[machine.arch.oci_name()],
             &log,
@@ -462,7 +513,12 @@ fn boot(
     // Memory for the unpacked initramfs (Prometheus and promtool are 50 MB each) and the
     // tests.
     cmd.args(machine_args)
-        .args(["-accel", "tcg", "-smp", "2", "-m", "4096"])
+        .args(["-accel", "tcg", "-m", "4096"])
+        .arg("-smp")
+        .arg(match machine.possible_cpus {
+            2 => "2".to_owned(),
+            cpus => format!("2,maxcpus={cpus}"),
+        })
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
@@ -475,9 +531,14 @@ fn boot(
         .arg("-append")
         .arg(format!(
             "console={console} quiet loglevel=3 panic=-1 oops=panic rdinit=/init \
-             reapwatch.cgroups={} reapwatch.tests={}",
+             reapwatch.cgroups={} reapwatch.tests={} reapwatch.args={}",
             machine.cgroups.name(),
-            tests.join(",")
+            tests.join(","),
+            if machine.only_tests.is_some() {
+                "--include-ignored,--nocapture"
+            } else {
+                ""
+            }
         ))
         .stdin(Stdio::null());
     eprintln!(
