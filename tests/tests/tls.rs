@@ -3,123 +3,14 @@
 //! certificate are refused; the file is reloaded when it changes, and a broken one is kept
 //! out.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    thread::sleep,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Command, thread::sleep, time::Duration};
 
-use reapwatch_tests::{eventually, free_port, get, workspace_binary, Daemon, Prometheus};
+use reapwatch_tests::{eventually, free_port, get, workspace_binary, Daemon, Pki, Prometheus};
 
 /// Uncached bcrypt checks are rationed to one per 250 ms (or three times their cost, kept
 /// small by a low bcrypt cost): checks of wrong passwords are spaced more than that, so they
 /// read 401 rather than 429.
 const BCRYPT_SPACING: Duration = Duration::from_millis(300);
-
-/// A throwaway directory with a CA, a server certificate for 127.0.0.1 and a client
-/// certificate, made by the openssl command.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("reapwatch-tls-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("pki dir");
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=reapwatch test CA",
-        ]);
-        pki.signed(
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        );
-        pki.signed("client", "extendedKeyUsage=clientAuth\n");
-        pki
-    }
-
-    /// `NAME.key` and `NAME.crt`, signed by the CA with `extensions`.
-    fn signed(&self, name: &str, extensions: &str) {
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        fs::write(self.dir.join(&ext), extensions).expect("extensions");
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl (Debian package openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The HTTP status curl got, None when no response came (refused handshake, plain HTTP to a
 /// TLS port).
@@ -158,7 +49,7 @@ fn bcrypt(password: &str) -> String {
 
 #[test]
 fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
-    let pki = Pki::new("mtls");
+    let pki = Pki::new("mtls", "IP:127.0.0.1");
     let config = pki.dir.join("web.yml");
     // Paths relative to the file, as exporter-toolkit reads them.
     fs::write(
