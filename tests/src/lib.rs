@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod datadog;
 mod pki;
 
 pub use pki::Pki;
