@@ -339,6 +339,12 @@ fn a_large_node_stays_under_the_checks_limit() {
         received.metrics.len()
     );
     let exposed = exposed_samples(&exposition);
+    // The custom-metric count of the README's table.
+    eprintln!(
+        "{} series served, {} metrics received, max_returned_metrics {limit}",
+        exposed.len(),
+        received.metrics.len()
+    );
     let node_families = [
         "reapwatch_node_tasks",
         "reapwatch_node_pid_max",
