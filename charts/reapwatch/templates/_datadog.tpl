@@ -8,7 +8,7 @@ family of files/metrics.txt, the exporter's contract, is forwarded.
 
 {{/*
 What one node can send at most, each series a custom metric Datadog bills, from the exporter's
-own limits: 58 series whatever the node runs (the lifetime histogram's 40 buckets, +Inf, sum
+own limits: 58 series whatever the node runs (the lifetime histogram's 40 buckets with +Inf, sum
 and count; the four node gauges and the node's forecast; build_info, events_lost, three
 map_entries, three map_full, sample_failures, last_sample_timestamp, proc_skipped), 10 per
 cgroup at most (zombies, oldest, created, reaped, forks, exits; pids current, max, forecast,

@@ -236,7 +236,7 @@ const DATADOG_RESERVED_TAGS: &[&str] = &[
 const RESERVED_EXPORTED_LABELS: &[&str] = &["version"];
 
 /// What one node can serve at most, by the exporter's own limits: series whatever the node
-/// runs (the lifetime histogram's 40 buckets, +Inf, sum and count; four node gauges and the
+/// runs (the lifetime histogram's 40 buckets with +Inf, sum and count; four node gauges and the
 /// node's forecast; build_info, events_lost, three map_entries, three map_full,
 /// sample_failures, last_sample_timestamp, proc_skipped), series per exported cgroup at most,
 /// and per exported parent. tests/tests/datadog.rs counts them on a live exposition.
