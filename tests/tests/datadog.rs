@@ -363,8 +363,8 @@ fn a_large_node_stays_under_the_checks_limit() {
     assert!(checked >= 12, "only {checked} series checked");
     assert_clean(&received);
 
-    // The bound is the exporter's: what the node serves whatever it runs (all but the node's
-    // forecast, absent when nothing grows) is what the limit leaves beside the flags' series.
+    // The bound is the exporter's: what the node serves whatever it runs fits in what the
+    // limit leaves beside the flags' series (the node's forecast is absent when nothing grows).
     let flag = |name: &str| -> f64 {
         install
             .args
@@ -378,7 +378,7 @@ fn a_large_node_stays_under_the_checks_limit() {
         .filter(|s| !s.labels.iter().any(|(k, _)| k == "cgroup" || k == "pid"))
         .count() as f64;
     assert!(
-        node_level == node_bound || node_level == node_bound - 1.0,
+        node_level <= node_bound,
         "{node_level} series per node, the chart's bound says {node_bound}"
     );
     assert_eq!(proc_unreaped_children(leak.parent).len(), 5);
