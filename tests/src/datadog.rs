@@ -130,7 +130,7 @@ impl Install {
     /// The annotation as the Agent resolves it on the node: `%%host%%` is the pod's address
     /// (here 127.0.0.1), the port the test's, and each `(key, value)` of `replace` set in the
     /// instance (such as the CA file the Agent mounts, here the test's).
-    pub fn resolved(&self, port: u16, replace: &[(&str, &str)]) -> Value {
+    pub fn resolved(&self, port: u16, replace: &[(&str, Value)]) -> Value {
         let mut checks = self.checks.clone();
         let instance = &mut checks["openmetrics"]["instances"][0];
         let endpoint = instance["openmetrics_endpoint"]
@@ -141,7 +141,7 @@ impl Install {
         instance["openmetrics_endpoint"] = format!("{scheme}://127.0.0.1:{port}/{path}").into();
         for (key, value) in replace {
             assert!(instance.get(*key).is_some(), "the instance has no {key}");
-            instance[*key] = (*value).into();
+            instance[*key] = value.clone();
         }
         checks
     }

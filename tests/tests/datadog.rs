@@ -11,7 +11,7 @@ use reapwatch_tests::{
     eventually, exposed_samples, free_port, get, proc_unreaped_children, sample_value, Daemon,
     ExposedSample, Helper, Pki, TestCgroup,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Tag names Datadog reserves for unified service tagging and host identity
 /// (`datadog_checks.base.utils.tagging.GENERIC_TAGS`).
@@ -428,7 +428,7 @@ fn the_agent_scrapes_over_tls_with_the_ca_it_mounts() {
         "the annotation must verify the certificate: {rendered}"
     );
     let ca = pki.path("ca.crt");
-    let checks = install.resolved(daemon.port, &[("tls_ca_cert", &ca)]);
+    let checks = install.resolved(daemon.port, &[("tls_ca_cert", json!(ca))]);
     assert!(
         checks["openmetrics"]["instances"][0]["openmetrics_endpoint"]
             .as_str()
@@ -441,16 +441,21 @@ fn the_agent_scrapes_over_tls_with_the_ca_it_mounts() {
         proc_number("/proc/sys/kernel/pid_max")
     );
 
-    // Another CA: refused, the check verifies what it scrapes.
+    // Another CA, or another name than the certificate's: refused, the check verifies both.
     let other = Pki::new("datadog-other", &format!("DNS:{server_name}"));
-    let refused =
-        run_check(&install.resolved(daemon.port, &[("tls_ca_cert", &other.path("ca.crt"))]));
-    assert!(
-        refused.metrics.is_empty()
-            && refused
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("CERTIFICATE_VERIFY_FAILED")),
-        "{refused:?}"
-    );
+    let elsewhere = json!({ "Host": format!("elsewhere.{server_name}") });
+    for (wrong, why) in [
+        (
+            ("tls_ca_cert", json!(other.path("ca.crt"))),
+            "CERTIFICATE_VERIFY_FAILED",
+        ),
+        (("extra_headers", elsewhere), "doesn't match"),
+    ] {
+        let refused =
+            run_check(&install.resolved(daemon.port, &[("tls_ca_cert", json!(ca)), wrong]));
+        assert!(
+            refused.metrics.is_empty() && refused.error.as_deref().is_some_and(|e| e.contains(why)),
+            "{refused:?}"
+        );
+    }
 }
