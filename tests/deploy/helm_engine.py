@@ -1,11 +1,12 @@
 """Helm's own engine (Helm v4's Go library, embedded in the helm-python-sdk wheel) for
 `cargo xtask deploy-check`: no helm binary and no cluster needed.
 
-    helm_engine.py render CHART VALUES.json RELEASE NAMESPACE   -> [{"source", "doc"}] as JSON
-    helm_engine.py template CHART VALUES.json RELEASE NAMESPACE -> the manifests' YAML text
-    helm_engine.py lint CHART VALUES.json NAMESPACE             -> Helm's lint report as JSON
+    helm_engine.py render CHART VALUES RELEASE NAMESPACE   -> [{"source", "doc"}] as JSON
+    helm_engine.py template CHART VALUES RELEASE NAMESPACE -> the manifests' YAML text
+    helm_engine.py lint CHART VALUES NAMESPACE             -> Helm's lint report as JSON
     helm_engine.py package CHART DESTINATION                    -> the archive's path
 
+VALUES is a file of values, YAML (such as the chart's ci/*-values.yaml) or JSON.
 A failure prints Helm's own message on one line and exits 1.
 """
 
@@ -51,14 +52,14 @@ def main(argv):
     if verb in ("render", "template"):
         values_file, release, namespace = rest
         with open(values_file, encoding="utf-8") as f:
-            values = json.load(f)
+            values = yaml.safe_load(f) or {}
         if verb == "template":
             return template(chart, values, release, namespace)
         return render(chart, values, release, namespace)
     if verb == "lint":
         values_file, namespace = rest
         with open(values_file, encoding="utf-8") as f:
-            values = json.load(f)
+            values = yaml.safe_load(f) or {}
         return helm_python.lint(
             chart, values, strict=True, namespace=namespace, kube_version="v1.28.0"
         )

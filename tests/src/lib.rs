@@ -13,6 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod datadog;
+mod pki;
+
+pub use pki::Pki;
+
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
     kernel::MapSizes,
@@ -112,6 +117,10 @@ impl Drop for TestCgroup {
             .ancestors()
             .take_while(|d| d.file_name() != Some("reapwatch-tests".as_ref()))
         {
+            // A sibling still lives below: the last one to go removes the shared ancestors.
+            if dir != self.path && has_child_cgroups(dir) {
+                break;
+            }
             // Up to 10 s: under emulation (vm-test) exiting tasks leave slowly.
             for _ in 0..500 {
                 if fs::remove_dir(dir).is_ok() || !dir.exists() {
@@ -121,6 +130,10 @@ impl Drop for TestCgroup {
             }
         }
     }
+}
+
+fn has_child_cgroups(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| e.path().is_dir()))
 }
 
 /// On cgroup v2 a child has `pids.max` only where every ancestor enables the controller for
@@ -317,8 +330,23 @@ impl Daemon {
     }
 
     /// Starts it under `wrapper` without waiting for anything (for endpoints that plain HTTP
-    /// cannot ask, such as TLS).
+    /// cannot ask, such as TLS), sampling fast.
     pub fn spawn(wrapper: &[&str], extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--sample-interval",
+            "200ms",
+            "--reconcile-interval",
+            "1s",
+            "--log-level",
+            "warn",
+        ];
+        args.extend(extra);
+        Self::spawn_with(wrapper, &args)
+    }
+
+    /// Starts it under `wrapper` with `args` alone after `--listen`: a deployment's sampling
+    /// intervals and log level unless `args` name them.
+    pub fn spawn_with(wrapper: &[&str], args: &[&str]) -> Self {
         let port = free_port();
         let reapwatch = workspace_binary("reapwatch");
         let mut command = match wrapper.split_first() {
@@ -331,15 +359,7 @@ impl Daemon {
         };
         let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--sample-interval",
-                "200ms",
-                "--reconcile-interval",
-                "1s",
-                "--log-level",
-                "warn",
-            ])
-            .args(extra)
+            .args(args)
             .spawn()
             .expect("spawn reapwatch serve");
         Self { child, port }
@@ -428,6 +448,49 @@ pub fn sample_value(exposition: &str, name: &str, wanted: &[(&str, &str)]) -> Op
         );
     }
     value
+}
+
+/// One sample of a text exposition.
+#[derive(Clone, Debug)]
+pub struct ExposedSample {
+    /// Its family and the family's type, as `# TYPE` says.
+    pub family: String,
+    pub kind: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Every sample of a Prometheus text exposition, in order.
+pub fn exposed_samples(exposition: &str) -> Vec<ExposedSample> {
+    let (mut family, mut kind) = (String::new(), String::new());
+    let mut samples = Vec::new();
+    for line in exposition.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let (name, declared_kind) = declared.split_once(' ').expect("# TYPE NAME KIND");
+            (family, kind) = (name.to_owned(), declared_kind.to_owned());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample and its value");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (
+                name,
+                parse_labels(rest.strip_suffix('}').expect("closed labels")).expect("labels"),
+            ),
+            None => (series, Vec::new()),
+        };
+        samples.push(ExposedSample {
+            family: family.clone(),
+            kind: kind.clone(),
+            name: name.to_owned(),
+            labels,
+            value: value.parse().expect("a sample value"),
+        });
+    }
+    samples
 }
 
 /// `a="x",b="y\"z"` into pairs, undoing the exposition's escapes.
@@ -663,109 +726,6 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A throwaway directory with a CA, a server certificate for 127.0.0.1 and a client
-/// certificate, made by the openssl command.
-pub struct Pki {
-    pub dir: PathBuf,
-}
-
-impl Pki {
-    pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("reapwatch-tls-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("pki dir");
-        let pki = Self { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=reapwatch test CA",
-        ]);
-        pki.signed(
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        );
-        pki.signed("client", "extendedKeyUsage=clientAuth\n");
-        pki
-    }
-
-    /// `NAME.key` and `NAME.crt`, signed by the CA with `extensions`.
-    fn signed(&self, name: &str, extensions: &str) {
-        let (key, csr, crt, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-            format!("{name}.ext"),
-        );
-        fs::write(self.dir.join(&ext), extensions).expect("extensions");
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &crt,
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("openssl (Debian package openssl)");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    pub fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,4 +1,5 @@
-//! The exporter's series stay bounded: K parents at most, removed cgroups dropped after grace.
+//! The exporter's series stay bounded: K parents and N cgroups at most, removed cgroups dropped
+//! after grace.
 
 use std::time::Duration;
 
@@ -33,6 +34,44 @@ fn parent_series_never_exceed_k() {
         sample_value(&text, "reapwatch_parent_zombies", &[("pid", &smallest)]),
         None
     );
+}
+
+#[test]
+fn cgroup_series_never_exceed_the_top_cgroups() {
+    let daemon = Daemon::start(&["--top-cgroups", "2"]);
+    let cgroups: Vec<TestCgroup> = (0..3)
+        .map(|i| TestCgroup::new(&format!("topc-{i}")))
+        .collect();
+    let _helpers: Vec<Helper> = cgroups
+        .iter()
+        .zip([1, 2, 6])
+        .map(|(c, n)| Helper::start("leak", n, c))
+        .collect();
+    let value = |text: &str, name: &str, cgroup: &TestCgroup| {
+        sample_value(text, name, &[("cgroup", cgroup.host_path().as_str())])
+    };
+    let zombies = |text: &str, cgroup: &TestCgroup| value(text, "reapwatch_zombies", cgroup);
+    let mut text = String::new();
+    // Gauges at once, counters once the cgroup's attribution has settled.
+    let seen = eventually(Duration::from_secs(20), || {
+        text = daemon.scrape();
+        zombies(&text, &cgroups[2]) == Some(6.0)
+            && zombies(&text, &cgroups[1]) == Some(2.0)
+            && [&cgroups[1], &cgroups[2]]
+                .iter()
+                .all(|c| value(&text, "reapwatch_process_forks_total", c).is_some())
+    });
+    assert!(seen, "{text}");
+    // The node's other cgroups, with fewer zombies, are left out too: two series in all.
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("reapwatch_process_forks_total{"))
+        .count();
+    assert_eq!(series, 2, "{text}");
+    assert_eq!(zombies(&text, &cgroups[0]), None, "{text}");
+    // Their zombies still count for the node.
+    let node = sample_value(&text, "reapwatch_node_zombies", &[]);
+    assert!(node.is_some_and(|n| n >= 9.0), "{node:?}");
 }
 
 #[test]

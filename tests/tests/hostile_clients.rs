@@ -442,7 +442,7 @@ const CHURN_PER_SECOND: u32 = 20;
 #[test]
 fn probes_and_scrapes_answer_beside_a_crowd_of_hostile_sources() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-    let pki = reapwatch_tests::Pki::new("crowd");
+    let pki = reapwatch_tests::Pki::new("crowd", "IP:127.0.0.1");
     let config = pki.dir.join("web.yml");
     std::fs::write(
         &config,

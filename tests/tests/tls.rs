@@ -44,7 +44,7 @@ fn bcrypt(password: &str) -> String {
 
 #[test]
 fn prometheus_scrapes_over_mutual_tls_with_basic_auth() {
-    let pki = Pki::new("mtls");
+    let pki = Pki::new("mtls", "IP:127.0.0.1");
     let config = pki.dir.join("web.yml");
     // Paths relative to the file, as exporter-toolkit reads them.
     fs::write(
@@ -173,7 +173,7 @@ fn the_web_config_is_reloaded_and_a_broken_one_is_kept_out() {
 /// yet (a Secret mounted after the ConfigMap): they are watched, and their arrival loads it.
 #[test]
 fn a_failed_reload_watches_the_files_the_new_config_names() {
-    let pki = Pki::new("late");
+    let pki = Pki::new("late", "IP:127.0.0.1");
     let config = pki.dir.join("web.yml");
     fs::write(
         &config,

@@ -179,6 +179,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "K")]
     pub top_parents: Option<usize>,
 
+    /// cgroups exported per scrape, most unreaped zombies first, then the fullest pids.max:
+    /// a bound on per-cgroup series (ten at most each) whatever the node runs
+    ///
+    /// [default: no bound]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_cgroups: Option<u32>,
+
     /// Comma-separated labels to keep among cgroup, namespace, pod, container; series that
     /// differ only in dropped labels are summed
     ///

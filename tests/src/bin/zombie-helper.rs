@@ -485,6 +485,22 @@ fn main() {
                 }
             }
         }
+        // A busy container: a child that exits and is reaped every N ms, until stdin closes.
+        "busy" => {
+            say(&format!("parent {parent}"));
+            stages.ready();
+            let mut stdin_poll = libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                reap(spawn_exiting(0));
+                if unsafe { libc::poll(&mut stdin_poll, 1, n) } > 0 && !stages.next() {
+                    return;
+                }
+            }
+        }
         // fork + exit + wait, N times.
         "storm" => {
             for _ in 0..n {

@@ -211,8 +211,12 @@ impl Sampler {
             .sum();
         let counters = probes.cgroup_counters()?.len() as u64;
         let in_maps = node_zombies.saturating_sub(engine.overflowed_zombies() as u64);
+        let mut cgroups: Vec<CgroupSeries> = merged.into_values().collect();
+        if let Some(limit) = self.settings.top_cgroups {
+            keep_most_pressed(&mut cgroups, limit);
+        }
         Ok(Model {
-            cgroups: merged.into_values().collect(),
+            cgroups,
             parents: top,
             node,
             lifetimes: probes.lifetimes()?,
@@ -343,6 +347,31 @@ impl Sampler {
     }
 }
 
+/// Keeps the `limit` series with most to say (`--top-cgroups`): most unreaped zombies, then
+/// the fullest pids.max, then the oldest zombie; in label order, as exported. The others keep
+/// counting, and `reapwatch_node_zombies` still counts their zombies.
+fn keep_most_pressed(cgroups: &mut Vec<CgroupSeries>, limit: usize) {
+    if cgroups.len() <= limit {
+        return;
+    }
+    let fill = |s: &CgroupSeries| {
+        s.pids
+            .map_or(0.0, |p| p.current as f64 / p.max.max(1) as f64)
+    };
+    cgroups.sort_by(|a, b| {
+        b.zombies
+            .cmp(&a.zombies)
+            .then(fill(b).total_cmp(&fill(a)))
+            .then(
+                b.oldest_seconds
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.oldest_seconds.unwrap_or(0.0)),
+            )
+    });
+    cgroups.truncate(limit);
+    cgroups.sort_by(|a, b| a.labels.cmp(&b.labels));
+}
+
 /// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
 /// of all); their counters come from the ledger.
 impl Sampler {
@@ -385,4 +414,41 @@ fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
         }),
         (a, b) => a.or(b),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(path: &str, zombies: u64, pids: Option<(u64, u64)>) -> CgroupSeries {
+        CgroupSeries {
+            labels: [path.to_owned(), String::new(), String::new(), String::new()],
+            zombies,
+            pids: pids.map(|(current, max)| PidsSeries {
+                current,
+                max,
+                eta_seconds: None,
+            }),
+            ..CgroupSeries::default()
+        }
+    }
+
+    fn paths(cgroups: &[CgroupSeries]) -> Vec<&str> {
+        cgroups.iter().map(|s| s.labels[0].as_str()).collect()
+    }
+
+    #[test]
+    fn the_most_pressed_cgroups_are_kept_in_label_order() {
+        let mut cgroups = vec![
+            series("/a", 0, None),
+            series("/b", 3, None),
+            series("/c", 0, Some((90, 100))),
+            series("/d", 7, None),
+            series("/e", 0, Some((10, 100))),
+        ];
+        keep_most_pressed(&mut cgroups, 3);
+        assert_eq!(paths(&cgroups), ["/b", "/c", "/d"]);
+        keep_most_pressed(&mut cgroups, 5);
+        assert_eq!(paths(&cgroups), ["/b", "/c", "/d"]);
+    }
 }

@@ -21,6 +21,8 @@ pub struct Settings {
     pub health_listen: Option<SocketAddr>,
     pub web_config_file: Option<PathBuf>,
     pub top_parents: usize,
+    /// At most this many per-cgroup series (None: every cgroup `cgroup_series` selects).
+    pub top_cgroups: Option<usize>,
     /// Which of [`CGROUP_LABELS`] are kept.
     pub keep_labels: [bool; 4],
     pub gc_grace: Duration,
@@ -54,6 +56,7 @@ struct FileSettings {
     health_listen: Option<String>,
     web_config_file: Option<PathBuf>,
     top_parents: Option<usize>,
+    top_cgroups: Option<u32>,
     label_allow_list: Option<Vec<String>>,
     gc_grace: Option<String>,
     eta_window: Option<String>,
@@ -116,6 +119,10 @@ impl Settings {
             )?,
             web_config_file: args.web_config_file.clone().or(file.web_config_file),
             top_parents: args.top_parents.or(file.top_parents).unwrap_or(20),
+            top_cgroups: match args.top_cgroups.or(file.top_cgroups) {
+                Some(0) => bail!("--top-cgroups: must be at least 1"),
+                n => n.map(|n| n as usize),
+            },
             keep_labels: keep_labels(&labels)?,
             gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
             eta_window: duration(&args.eta_window, &file.eta_window, "eta-window", "15m")?,
@@ -300,6 +307,20 @@ mod tests {
         assert_eq!(s.keep_labels, [true; 4]);
         assert_eq!(s.eta_window, Duration::from_secs(900));
         assert_eq!(s.gc_grace, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn top_cgroups_is_unbounded_unless_asked_and_never_zero() {
+        assert_eq!(
+            Settings::resolve(&serve_args(&[])).unwrap().top_cgroups,
+            None
+        );
+        let s = Settings::resolve(&serve_args(&["--top-cgroups", "50"])).unwrap();
+        assert_eq!(s.top_cgroups, Some(50));
+        assert!(Cli::try_parse_from(["reapwatch", "serve", "--top-cgroups", "0"]).is_err());
+        let zero = parse_file("top-cgroups = 0\n").unwrap();
+        let err = Settings::merge(&serve_args(&[]), zero).unwrap_err();
+        assert_eq!(err.to_string(), "--top-cgroups: must be at least 1");
     }
 
     #[test]

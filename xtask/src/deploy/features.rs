@@ -47,7 +47,7 @@ pub(super) fn check(resources: &[Resource], values: &Value, contract: &Contract)
         .as_object()
         .is_some_and(|a| a.keys().any(|k| k.starts_with("ad.datadoghq.com/")));
     if on("/datadog/enabled") {
-        check_datadog(resources, contract).context("datadog")?;
+        check_datadog(resources, values, contract).context("datadog")?;
     } else {
         ensure!(!has_annotation, "Datadog annotations while datadog is off");
     }
@@ -102,10 +102,13 @@ fn check_wiring(resources: &[Resource], values: &Value) -> Result<()> {
             "{probe}: plain HTTP {path} on the health port, where no metrics client can starve it"
         );
     }
-    let series = format!(
-        "--cgroup-series={}",
-        values["cgroupSeries"].as_str().context("cgroupSeries")?
-    );
+    // Empty: active for Datadog, whose every series is a billed custom metric.
+    let series = match values["cgroupSeries"].as_str().context("cgroupSeries")? {
+        "" if values["datadog"]["enabled"] == true => "active",
+        "" => "all",
+        chosen => chosen,
+    };
+    let series = format!("--cgroup-series={series}");
     ensure!(args.contains(&series.as_str()), "args lack {series}");
     let pod_labels = &template["metadata"]["labels"];
     let selects = |selector: &Value| {
@@ -237,6 +240,57 @@ fn datadog_names(namespace: &str, name: &str, kind: &str) -> Vec<String> {
     }
 }
 
+/// Tag names Datadog reserves for unified service tagging and host identity
+/// (`datadog_checks.base.utils.tagging.GENERIC_TAGS`): a label of that name must be renamed.
+const DATADOG_RESERVED_TAGS: &[&str] = &[
+    "cluster_name",
+    "clustername",
+    "cluster",
+    "clusterid",
+    "cluster_id",
+    "env",
+    "host_name",
+    "hostname",
+    "host",
+    "service",
+    "version",
+];
+
+/// The labels of the exporter's contract (README, "Metrics") that Datadog reserves.
+const RESERVED_EXPORTED_LABELS: &[&str] = &["version"];
+
+/// What one node can serve at most, by the exporter's own limits: series whatever the node
+/// runs (the lifetime histogram's 40 buckets with +Inf, sum and count; four node gauges and the
+/// node's forecast; the kubelet's pid.available, whether its settings are known, its two
+/// thresholds and its forecast; build_info, events_lost, three map_entries, three map_full,
+/// sample_failures, last_sample_timestamp, proc_skipped), series per exported cgroup at most,
+/// and per exported parent. tests/tests/datadog.rs counts them on a live exposition.
+const NODE_SERIES: u64 = 63;
+const SERIES_PER_CGROUP: u64 = 10;
+const SERIES_PER_PARENT: u64 = 2;
+
+/// The integer value of `flag` among `args` (`--flag=N`).
+fn numeric_arg(args: &[&str], flag: &str) -> Result<u64> {
+    let prefix = format!("{flag}=");
+    args.iter()
+        .find_map(|a| a.strip_prefix(&prefix))
+        .with_context(|| format!("args lack {flag}"))?
+        .parse()
+        .with_context(|| format!("{flag} is not a number"))
+}
+
+/// The tags a Datadog monitor query groups by: the names inside `by {...}`.
+fn datadog_query_groups(query: &str) -> Vec<&str> {
+    query
+        .match_indices("by {")
+        .filter_map(|(at, by)| {
+            let rest = &query[at + by.len()..];
+            Some(rest[..rest.find('}')?].split(',').map(str::trim))
+        })
+        .flatten()
+        .collect()
+}
+
 /// The metrics a Datadog monitor query selects: the names right before a `{scope}`.
 fn datadog_query_metrics(query: &str) -> Vec<&str> {
     query
@@ -251,9 +305,11 @@ fn datadog_query_metrics(query: &str) -> Vec<&str> {
         .collect()
 }
 
-/// The Agent's OpenMetrics check names only contract families and forwards all of them; one
-/// importable monitor per alert of the rule file, on only those metrics.
-fn check_datadog(resources: &[Resource], contract: &Contract) -> Result<()> {
+/// The Agent's OpenMetrics check names only contract families and forwards all of them,
+/// under tags Datadog does not reserve, up to the bound the exporter's flags give; over HTTPS
+/// it verifies the certificate against the CA the Agent mounts. One importable monitor per
+/// alert of the rule file, on only those metrics and tags.
+fn check_datadog(resources: &[Resource], values: &Value, contract: &Contract) -> Result<()> {
     let (template, container) = pod_and_container(resources)?;
     let key = format!(
         "ad.datadoghq.com/{}.checks",
@@ -284,6 +340,16 @@ fn check_datadog(resources: &[Resource], contract: &Contract) -> Result<()> {
         instance["openmetrics_endpoint"] == endpoint.as_str(),
         "{key}: openmetrics_endpoint must be {endpoint}"
     );
+    check_datadog_bound(container, instance, &key)?;
+    let renamed = &instance["rename_labels"];
+    for label in RESERVED_EXPORTED_LABELS {
+        let tag = renamed[label].as_str().unwrap_or(label);
+        ensure!(
+            !DATADOG_RESERVED_TAGS.contains(&tag),
+            "{key}: label {label} becomes tag {tag}, which Datadog reserves: rename_labels"
+        );
+    }
+    check_datadog_tls(resources, values, instance, &key)?;
     let namespace = instance["namespace"].as_str().context("namespace")?;
     // Datadog metric name -> contract family.
     let mut datadog = BTreeMap::new();
@@ -373,6 +439,12 @@ fn check_datadog(resources: &[Resource], contract: &Contract) -> Result<()> {
                 "monitor {name}: {metric} is not a metric the annotation sends"
             );
         }
+        for tag in datadog_query_groups(query) {
+            ensure!(
+                tag == "host" || !DATADOG_RESERVED_TAGS.contains(&tag),
+                "monitor {name}: groups by {tag}, a tag the check never sends (renamed)"
+            );
+        }
         // The threshold is the query's, as Datadog's API requires.
         let critical = monitor["options"]["thresholds"]["critical"]
             .as_f64()
@@ -383,6 +455,62 @@ fn check_datadog(resources: &[Resource], contract: &Contract) -> Result<()> {
             "monitor {name}: the query's threshold {last} is not options.thresholds.critical"
         );
     }
+    Ok(())
+}
+
+/// The exporter runs bounded (`--top-cgroups`, `--top-parents`), and the check's
+/// max_returned_metrics is that bound: the check never drops a series, whatever the node runs.
+fn check_datadog_bound(container: &Value, instance: &Value, key: &str) -> Result<()> {
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let bound = NODE_SERIES
+        + SERIES_PER_CGROUP * numeric_arg(&args, "--top-cgroups")?
+        + SERIES_PER_PARENT * numeric_arg(&args, "--top-parents")?;
+    ensure!(
+        instance["max_returned_metrics"].as_u64() == Some(bound),
+        "{key}: max_returned_metrics must be {bound}, the bound of the exporter's flags"
+    );
+    Ok(())
+}
+
+/// With the chart's TLS the check scrapes HTTPS and verifies the certificate: against the CA
+/// file the values name (which the Agent mounts), for the name the certificate carries (sent
+/// as Host); never `tls_verify: false`.
+fn check_datadog_tls(
+    resources: &[Resource],
+    values: &Value,
+    instance: &Value,
+    key: &str,
+) -> Result<()> {
+    ensure!(
+        instance["tls_verify"] != false && instance["tls_validate_hostname"] != false,
+        "{key}: the check must verify the certificate and its name"
+    );
+    let Some(certificate) = resources
+        .iter()
+        .map(|r| &r.doc)
+        .find(|d| d["kind"] == "Certificate" && d["spec"]["isCA"] != true)
+    else {
+        ensure!(
+            instance.get("tls_ca_cert").is_none(),
+            "{key}: tls_ca_cert without TLS"
+        );
+        return Ok(());
+    };
+    let names = certificate["spec"]["dnsNames"]
+        .as_array()
+        .context("dnsNames")?;
+    ensure!(
+        instance["tls_ca_cert"] == values["datadog"]["caFile"]
+            && instance["tls_use_host_header"] == true
+            && names.contains(&instance["extra_headers"]["Host"]),
+        "{key}: HTTPS needs tls_ca_cert {}, tls_use_host_header and a Host among {names:?}",
+        values["datadog"]["caFile"]
+    );
     Ok(())
 }
 
@@ -598,5 +726,14 @@ mod tests {
             datadog_query_metrics("change(min(last_5m),last_30m):min:r.z{env:a} by {host} >= 5"),
             ["r.z"]
         );
+        assert_eq!(
+            datadog_query_groups("max(last_1h):max:r.e{*} by {host, pod}.as_count() < 1"),
+            ["host", "pod"]
+        );
+        assert_eq!(
+            numeric_arg(&["--top-cgroups=50", "--top-parents=20"], "--top-parents").unwrap(),
+            20
+        );
+        assert!(numeric_arg(&["--top-parents"], "--top-parents").is_err());
     }
 }
