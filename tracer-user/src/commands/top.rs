@@ -31,7 +31,7 @@ use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
-    kubelet::{self, PodRanking},
+    kubelet::{self, KubeletView, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::NodeLimits,
     state::{ParentState, StateEngine},
@@ -189,12 +189,16 @@ impl Collector {
         }
         self.kubelet_at = Some(Instant::now());
         let view = kubelet::discover(Path::new("/proc"), Path::new("/")).view;
-        let mut lines = vec![text::kubelet_line(&view.report(node))];
+        let mut lines = Vec::new();
         let mut by_pod: BTreeMap<&str, u64> = BTreeMap::new();
         for parent in parents {
             if let Some(pod) = parent.cgroup.as_deref().and_then(kubernetes::pod_cgroup) {
                 *by_pod.entry(pod).or_default() += parent.children.len() as u64;
             }
+        }
+        // Said where it matters: a node with a kubelet, or a pod holding zombies.
+        if view != KubeletView::NotFound || !by_pod.is_empty() {
+            lines.push(text::kubelet_line(&view.report(node)));
         }
         let most = by_pod
             .into_iter()
