@@ -177,7 +177,19 @@ impl Helper {
 
     /// A shape that takes arguments after N.
     pub fn start_with(shape: &str, n: u32, args: &[&str], cgroup: &TestCgroup) -> Self {
-        let mut child = Command::new(workspace_binary("zombie-helper"))
+        Self::start_wrapped(&[], shape, n, args, cgroup)
+    }
+
+    /// A shape run under `wrapper` (a command that execs its arguments, such as
+    /// [`DAEMONSET_CAPABILITIES`]): the helper and its zombies carry what it leaves them.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        shape: &str,
+        n: u32,
+        args: &[&str],
+        cgroup: &TestCgroup,
+    ) -> Self {
+        let mut child = wrapped(wrapper, &workspace_binary("zombie-helper"))
             .arg("--cgroup")
             .arg(&cgroup.path)
             .arg(shape)
@@ -243,6 +255,26 @@ impl Drop for Helper {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Root with exactly the DaemonSet's capabilities (deploy/daemonset.yaml drops ALL and adds
+/// these): a wrapper for [`Daemon::start_wrapped`], [`Helper::start_wrapped`], [`wrapped`].
+pub const DAEMONSET_CAPABILITIES: &[&str] = &[
+    "setpriv",
+    "--bounding-set=-all,+bpf,+perfmon,+sys_resource",
+    "--",
+];
+
+/// `program` run under `wrapper` (empty: as is).
+pub fn wrapped(wrapper: &[&str], program: &Path) -> Command {
+    match wrapper.split_first() {
+        Some((first, args)) => {
+            let mut command = Command::new(first);
+            command.args(args).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 
@@ -320,15 +352,7 @@ impl Daemon {
     /// cannot ask, such as TLS).
     pub fn spawn(wrapper: &[&str], extra: &[&str]) -> Self {
         let port = free_port();
-        let reapwatch = workspace_binary("reapwatch");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(&reapwatch);
-                command
-            }
-            None => Command::new(&reapwatch),
-        };
+        let mut command = wrapped(wrapper, &workspace_binary("reapwatch"));
         let child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args([

@@ -266,14 +266,6 @@ fn build(
             .children
             .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
         let mut report = ParentReport::from_state(&state);
-        for child in &mut report.children {
-            if children
-                .iter()
-                .any(|c| c.pid == child.pid && c.exit_status.is_none())
-            {
-                (child.exit_code, child.signal) = (None, None);
-            }
-        }
         if watched {
             let before = watch.initial.get(&ppid).copied().unwrap_or(0) as f64;
             report.growth_per_minute = Some((children.len() as f64 - before) / minutes);

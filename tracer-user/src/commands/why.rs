@@ -75,9 +75,11 @@ struct Watched {
     reaps: u64,
 }
 
+/// `exit 7`, `killed by signal 9`, or, where the kernel hides the status from this reader
+/// (see `procfs::read_stat`), that it is unknown.
 fn how_it_ended(status: Option<i32>) -> String {
     status.map_or_else(
-        || "exited".to_owned(),
+        || "exit code unknown".to_owned(),
         |s| Ending::from_wait_status(s).to_string(),
     )
 }
