@@ -85,6 +85,11 @@ impl Sampler {
         let now = Instant::now();
         let tick = self.watch.tick()?;
         if tick.reconciled {
+            // How long a full scan takes bounds --liveness-timeout from below.
+            log::debug!(
+                "reconciled with /proc in {:.3}s",
+                now.elapsed().as_secs_f64()
+            );
             self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
         }
         let elapsed = tick.elapsed.as_secs_f64();
