@@ -46,6 +46,9 @@ pub struct Sampler {
 /// labels it is about to lose; its gauges are exported at once.
 const ATTRIBUTION_SETTLES: Duration = Duration::from_secs(12);
 
+/// A full `/proc` scan this long is logged at info level.
+const SLOW_RECONCILE: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 struct KnownCgroup {
     /// Last known path; empty if never found.
@@ -85,11 +88,15 @@ impl Sampler {
         let now = Instant::now();
         let tick = self.watch.tick()?;
         if tick.reconciled {
-            // How long a full scan takes bounds --liveness-timeout from below.
-            log::debug!(
-                "reconciled with /proc in {:.3}s",
-                now.elapsed().as_secs_f64()
-            );
+            // How long a full scan takes bounds --liveness-timeout from below: said at info
+            // level once it takes long enough to matter.
+            let took = now.elapsed();
+            let level = if took >= SLOW_RECONCILE {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            };
+            log::log!(level, "reconciled with /proc in {:.3}s", took.as_secs_f64());
             self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
         }
         let elapsed = tick.elapsed.as_secs_f64();
