@@ -218,6 +218,12 @@ impl CgroupHierarchy {
         Some((current, max.trim().parse().ok()))
     }
 
+    /// [`binding_limit`] of the cgroup at `path` (the text [`CgroupHierarchy::path_of`] gave),
+    /// read from this hierarchy.
+    pub fn binding_limit(&self, path: &str) -> Option<BindingLimit> {
+        binding_limit(path, |cgroup| self.pids(cgroup))
+    }
+
     /// Forks refused because the cgroup (or an ancestor) was at its `pids.max`: the `max`
     /// line of `pids.events`. None where the file is missing.
     pub fn fork_failures(&self, path: impl AsRef<[u8]>) -> Option<u64> {
@@ -273,6 +279,47 @@ impl CgroupHierarchy {
             );
         }
         found
+    }
+}
+
+/// The limit that stops the forks of the cgroup at `path` first: among its own `pids.max` and
+/// its ancestors' (a pod's `podPidsLimit`, `kubepods`' reserve, a slice's `TasksMax`), the
+/// one with the least headroom, `pids.max - pids.current` of the cgroup that sets it.
+/// `usage` gives a cgroup's `pids.current` and `pids.max` (None for `max`). None where no
+/// cgroup on the way sets one.
+pub fn binding_limit(
+    path: &str,
+    usage: impl Fn(&str) -> Option<(u64, Option<u64>)>,
+) -> Option<BindingLimit> {
+    let path = path.trim_end_matches('/');
+    let lineage = std::iter::successors(Some(path), |p| p.rsplit_once('/').map(|(up, _)| up));
+    lineage
+        .filter(|cgroup| !cgroup.is_empty())
+        .filter_map(|cgroup| {
+            let (current, max) = usage(cgroup)?;
+            Some(BindingLimit {
+                cgroup: cgroup.to_owned(),
+                current,
+                max: max?,
+            })
+        })
+        .min_by_key(BindingLimit::headroom)
+}
+
+/// A `pids.max` that can stop a cgroup's forks, and the cgroup that sets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingLimit {
+    /// Path of the cgroup whose `pids.max` it is (lossy text).
+    pub cgroup: String,
+    /// `pids.current` of that cgroup: its whole subtree's tasks, zombies included.
+    pub current: u64,
+    pub max: u64,
+}
+
+impl BindingLimit {
+    /// Tasks that cgroup may still gain.
+    pub fn headroom(&self) -> u64 {
+        self.max.saturating_sub(self.current)
     }
 }
 
@@ -364,6 +411,40 @@ mod tests {
         assert_eq!(text.as_deref(), Some("/pods/bad\u{fffd}name"));
         assert_eq!(raw_id, Some(id));
         assert_eq!(pids, Some((3, None)));
+    }
+
+    #[test]
+    fn the_binding_limit_has_the_least_headroom_on_the_way_up() {
+        let root = std::env::temp_dir().join(format!("reapwatch-bind-{}", std::process::id()));
+        let write = |dir: &str, current: u64, max: &str| {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("pids.current"), format!("{current}\n")).unwrap();
+            fs::write(dir.join("pids.max"), format!("{max}\n")).unwrap();
+        };
+        // kubepods reserves 1000 of which 990 used; the pod allows 50 and has 30; its
+        // container sets nothing; another container sets 40 and uses 5.
+        write("kubepods", 990, "1000");
+        write("kubepods/pod", 30, "50");
+        write("kubepods/pod/ctr", 12, "max");
+        write("kubepods/pod/own", 5, "40");
+        write("free", 3, "max");
+        let hierarchy = CgroupHierarchy::at(&root, HierarchyKind::V1Pids);
+        let kubepods = hierarchy.binding_limit("/kubepods/pod/ctr");
+        fs::write(root.join("kubepods/pids.max"), "max\n").unwrap();
+        let pod = hierarchy.binding_limit("/kubepods/pod/ctr");
+        let pod_over_own = hierarchy.binding_limit("/kubepods/pod/own");
+        let none = hierarchy.binding_limit("/free");
+        fs::remove_dir_all(&root).unwrap();
+        let limit = |cgroup: &str, current, max| BindingLimit {
+            cgroup: cgroup.to_owned(),
+            current,
+            max,
+        };
+        assert_eq!(kubepods, Some(limit("/kubepods", 990, 1000)));
+        assert_eq!(pod, Some(limit("/kubepods/pod", 30, 50)));
+        assert_eq!(pod_over_own, Some(limit("/kubepods/pod", 30, 50)));
+        assert_eq!(none, None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracer_common::{ProcessKey, ZOMBIE_EXIT_FROM_SCHEDULER};
 
 use super::snapshot::{parents_table, ParentReport};
 use crate::{
-    cgroup::{self, CgroupHierarchy},
+    cgroup::{self, binding_limit, CgroupHierarchy},
     cli::ScanArgs,
     escape,
     forecast::GrowthTracker,
@@ -64,6 +64,22 @@ pub struct CgroupHeadroomReport {
     pub pids_full: bool,
     /// Forks refused at the limit so far (`pids.events`), where it has a `pids.max`.
     pub pids_fork_failures: Option<u64>,
+    /// The limit that stops its forks first, its own or an ancestor's (its pod's); null
+    /// where none is set on the way up.
+    pub pids_limit: Option<PidsLimitReport>,
+}
+
+/// A cgroup's binding `pids.max` (see `cgroup::binding_limit`).
+#[derive(Serialize)]
+pub struct PidsLimitReport {
+    /// The cgroup that sets it.
+    pub cgroup: String,
+    /// That cgroup's `pids.current` and `pids.max`.
+    pub current: u64,
+    pub max: u64,
+    /// When that cgroup's `pids.current` reaches it, at its growth over the watch.
+    pub eta_seconds: Option<f64>,
+    pub full: bool,
 }
 
 /// One look at `/proc` and at the cgroups' pids controllers.
@@ -322,6 +338,18 @@ fn build(
                     .zip(max)
                     .is_some_and(|(current, max)| current >= max),
                 pids_fork_failures: last.refused.get(path).copied(),
+                pids_limit: binding_limit(path, |p| last.pids.get(p).copied()).map(|limit| {
+                    PidsLimitReport {
+                        eta_seconds: watch
+                            .pids_growth
+                            .get(&limit.cgroup)
+                            .and_then(|growth| growth.eta_seconds(limit.max as f64)),
+                        full: limit.headroom() == 0,
+                        cgroup: limit.cgroup,
+                        current: limit.current,
+                        max: limit.max,
+                    }
+                }),
             }
         })
         .collect();
@@ -365,8 +393,8 @@ fn table(report: &ScanReport) -> String {
         let watched = node.tasks_growth_per_minute.is_some();
         let _ = writeln!(
             out,
-            "\n{:>8}  {:>12}  {:>12}  {:>8}  CGROUP",
-            "ZOMBIES", "PIDS", "PIDS ETA", "REFUSED"
+            "\n{:>8}  {:>12}  {:>12}  {:>8}  {:>12}  {:>12}  CGROUP (LIMITED BY)",
+            "ZOMBIES", "PIDS", "PIDS ETA", "REFUSED", "LIMIT", "LIMIT ETA"
         );
         for c in rows {
             let pids = match (c.pids_current, c.pids_max) {
@@ -390,15 +418,31 @@ fn table(report: &ScanReport) -> String {
             } else {
                 "-".to_owned()
             };
+            let (limit, limit_eta) = match &c.pids_limit {
+                Some(l) if l.full => (format!("{}/{}", l.current, l.max), "FULL".to_owned()),
+                Some(l) => (
+                    format!("{}/{}", l.current, l.max),
+                    eta_text(l.eta_seconds, watched),
+                ),
+                None => ("none".to_owned(), "-".to_owned()),
+            };
+            // The cgroup that sets the binding limit, where it is not this one.
+            let by = match &c.pids_limit {
+                Some(l) if l.cgroup != c.cgroup => format!(" (limited by {})", l.cgroup),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{:>8}  {:>12}  {:>12}  {:>8}  {}",
+                "{:>8}  {:>12}  {:>12}  {:>8}  {:>12}  {:>12}  {}{}",
                 c.zombies,
                 pids,
                 eta,
                 c.pids_fork_failures
                     .map_or("-".to_owned(), |n| n.to_string()),
-                escape::for_terminal(place.as_bytes())
+                limit,
+                limit_eta,
+                escape::for_terminal(place.as_bytes()),
+                escape::for_terminal(by.as_bytes())
             );
         }
     }

@@ -27,7 +27,7 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
+use self::view::{Display, Eta, FullCgroup, LimitRow, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
@@ -178,6 +178,7 @@ impl Collector {
             self.last_forget = Instant::now();
         }
         let mut parents = Vec::new();
+        let limits = self.binding_limits(tick.parents.iter().filter_map(|p| p.cgroup.as_deref()));
         for parent in tick.parents {
             let oldest = parent.oldest();
             parents.push(ParentRow {
@@ -212,7 +213,30 @@ impl Collector {
             eta,
             parents,
             full: self.full_cgroups(),
+            limits,
         })
+    }
+
+    /// The binding pids limits of `cgroups`, each once, least headroom first.
+    fn binding_limits<'a>(&self, cgroups: impl Iterator<Item = &'a str>) -> Vec<LimitRow> {
+        let Some(hierarchy) = self.watch.engine().hierarchy() else {
+            return Vec::new();
+        };
+        let mut limits: Vec<_> = cgroups.filter_map(|c| hierarchy.binding_limit(c)).collect();
+        limits.sort_by(|a, b| {
+            a.headroom()
+                .cmp(&b.headroom())
+                .then(a.cgroup.cmp(&b.cgroup))
+        });
+        limits.dedup_by(|a, b| a.cgroup == b.cgroup);
+        limits
+            .into_iter()
+            .map(|l| LimitRow {
+                cgroup: escape::for_terminal(l.cgroup.as_bytes()),
+                current: l.current,
+                max: l.max,
+            })
+            .collect()
     }
 
     /// `namespace/pod/container` when kubelet's logs name it, else the cgroup path; escaped.

@@ -35,7 +35,8 @@ pub struct Sampler {
     counters: CounterLedger,
     /// When each cgroup last had something to say (`--cgroup-series active`).
     last_said: HashMap<u64, Instant>,
-    cgroup_growth: HashMap<u64, GrowthTracker>,
+    /// The `pids.current` trend of each cgroup that sets a binding limit, by its path.
+    limit_growth: HashMap<String, GrowthTracker>,
     wait_entries: u64,
     kernel: String,
 }
@@ -76,7 +77,7 @@ impl Sampler {
             last_said: HashMap::new(),
             settings,
             known: HashMap::new(),
-            cgroup_growth: HashMap::new(),
+            limit_growth: HashMap::new(),
             wait_entries: 0,
             kernel: preflight::kernel_release()?,
         })
@@ -123,6 +124,7 @@ impl Sampler {
         self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
         let (mut seen, mut fed) = (HashSet::new(), HashSet::new());
+        let mut limits = HashSet::new();
         for (id, sample) in by_id {
             let pinned = sample.series.zombies + sample.created_alive;
             let Some(known) = self.attribution(id, pinned, now)? else {
@@ -130,7 +132,10 @@ impl Sampler {
             };
             seen.insert(id);
             let mut series = sample.series;
-            series.pids = self.pids(id, &known.path, elapsed);
+            series.pids = self.pids(&known.path, elapsed);
+            if let Some(pids) = &series.pids {
+                limits.insert(pids.cgroup.clone());
+            }
             let (labels, complete) = self.labels(&known.path);
             series.labels = labels;
             // Counts fed under labels about to be completed would stay behind with them.
@@ -159,7 +164,8 @@ impl Sampler {
         self.counters.end(|id| fed.contains(&id));
         // Ids that left the sample without being collected leave nothing behind either.
         self.known.retain(|id, _| seen.contains(id));
-        self.cgroup_growth.retain(|id, _| seen.contains(id));
+        self.limit_growth
+            .retain(|cgroup, _| limits.contains(cgroup));
         self.last_said.retain(|id, _| seen.contains(id));
 
         let node = NodeSeries {
@@ -243,6 +249,7 @@ impl Sampler {
         }
         let pids_pressing = series
             .pids
+            .as_ref()
             .is_some_and(|p| p.eta_seconds.is_some() || p.current >= p.max);
         if series.zombies > 0 || news.pids_fork_failures > 0 || pids_pressing {
             self.last_said.insert(id, now);
@@ -275,7 +282,6 @@ impl Sampler {
                 let gone_since = *known.gone_since.get_or_insert(now);
                 if pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
                     self.known.remove(&id);
-                    self.cgroup_growth.remove(&id);
                     self.watch.engine_mut().forget_cgroup(id)?;
                     return Ok(None);
                 }
@@ -284,19 +290,21 @@ impl Sampler {
         Ok(Some(known.clone()))
     }
 
-    fn pids(&mut self, id: u64, path: &str, elapsed: f64) -> Option<PidsSeries> {
-        let (current, max) = self.watch.engine().hierarchy()?.pids(path)?;
-        let max = max?;
+    /// The binding limit of the cgroup at `path`, its ETA from the trend of the cgroup that
+    /// sets it (fed once a sample however many cgroups it binds: a repeated time replaces).
+    fn pids(&mut self, path: &str, elapsed: f64) -> Option<PidsSeries> {
+        let limit = self.watch.engine().hierarchy()?.binding_limit(path)?;
         let window = self.settings.eta_window.as_secs_f64();
         let growth = self
-            .cgroup_growth
-            .entry(id)
+            .limit_growth
+            .entry(limit.cgroup.clone())
             .or_insert_with(|| GrowthTracker::new(window));
-        growth.push(elapsed, current as f64);
+        growth.push(elapsed, limit.current as f64);
         Some(PidsSeries {
-            current,
-            max,
-            eta_seconds: growth.eta_seconds(max as f64),
+            eta_seconds: growth.eta_seconds(limit.max as f64),
+            cgroup: limit.cgroup,
+            current: limit.current,
+            max: limit.max,
         })
     }
 
@@ -316,7 +324,9 @@ impl Sampler {
 }
 
 /// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
-/// of all); their counters come from the ledger.
+/// of all); their counters come from the ledger. Limits are not summed: the merged series
+/// carries the binding one of its members, the least headroom (the same pod's limit bound by
+/// each of its containers is one limit, not one per container).
 fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
     into.labels = series.labels;
     // Every id of a series shares its ledger totals: the last one fed has them all.
@@ -328,15 +338,8 @@ fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    into.pids = match (into.pids, series.pids) {
-        (Some(a), Some(b)) => Some(PidsSeries {
-            current: a.current + b.current,
-            max: a.max + b.max,
-            eta_seconds: match (a.eta_seconds, b.eta_seconds) {
-                (Some(x), Some(y)) => Some(x.min(y)),
-                (x, y) => x.or(y),
-            },
-        }),
+    into.pids = match (into.pids.take(), series.pids) {
+        (Some(a), Some(b)) => Some(if b.headroom() < a.headroom() { b } else { a }),
         (a, b) => a.or(b),
     };
 }

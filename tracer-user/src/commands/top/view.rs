@@ -98,6 +98,17 @@ pub struct TopSample {
     pub eta: Eta,
     pub parents: Vec<ParentRow>,
     pub full: Vec<FullCgroup>,
+    /// The pids limits that bind the shown parents' cgroups, least headroom first.
+    pub limits: Vec<LimitRow>,
+}
+
+/// A `pids.max` that binds cgroups with unreaped zombies (its own, or an ancestor's: a pod's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitRow {
+    /// The cgroup that sets it; escaped.
+    pub cgroup: String,
+    pub current: u64,
+    pub max: u64,
 }
 
 /// A cgroup at its `pids.max` (or that refused forks while watched): fork() fails in it.
@@ -242,8 +253,28 @@ pub fn summary(sample: &TopSample, display: &Display, interval: Duration) -> Vec
             .collect();
         lines.push(format!("FULL (pids.max): {}", full.join("; ")));
     }
+    if !sample.limits.is_empty() {
+        let limits: Vec<String> = sample
+            .limits
+            .iter()
+            .take(SUMMARY_LIMITS)
+            .map(|l| {
+                format!(
+                    "{}/{} of {} ({} left)",
+                    l.current,
+                    l.max,
+                    l.cgroup,
+                    l.max.saturating_sub(l.current)
+                )
+            })
+            .collect();
+        lines.push(format!("LIMITED BY (pids.max): {}", limits.join("; ")));
+    }
     lines
 }
+
+/// Binding limits named in the summary: the tightest few.
+const SUMMARY_LIMITS: usize = 3;
 
 /// The keys, for the last line of the full screen.
 pub fn keys(display: &Display) -> String {
@@ -456,6 +487,7 @@ mod tests {
             eta: Eta::Seconds(475200.0),
             parents,
             full: Vec::new(),
+            limits: Vec::new(),
         }
     }
 
