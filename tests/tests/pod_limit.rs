@@ -193,3 +193,70 @@ fn scan_why_and_top_name_the_binding_limit() {
         "{top}"
     );
 }
+
+/// The kernel's own local count of refused forks in `cgroup`: `pids.events.local` where the
+/// kernel has one (v2 from 6.14), else `pids.events`.
+fn local_refusals(cgroup: &TestCgroup) -> u64 {
+    let events = fs::read_to_string(cgroup.path.join("pids.events.local"))
+        .or_else(|_| fs::read_to_string(cgroup.path.join("pids.events")))
+        .unwrap();
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{events}"))
+}
+
+/// Forks refused by a pod's limit are counted where the kernel counts them: in the forking
+/// container's cgroup on v1 and on v2 before 6.14, in the pod's on v2 from 6.14 (whose
+/// pids.events is hierarchical). Each cgroup's series has its own count, the pod's included
+/// though it holds no process, so a series merged per pod counts each refusal once.
+#[test]
+fn forks_refused_by_the_pods_limit_are_counted_once_where_the_kernel_counts_them() {
+    const UID2: &str = "0ddba11e-1234-4abc-8def-0123456789ab";
+    let kubelet = FakeKubelet::new("bars", "full-pod", UID2, "ctr", CTR_A);
+    let base = TestCgroup::new("k8s-refused");
+    let pod = base.nested(&format!("kubepods/burstable/pod{UID2}"));
+    let ctr = pod.nested(CTR_A);
+    let helper = Helper::start("leak", 1, &ctr);
+    // The helper and its zombie fill the pod.
+    fs::write(pod.path.join("pids.max"), "2").unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && {} --version > /dev/null && exit 0",
+        ctr.path.display(),
+        workspace_binary("reapwatch").display()
+    );
+    for _ in 0..3 {
+        let status = Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(!status.success(), "a fork at the pod's pids.max succeeded");
+    }
+    let (in_pod, in_ctr) = (local_refusals(&pod), local_refusals(&ctr));
+    assert!(in_pod + in_ctr >= 3, "pod {in_pod}, container {in_ctr}");
+
+    let per_cgroup = Daemon::start(&["--pod-logs-dir", &kubelet.pods_dir()]);
+    let merged = Daemon::start(&[
+        "--pod-logs-dir",
+        &kubelet.pods_dir(),
+        "--label-allow-list",
+        "namespace,pod",
+    ]);
+    let refused = "reapwatch_cgroup_pids_fork_failures_total";
+    let (pod_path, ctr_path) = (pod.host_path(), ctr.host_path());
+    let mut text = String::new();
+    let counted = eventually(Duration::from_secs(20), || {
+        text = per_cgroup.scrape();
+        sample_value(&text, refused, &[("cgroup", &pod_path)]) == Some(in_pod as f64)
+            && sample_value(&text, refused, &[("cgroup", &ctr_path)]) == Some(in_ctr as f64)
+    });
+    assert!(counted, "pod {in_pod}, container {in_ctr}:\n{text}");
+    let pod_labels = [("namespace", "bars"), ("pod", "full-pod")];
+    let counted = eventually(Duration::from_secs(20), || {
+        text = merged.scrape();
+        sample_value(&text, refused, &pod_labels) == Some((in_pod + in_ctr) as f64)
+    });
+    assert!(counted, "once per pod: {}:\n{text}", in_pod + in_ctr);
+    drop(helper);
+}

@@ -224,10 +224,20 @@ impl CgroupHierarchy {
         binding_limit(path, |cgroup| self.pids(cgroup))
     }
 
-    /// Forks refused because the cgroup (or an ancestor) was at its `pids.max`: the `max`
-    /// line of `pids.events`. None where the file is missing.
+    /// Forks refused that the kernel counts in this cgroup's own, local count: summed over a
+    /// subtree, each refusal counts once, whatever the kernel. Where it differs:
+    /// - v1, and v2 before 6.14: `pids.events`, forks refused to this cgroup's processes,
+    ///   whichever limit (its own or an ancestor's) refused them;
+    /// - v2 from 6.14: `pids.events` counts at the limiting cgroup and every ancestor; the
+    ///   local count is `pids.events.local`, forks refused by this cgroup's own limit (with
+    ///   the `pids_localevents` mount option, forks refused inside it, as v1).
+    ///
+    /// None where neither file is there.
     pub fn fork_failures(&self, path: impl AsRef<[u8]>) -> Option<u64> {
-        let events = fs::read(self.dir(path.as_ref()).join("pids.events")).ok()?;
+        let dir = self.dir(path.as_ref());
+        let events = fs::read(dir.join("pids.events.local"))
+            .or_else(|_| fs::read(dir.join("pids.events")))
+            .ok()?;
         parse_pids_events_max(&events)
     }
 
@@ -445,6 +455,29 @@ mod tests {
         assert_eq!(pod, Some(limit("/kubepods/pod", 30, 50)));
         assert_eq!(pod_over_own, Some(limit("/kubepods/pod", 30, 50)));
         assert_eq!(none, None);
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_local_count() {
+        let root = std::env::temp_dir().join(format!("reapwatch-events-{}", std::process::id()));
+        for (dir, events, local) in [
+            ("v1", "max 3\n", None),
+            ("v2-hierarchical", "max 9\n", Some("max 4\n")),
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+            fs::write(root.join(dir).join("pids.events"), events).unwrap();
+            if let Some(local) = local {
+                fs::write(root.join(dir).join("pids.events.local"), local).unwrap();
+            }
+        }
+        let hierarchy = CgroupHierarchy::at(&root, HierarchyKind::Unified);
+        let found = [
+            hierarchy.fork_failures("/v1"),
+            hierarchy.fork_failures("/v2-hierarchical"),
+            hierarchy.fork_failures("/none"),
+        ];
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, [Some(3), Some(4), None]);
     }
 
     #[test]

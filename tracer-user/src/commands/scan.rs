@@ -174,7 +174,12 @@ pub fn run(args: &ScanArgs) -> Result<()> {
                     continue;
                 };
                 let text = escape::lossy(&path);
-                if let (Some(_), Some(failures)) = (usage.1, h.fork_failures(&path)) {
+                // Where the kernel counts them: a limit's own cgroup, or (v1, before 6.14)
+                // the cgroup that forked.
+                if let Some(failures) = h
+                    .fork_failures(&path)
+                    .filter(|&n| usage.1.is_some() || n > 0)
+                {
                     refused.insert(text.clone(), failures);
                 }
                 pids.insert(text, usage);

@@ -122,7 +122,9 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
     );
     let mut pids_refused = Family::new(
         "reapwatch_cgroup_pids_fork_failures_total",
-        "Forks refused because this cgroup (or an ancestor) was at its pids.max (pids.events).",
+        "Forks refused at a pids.max, counted where the kernel counts them (pids.events.local, \
+         else pids.events): on v1 and v2 before 6.14 in the cgroup that forked, on v2 from 6.14 \
+         in the cgroup whose limit refused (a pod's cgroup has a series of its own for this).",
         COUNTER,
     );
     for series in &model.cgroups {

@@ -120,6 +120,11 @@ impl Sampler {
         for cgroup in self.watch.engine_mut().cgroups()? {
             by_id.entry(cgroup.id).or_default().raw = cgroup.counters;
         }
+        // The cgroups whose pids.max binds these get series of their own, even without a
+        // process (a pod's): the kernel may count the forks their limit refuses there.
+        for id in self.limiting_cgroups(by_id.keys().copied().collect()) {
+            by_id.entry(id).or_default();
+        }
 
         self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
@@ -288,6 +293,23 @@ impl Sampler {
             }
         }
         Ok(Some(known.clone()))
+    }
+
+    /// The ids of the cgroups that set the binding limits of `ids`.
+    fn limiting_cgroups(&mut self, ids: Vec<u64>) -> HashSet<u64> {
+        let mut limiting = HashSet::new();
+        for id in ids {
+            let Some(path) = self.watch.engine_mut().cgroup_path(id) else {
+                continue;
+            };
+            let Some(hierarchy) = self.watch.engine().hierarchy() else {
+                break;
+            };
+            if let Some(limit) = hierarchy.binding_limit(&path) {
+                limiting.extend(hierarchy.id_of(limit.cgroup.as_bytes()));
+            }
+        }
+        limiting
     }
 
     /// The binding limit of the cgroup at `path`, its ETA from the trend of the cgroup that
