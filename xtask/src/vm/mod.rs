@@ -125,6 +125,22 @@ const MACHINES: &[Machine] = &[
         cgroups: Cgroups::Hybrid,
         why: "6.12 with systemd's hybrid cgroups, as the build machine but an older kernel",
     },
+    Machine {
+        smoke_in_test: None,
+        arch: Arch::Amd64,
+        kernel: Kernel {
+            package: "linux-image-6.16.12+deb13-cloud-amd64",
+            version: "6.16.12-1~bpo13+1",
+            source: Source::Archive {
+                url: "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.16.12+deb13-cloud-amd64_6.16.12-1~bpo13+1_amd64.deb",
+                sha256: "b56d926c1dc9bbdf151794753df57bd427af2398a033999016dcbbd211e8e461",
+            },
+        },
+        cgroups: Cgroups::V2,
+        why: "Debian 13 backports, nodes on cgroup v2 with a kernel of 6.14 or later: \
+              pids.events counts refused forks hierarchically, at the limiting cgroup and \
+              its ancestors, with pids.events.local beside it",
+    },
     // Under emulation of another architecture the timing-heavy tests (serve with 500 zombies
     // beside others, ages within tenths of a second) flaked in 2 of 3 fresh-clone runs: CI
     // loads the programs and runs a leak and a storm there; vm-test runs everything.
