@@ -638,6 +638,28 @@ mod tests {
     }
 
     #[test]
+    fn summary_names_the_tightest_binding_limits() {
+        let mut s = sample(Vec::new());
+        let limit = |cgroup: &str, current, max| LimitRow {
+            cgroup: cgroup.to_owned(),
+            current,
+            max,
+        };
+        s.limits = vec![
+            limit("/kubepods/pod-a", 44, 50),
+            limit("/kubepods/pod-b", 10, 100),
+            limit("/kubepods", 900, 1000),
+            limit("/system.slice/x.service", 1, 4096),
+        ];
+        let lines = summary(&s, &Display::default(), Duration::from_secs(1));
+        assert_eq!(
+            lines[3],
+            "LIMITED BY (pids.max): 44/50 of /kubepods/pod-a (6 left); 10/100 of \
+             /kubepods/pod-b (90 left); 900/1000 of /kubepods (100 left)"
+        );
+    }
+
+    #[test]
     fn summary_shows_headroom_and_eta() {
         let s = sample(vec![parent(1, "a", "/x", 3, 0.0, 1.0)]);
         let lines = summary(&s, &Display::default(), Duration::from_millis(300));
