@@ -296,12 +296,14 @@ impl CgroupHierarchy {
 /// its ancestors' (a pod's `podPidsLimit`, `kubepods`' reserve, a slice's `TasksMax`), the
 /// one with the least headroom, `pids.max - pids.current` of the cgroup that sets it.
 /// `usage` gives a cgroup's `pids.current` and `pids.max` (None for `max`). None where no
-/// cgroup on the way sets one.
+/// cgroup on the way sets one, or where the cgroup itself is gone (its ancestors' limits
+/// bind nothing of it).
 pub fn binding_limit(
     path: &str,
     usage: impl Fn(&str) -> Option<(u64, Option<u64>)>,
 ) -> Option<BindingLimit> {
     let path = path.trim_end_matches('/');
+    usage(path)?;
     let lineage = std::iter::successors(Some(path), |p| p.rsplit_once('/').map(|(up, _)| up));
     lineage
         .filter(|cgroup| !cgroup.is_empty())
@@ -445,6 +447,7 @@ mod tests {
         let pod = hierarchy.binding_limit("/kubepods/pod/ctr");
         let pod_over_own = hierarchy.binding_limit("/kubepods/pod/own");
         let none = hierarchy.binding_limit("/free");
+        let gone = hierarchy.binding_limit("/kubepods/pod/removed");
         fs::remove_dir_all(&root).unwrap();
         let limit = |cgroup: &str, current, max| BindingLimit {
             cgroup: cgroup.to_owned(),
@@ -455,6 +458,7 @@ mod tests {
         assert_eq!(pod, Some(limit("/kubepods/pod", 30, 50)));
         assert_eq!(pod_over_own, Some(limit("/kubepods/pod", 30, 50)));
         assert_eq!(none, None);
+        assert_eq!(gone, None);
     }
 
     #[test]

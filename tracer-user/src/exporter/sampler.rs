@@ -18,6 +18,7 @@ use super::{
     settings::{CgroupSeriesChoice, Settings},
 };
 use crate::{
+    cgroup::BindingLimit,
     escape,
     forecast::GrowthTracker,
     kernel::preflight,
@@ -122,14 +123,18 @@ impl Sampler {
         }
         // The cgroups whose pids.max binds these get series of their own, even without a
         // process (a pod's): the kernel may count the forks their limit refuses there.
-        for id in self.limiting_cgroups(by_id.keys().copied().collect()) {
-            by_id.entry(id).or_default();
+        let limits = self.binding_limits(by_id.keys().copied().collect());
+        let hierarchy = self.watch.engine().hierarchy();
+        for limit in limits.values() {
+            if let Some(id) = hierarchy.and_then(|h| h.id_of(limit.cgroup.as_bytes())) {
+                by_id.entry(id).or_default();
+            }
         }
 
         self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
         let (mut seen, mut fed) = (HashSet::new(), HashSet::new());
-        let mut limits = HashSet::new();
+        let mut limit_cgroups = HashSet::new();
         for (id, sample) in by_id {
             let pinned = sample.series.zombies + sample.created_alive;
             let Some(known) = self.attribution(id, pinned, now)? else {
@@ -137,9 +142,18 @@ impl Sampler {
             };
             seen.insert(id);
             let mut series = sample.series;
-            series.pids = self.pids(&known.path, elapsed);
+            let limit = match limits.get(&id) {
+                Some(limit) => Some(limit.clone()),
+                // A limiting cgroup added above, or one found since.
+                None => self
+                    .watch
+                    .engine()
+                    .hierarchy()
+                    .and_then(|h| h.binding_limit(&known.path)),
+            };
+            series.pids = limit.map(|limit| self.pids(limit, elapsed));
             if let Some(pids) = &series.pids {
-                limits.insert(pids.cgroup.clone());
+                limit_cgroups.insert(pids.cgroup.clone());
             }
             let (labels, complete) = self.labels(&known.path);
             series.labels = labels;
@@ -170,7 +184,7 @@ impl Sampler {
         // Ids that left the sample without being collected leave nothing behind either.
         self.known.retain(|id, _| seen.contains(id));
         self.limit_growth
-            .retain(|cgroup, _| limits.contains(cgroup));
+            .retain(|cgroup, _| limit_cgroups.contains(cgroup));
         self.last_said.retain(|id, _| seen.contains(id));
 
         let node = NodeSeries {
@@ -295,9 +309,9 @@ impl Sampler {
         Ok(Some(known.clone()))
     }
 
-    /// The ids of the cgroups that set the binding limits of `ids`.
-    fn limiting_cgroups(&mut self, ids: Vec<u64>) -> HashSet<u64> {
-        let mut limiting = HashSet::new();
+    /// The binding limit of each of `ids` that is a cgroup now.
+    fn binding_limits(&mut self, ids: Vec<u64>) -> HashMap<u64, BindingLimit> {
+        let mut limits = HashMap::new();
         for id in ids {
             let Some(path) = self.watch.engine_mut().cgroup_path(id) else {
                 continue;
@@ -306,28 +320,27 @@ impl Sampler {
                 break;
             };
             if let Some(limit) = hierarchy.binding_limit(&path) {
-                limiting.extend(hierarchy.id_of(limit.cgroup.as_bytes()));
+                limits.insert(id, limit);
             }
         }
-        limiting
+        limits
     }
 
-    /// The binding limit of the cgroup at `path`, its ETA from the trend of the cgroup that
-    /// sets it (fed once a sample however many cgroups it binds: a repeated time replaces).
-    fn pids(&mut self, path: &str, elapsed: f64) -> Option<PidsSeries> {
-        let limit = self.watch.engine().hierarchy()?.binding_limit(path)?;
+    /// A binding limit, with its ETA from the trend of the cgroup that sets it (fed once a
+    /// sample however many cgroups it binds: a repeated time replaces).
+    fn pids(&mut self, limit: BindingLimit, elapsed: f64) -> PidsSeries {
         let window = self.settings.eta_window.as_secs_f64();
         let growth = self
             .limit_growth
             .entry(limit.cgroup.clone())
             .or_insert_with(|| GrowthTracker::new(window));
         growth.push(elapsed, limit.current as f64);
-        Some(PidsSeries {
+        PidsSeries {
             eta_seconds: growth.eta_seconds(limit.max as f64),
             cgroup: limit.cgroup,
             current: limit.current,
             max: limit.max,
-        })
+        }
     }
 
     /// The kept labels of a cgroup path, and whether every pod name it calls for was found.
