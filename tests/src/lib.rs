@@ -437,19 +437,18 @@ impl Daemon {
     pub fn spawn(wrapper: &[&str], extra: &[&str]) -> Self {
         let port = free_port();
         let mut command = wrapped(wrapper, &workspace_binary("reapwatch"));
-        let child = command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--sample-interval",
-                "200ms",
-                "--reconcile-interval",
-                "1s",
-                "--log-level",
-                "warn",
-            ])
-            .args(extra)
-            .spawn()
-            .expect("spawn reapwatch serve");
+        command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        // Fast defaults for tests, unless the test sets its own.
+        for (flag, value) in [
+            ("--sample-interval", "200ms"),
+            ("--reconcile-interval", "1s"),
+            ("--log-level", "warn"),
+        ] {
+            if !extra.contains(&flag) {
+                command.args([flag, value]);
+            }
+        }
+        let child = command.args(extra).spawn().expect("spawn reapwatch serve");
         Self { child, port }
     }
 

@@ -1,9 +1,18 @@
 //! `/healthz` of `reapwatch serve`: it fails when the sampler thread is dead or has made no
 //! progress for far longer than a full reconcile takes, and never for a slow one.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
 use reapwatch_tests::{eventually, thread_named, Daemon, Helper, StoppedThread, TestCgroup};
+
+/// One test at a time: the crowd of zombies one makes slows every other daemon's scans.
+fn alone() -> MutexGuard<'static, ()> {
+    static ONE: Mutex<()> = Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn healthz(daemon: &Daemon) -> Option<(u16, String)> {
     daemon.get("/healthz")
@@ -14,6 +23,7 @@ fn healthz(daemon: &Daemon) -> Option<(u16, String)> {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn a_dead_sampler_fails_liveness() {
+    let _alone = alone();
     let daemon = Daemon::start(&[]);
     assert_eq!(healthz(&daemon).map(|r| r.0), Some(200));
     let sampler = thread_named(daemon.pid(), "sampler").expect("sampling has a thread of its own");
@@ -31,6 +41,7 @@ fn a_dead_sampler_fails_liveness() {
 /// it moves; stopped for less, it only fails readiness.
 #[test]
 fn a_stuck_sampler_fails_liveness_after_the_timeout() {
+    let _alone = alone();
     let daemon = Daemon::start(&["--liveness-timeout", "3s"]);
     let sampler = thread_named(daemon.pid(), "sampler").expect("sampling has a thread of its own");
     let stalled = StoppedThread::stop(sampler);
@@ -54,13 +65,15 @@ fn a_stuck_sampler_fails_liveness_after_the_timeout() {
 }
 
 /// The first sample is a full reconcile; with many zombies it takes far longer than the stale
-/// window (three 200 ms intervals here): readiness waits for it, liveness never fails.
+/// window (three 200 ms intervals here): readiness waits for it, liveness never fails. (The
+/// next full scan is an hour away, so that the samples after it are quick and it is ready.)
 #[test]
 fn a_slow_first_reconcile_does_not_fail_liveness() {
+    let _alone = alone();
     let cgroup = TestCgroup::new("liveness-crowd");
     let _crowd = Helper::start("leak", 8000, &cgroup);
     let started = Instant::now();
-    let daemon = Daemon::spawn(&[], &[]);
+    let daemon = Daemon::spawn(&[], &["--reconcile-interval", "1h"]);
     let (mut probes, mut unready) = (0, 0);
     let ready = eventually(Duration::from_secs(120), || {
         if let Some((status, body)) = healthz(&daemon) {
