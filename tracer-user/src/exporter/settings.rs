@@ -386,6 +386,8 @@ mod tests {
             vec!["--sample-interval", "0s"],
             vec!["--liveness-timeout", "0s"],
             vec!["--liveness-timeout", "10s", "--sample-interval", "5s"],
+            // Three of these overflow a Duration: saturated, not a panic.
+            vec!["--sample-interval", "6148914691236517206s"],
             vec!["--log-level", "loud"],
             vec!["--config", "/nonexistent/reapwatch.toml"],
         ] {
