@@ -116,6 +116,21 @@ fn exit_codes_and_ages_under_the_daemonsets_capabilities() {
         )
         .unwrap();
         assert_eq!(text.matches("exit 7").count(), 2, "{wrapper:?}: {text}");
+        // top loads the programs too, and lists both parents with their unreaped children.
+        let output = reapwatch_under(wrapper, &["top", "--iterations", "1"]);
+        assert!(output.status.success(), "{wrapper:?}: {output:?}");
+        let top = String::from_utf8(output.stdout).unwrap();
+        for (helper, n) in [(&hidden, 3), (&visible, 2)] {
+            let row = top
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(&helper.parent.to_string()))
+                .unwrap_or_else(|| panic!("{wrapper:?}: {} not in {top}", helper.parent));
+            assert_eq!(
+                row.split_whitespace().nth(2),
+                Some(&*n.to_string()),
+                "{row}"
+            );
+        }
     }
 }
 
