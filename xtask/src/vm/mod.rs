@@ -129,17 +129,19 @@ const MACHINES: &[Machine] = &[
         smoke_in_test: None,
         arch: Arch::Amd64,
         kernel: Kernel {
-            package: "linux-image-6.16.12+deb13-cloud-amd64",
-            version: "6.16.12-1~bpo13+1",
+            package: "linux-image-6.18.15+deb13-cloud-amd64",
+            version: "6.18.15-1~bpo13+1",
             source: Source::Archive {
-                url: "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.16.12+deb13-cloud-amd64_6.16.12-1~bpo13+1_amd64.deb",
-                sha256: "b56d926c1dc9bbdf151794753df57bd427af2398a033999016dcbbd211e8e461",
+                url: "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.18.15+deb13-cloud-amd64_6.18.15-1~bpo13+1_amd64.deb",
+                sha256: "5a507681ea8c978d02265a7fec2f02c9588fb48b54b7f71edc1059e86007f3ec",
             },
         },
         cgroups: Cgroups::V2,
         why: "Debian 13 backports, nodes on cgroup v2 with a kernel of 6.14 or later: \
               pids.events counts refused forks hierarchically, at the limiting cgroup and \
-              its ancestors, with pids.events.local beside it",
+              its ancestors, with pids.events.local beside it. (6.16.12 oopsed twice under \
+              TCG on an int3 in a tracepoint call site being patched: do_exit, \
+              delayed_put_task_struct)",
     },
     // Under emulation of another architecture the timing-heavy tests (serve with 500 zombies
     // beside others, ages within tenths of a second) flaked in 2 of 3 fresh-clone runs: CI
