@@ -190,7 +190,19 @@ impl Helper {
 
     /// A shape that takes arguments after N.
     pub fn start_with(shape: &str, n: u32, args: &[&str], cgroup: &TestCgroup) -> Self {
-        let mut child = Command::new(workspace_binary("zombie-helper"))
+        Self::start_wrapped(&[], shape, n, args, cgroup)
+    }
+
+    /// A shape run under `wrapper` (a command that execs its arguments, such as
+    /// [`DAEMONSET_CAPABILITIES`]): the helper and its zombies carry what it leaves them.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        shape: &str,
+        n: u32,
+        args: &[&str],
+        cgroup: &TestCgroup,
+    ) -> Self {
+        let mut child = wrapped(wrapper, &workspace_binary("zombie-helper"))
             .arg("--cgroup")
             .arg(&cgroup.path)
             .arg(shape)
@@ -259,6 +271,26 @@ impl Drop for Helper {
     }
 }
 
+/// Root with exactly the DaemonSet's capabilities (deploy/daemonset.yaml drops ALL and adds
+/// these): a wrapper for [`Daemon::start_wrapped`], [`Helper::start_wrapped`], [`wrapped`].
+pub const DAEMONSET_CAPABILITIES: &[&str] = &[
+    "setpriv",
+    "--bounding-set=-all,+bpf,+perfmon,+sys_resource",
+    "--",
+];
+
+/// `program` run under `wrapper` (empty: as is).
+pub fn wrapped(wrapper: &[&str], program: &Path) -> Command {
+    match wrapper.split_first() {
+        Some((first, args)) => {
+            let mut command = Command::new(first);
+            command.args(args).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A binary of the workspace (`reapwatch`, `zombie-helper`): cargo puts test executables in
 /// `target/<profile>/deps` and the workspace's binaries one level up.
 pub fn workspace_binary(name: &str) -> PathBuf {
@@ -285,6 +317,90 @@ pub fn proc_unreaped_children(ppid: u32) -> BTreeMap<u32, procfs::ProcStat> {
         .filter(|p| p.ppid == ppid && p.is_unreaped_zombie())
         .map(|p| (p.pid, p))
         .collect()
+}
+
+/// The thread of `pid` named `name`.
+pub fn thread_named(pid: u32, name: &str) -> Option<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|task| {
+            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| task.file_name().to_str()?.parse().ok())
+}
+
+/// Stops one thread of another process (ptrace stops threads one by one) until dropped.
+pub struct StoppedThread(i32);
+
+impl StoppedThread {
+    pub fn stop(tid: i32) -> Self {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        assert_eq!(
+            unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) },
+            0,
+            "seize"
+        );
+        assert_eq!(
+            unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) },
+            0,
+            "interrupt"
+        );
+        let mut status = 0;
+        assert_eq!(
+            unsafe { libc::waitpid(tid, &mut status, libc::__WALL) },
+            tid,
+            "wait for the stop"
+        );
+        Self(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        let null = std::ptr::null_mut::<libc::c_void>();
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
+    }
+}
+
+/// Ends one thread of another process, not the process: seized and stopped where it waits in
+/// a system call (the sampler between samples), its registers are set to make the
+/// instruction before, `syscall`, an `exit(0)` of that thread alone. x86_64 only.
+#[cfg(target_arch = "x86_64")]
+pub fn end_thread(tid: i32) {
+    let null = std::ptr::null_mut::<libc::c_void>();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stopped = StoppedThread::stop(tid);
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        let got = unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, null, &raw mut regs) };
+        assert_eq!(got, 0, "registers of {tid}");
+        // Stopped inside a system call, the instruction pointer is just after `syscall`
+        // (0f 05) and orig_rax names the call; elsewhere, let it run and try again.
+        let before = regs.rip - 2;
+        let word = unsafe { libc::ptrace(libc::PTRACE_PEEKTEXT, tid, before, null) };
+        if regs.orig_rax as i64 >= 0 && word & 0xffff == 0x050f {
+            regs.rip = before;
+            regs.rax = libc::SYS_exit as u64;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = 0;
+            let set = unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, null, &raw const regs) };
+            assert_eq!(set, 0, "set the registers of {tid}");
+            drop(stopped);
+            // A thread other than the leader is released as it exits: its /proc entry goes.
+            let gone = eventually(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{tid}")).exists()
+            });
+            assert!(gone, "thread {tid} did not end");
+            return;
+        }
+        drop(stopped);
+        assert!(
+            Instant::now() < deadline,
+            "thread {tid} never waited in a call"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Polls `condition` every 10 ms for up to `timeout`; the kernel's notifications (the RCU
@@ -330,16 +446,18 @@ impl Daemon {
     }
 
     /// Starts it under `wrapper` without waiting for anything (for endpoints that plain HTTP
-    /// cannot ask, such as TLS), sampling fast.
+    /// cannot ask, such as TLS), sampling fast unless `extra` sets its own intervals.
     pub fn spawn(wrapper: &[&str], extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--sample-interval",
-            "200ms",
-            "--reconcile-interval",
-            "1s",
-            "--log-level",
-            "warn",
-        ];
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--sample-interval", "200ms"),
+            ("--reconcile-interval", "1s"),
+            ("--log-level", "warn"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
         args.extend(extra);
         Self::spawn_with(wrapper, &args)
     }
@@ -348,16 +466,7 @@ impl Daemon {
     /// intervals and log level unless `args` name them.
     pub fn spawn_with(wrapper: &[&str], args: &[&str]) -> Self {
         let port = free_port();
-        let reapwatch = workspace_binary("reapwatch");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(&reapwatch);
-                command
-            }
-            None => Command::new(&reapwatch),
-        };
-        let child = command
+        let child = wrapped(wrapper, &workspace_binary("reapwatch"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .spawn()

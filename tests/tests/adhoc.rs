@@ -3,12 +3,18 @@
 use std::{
     fs,
     process::{Command, Output},
+    time::Instant,
 };
 
 use reapwatch_tests::{
-    found_age_source, parent_entry, proc_unreaped_children, workspace_binary, Helper, TestCgroup,
+    found_age_source, parent_entry, proc_unreaped_children, workspace_binary, wrapped, Helper,
+    TestCgroup, DAEMONSET_CAPABILITIES,
 };
 use serde_json::Value;
+
+/// Full root, and root with only the DaemonSet's capabilities: every ad-hoc command must tell
+/// the same truth under both.
+const PRIVILEGES: [&[&str]; 2] = [&[], DAEMONSET_CAPABILITIES];
 
 fn unprivileged(args: &[&str]) -> Output {
     Command::new("setpriv")
@@ -20,10 +26,112 @@ fn unprivileged(args: &[&str]) -> Output {
 }
 
 fn reapwatch(args: &[&str]) -> Output {
-    Command::new(workspace_binary("reapwatch"))
+    reapwatch_under(&[], args)
+}
+
+fn reapwatch_under(wrapper: &[&str], args: &[&str]) -> Output {
+    wrapped(wrapper, &workspace_binary("reapwatch"))
         .args(args)
         .output()
         .expect("run reapwatch")
+}
+
+fn json_under(wrapper: &[&str], args: &[&str]) -> Value {
+    let output = reapwatch_under(wrapper, args);
+    assert!(
+        output.status.success(),
+        "{wrapper:?} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The kernel shows a zombie's exit code (`/proc/<pid>/stat` field 52) only to a reader that
+/// may ptrace it: root with the DaemonSet's capabilities may not ptrace a zombie whose
+/// capabilities exceed its own (one made by full root), and reads `0` there. Every command
+/// must then say it does not know, never report success; the zombies of a parent that runs
+/// with the same capabilities as the reader keep their code. Ages come from the scheduler,
+/// which needs no such access.
+#[test]
+fn exit_codes_and_ages_under_the_daemonsets_capabilities() {
+    let cgroup = TestCgroup::new("daemonset-caps");
+    let started = Instant::now();
+    let hidden = Helper::start("leak", 3, &cgroup);
+    let visible = Helper::start_wrapped(DAEMONSET_CAPABILITIES, "leak", 2, &[], &cgroup);
+    let made = started.elapsed().as_secs_f64();
+    for wrapper in PRIVILEGES {
+        let capped = !wrapper.is_empty();
+        let before = started.elapsed().as_secs_f64();
+        for command in ["snapshot", "scan"] {
+            let report = json_under(wrapper, &[command, "--json"]);
+            let after = started.elapsed().as_secs_f64();
+            for (helper, n) in [(&hidden, 3), (&visible, 2)] {
+                let parent = parent_entry(&report, helper.parent);
+                let children = parent["children"].as_array().unwrap();
+                assert_eq!(children.len(), n, "{command} {wrapper:?}: {parent}");
+                let known = !capped || helper.parent == visible.parent;
+                for child in children {
+                    let code = if known { Value::from(7) } else { Value::Null };
+                    assert_eq!(child["exit_code"], code, "{command} {wrapper:?}: {child}");
+                    assert_eq!(
+                        child["signal"],
+                        Value::Null,
+                        "{command} {wrapper:?}: {child}"
+                    );
+                    assert_eq!(child["age_source"], found_age_source());
+                    if found_age_source() == "scheduler" {
+                        // Made between `started` and `made`, read between `before` and `after`;
+                        // the scheduler's clock errs short by interrupt time, never long.
+                        let age = child["age_seconds"].as_f64().unwrap();
+                        assert!(
+                            (before - made - 0.5..=after + 0.05).contains(&age),
+                            "{command} {wrapper:?}: {age} not in {}..{after}: {child}",
+                            before - made
+                        );
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8(
+            reapwatch_under(
+                wrapper,
+                &["why", &hidden.parent.to_string(), "--watch", "0s"],
+            )
+            .stdout,
+        )
+        .unwrap();
+        let ending = if capped {
+            "exit code unknown"
+        } else {
+            "exit 7"
+        };
+        assert_eq!(text.matches(ending).count(), 3, "{wrapper:?}: {text}");
+        assert!(!text.contains("exit 0"), "{wrapper:?}: {text}");
+        let text = String::from_utf8(
+            reapwatch_under(
+                wrapper,
+                &["why", &visible.parent.to_string(), "--watch", "0s"],
+            )
+            .stdout,
+        )
+        .unwrap();
+        assert_eq!(text.matches("exit 7").count(), 2, "{wrapper:?}: {text}");
+        // top loads the programs too, and lists both parents with their unreaped children.
+        let output = reapwatch_under(wrapper, &["top", "--iterations", "1"]);
+        assert!(output.status.success(), "{wrapper:?}: {output:?}");
+        let top = String::from_utf8(output.stdout).unwrap();
+        for (helper, n) in [(&hidden, 3), (&visible, 2)] {
+            let row = top
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(&helper.parent.to_string()))
+                .unwrap_or_else(|| panic!("{wrapper:?}: {} not in {top}", helper.parent));
+            assert_eq!(
+                row.split_whitespace().nth(2),
+                Some(&*n.to_string()),
+                "{row}"
+            );
+        }
+    }
 }
 
 fn number(path: &str) -> u64 {
@@ -119,14 +227,31 @@ fn scan_watch_measures_growth() {
     assert!(report["node"]["tasks_growth_per_minute"].is_number());
 }
 
+/// `why`, as full root and with the DaemonSet's capabilities: the same diagnosis from both.
 fn why(pid: u32, watch: &str) -> String {
-    let output = reapwatch(&["why", &pid.to_string(), "--watch", watch]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let texts: Vec<String> = PRIVILEGES
+        .iter()
+        .map(|wrapper| {
+            let output = reapwatch_under(wrapper, &["why", &pid.to_string(), "--watch", watch]);
+            assert!(
+                output.status.success(),
+                "{wrapper:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout).unwrap()
+        })
+        .collect();
+    // Ages, exit codes, states and counts of calls differ (time passes; the capped run may not
+    // see codes): compare the diagnosis, the lines below the process's, without the children
+    // and numbers.
+    let diagnosis = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("    ") && !l.starts_with("process "))
+            .flat_map(|l| l.chars().filter(|c| !c.is_ascii_digit()).chain(['\n']))
+            .collect()
+    };
+    assert_eq!(diagnosis(&texts[0]), diagnosis(&texts[1]), "{texts:?}");
+    texts.into_iter().next_back().unwrap()
 }
 
 #[test]

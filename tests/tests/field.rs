@@ -11,7 +11,7 @@ use std::{
 
 use reapwatch_tests::{
     eventually, found_age_source, parent_entry, proc_unreaped_children, reapwatch_json,
-    sample_value, workspace_binary, Daemon, Helper, TestCgroup,
+    sample_value, thread_named, workspace_binary, Daemon, Helper, StoppedThread, TestCgroup,
 };
 
 /// Every counter series seen so far, to catch one that falls between two scrapes.
@@ -188,50 +188,6 @@ fn a_reap_after_reparenting_is_charged_to_the_cgroup_that_created_the_zombie() {
         value(&text, "reapwatch_zombies_reaped_total", &b),
         Some(1.0)
     );
-}
-
-/// The thread of `pid` named `name`.
-fn thread_named(pid: u32, name: &str) -> Option<i32> {
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-        .find(|task| {
-            fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .and_then(|task| task.file_name().to_str()?.parse().ok())
-}
-
-/// Stops one thread of another process (ptrace stops threads one by one) until dropped.
-struct StoppedThread(i32);
-
-impl StoppedThread {
-    fn stop(tid: i32) -> Self {
-        let null = std::ptr::null_mut::<libc::c_void>();
-        assert_eq!(
-            unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) },
-            0,
-            "seize"
-        );
-        assert_eq!(
-            unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) },
-            0,
-            "interrupt"
-        );
-        let mut status = 0;
-        assert_eq!(
-            unsafe { libc::waitpid(tid, &mut status, libc::__WALL) },
-            tid,
-            "wait for the stop"
-        );
-        Self(tid)
-    }
-}
-
-impl Drop for StoppedThread {
-    fn drop(&mut self) {
-        let null = std::ptr::null_mut::<libc::c_void>();
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, null, null) };
-    }
 }
 
 #[test]

@@ -8,13 +8,19 @@ use std::{
 };
 
 use reapwatch_tests::{
-    proc_unreaped_children, workspace_binary, Helper, TestCgroup, KERNEL_TICK_SECONDS,
+    proc_unreaped_children, workspace_binary, wrapped, Helper, TestCgroup, DAEMONSET_CAPABILITIES,
+    KERNEL_TICK_SECONDS,
 };
 use serde_json::Value;
 
 /// Starts `reapwatch trace --json` and returns once the programs are attached.
 fn start_trace(args: &[&str]) -> Child {
-    let mut child = Command::new(workspace_binary("reapwatch"))
+    start_trace_under(&[], args)
+}
+
+/// [`start_trace`] under `wrapper`.
+fn start_trace_under(wrapper: &[&str], args: &[&str]) -> Child {
+    let mut child = wrapped(wrapper, &workspace_binary("reapwatch"))
         .args(["trace", "--json"])
         .args(args)
         .stdout(Stdio::piped())
@@ -105,6 +111,29 @@ fn every_lifecycle_event_of_a_leak() {
         "{events:#?}"
     );
     assert!(summary.contains(" 0 lost"), "{summary}");
+}
+
+/// Zombies that predate the trace are found in `/proc`, where the DaemonSet's capabilities do
+/// not show full root's exit codes: their reaps still carry the code, read by the programs.
+#[test]
+fn reaps_of_zombies_found_under_the_daemonsets_capabilities_carry_their_code() {
+    let cgroup = TestCgroup::new("trace-caps");
+    let mut helper = Helper::start("leak", 2, &cgroup);
+    let trace = start_trace_under(
+        DAEMONSET_CAPABILITIES,
+        &["--duration", "3s", "--pid", &helper.parent.to_string()],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let children: Vec<u32> = proc_unreaped_children(helper.parent).into_keys().collect();
+    assert_eq!(children.len(), 2);
+    // The helper reaps them.
+    helper.step();
+    let (events, _) = finish(trace);
+    for child in children {
+        let reap = of(&events, "reap", child);
+        assert_eq!(reap.len(), 1, "one reap of {child}: {events:#?}");
+        assert_eq!(reap[0]["exit_code"], 7, "{}", reap[0]);
+    }
 }
 
 #[test]

@@ -165,6 +165,9 @@ pub const ZOMBIE_SEEN_LATE: u32 = 1;
 /// `Zombie::flags`, with [`ZOMBIE_SEEN_LATE`]: `exit_ns` is not when it was first seen but when
 /// the scheduler last ran it, which for a zombie is its exit (to the tick): the age is real.
 pub const ZOMBIE_EXIT_FROM_SCHEDULER: u32 = 2;
+/// `Zombie::flags`: `exit_status` is unknown (found in `/proc` by a reader the kernel would
+/// not show it to, which reads 0 there), not a real status.
+pub const ZOMBIE_EXIT_STATUS_UNKNOWN: u32 = 4;
 
 /// One process that exited and has not been reaped (value of the `ZOMBIES` map).
 #[repr(C)]
@@ -185,6 +188,17 @@ pub struct Zombie {
     pub flags: u32,
     pub comm: [u8; 16],
     pub _pad: u32,
+}
+
+impl Zombie {
+    /// `exit_status`, or None where it is unknown (see [`ZOMBIE_EXIT_STATUS_UNKNOWN`]).
+    pub const fn wait_status(&self) -> Option<i32> {
+        if self.flags & ZOMBIE_EXIT_STATUS_UNKNOWN == 0 {
+            Some(self.exit_status)
+        } else {
+            None
+        }
+    }
 }
 
 /// Per cgroup event counters (value of the per-CPU `CGROUP_COUNTERS` map, keyed by cgroup id).

@@ -242,10 +242,26 @@ impl CgroupHierarchy {
         count
     }
 
-    /// Forks refused because the cgroup (or an ancestor) was at its `pids.max`: the `max`
-    /// line of `pids.events`. None where the file is missing.
+    /// [`binding_limit`] of the cgroup at `path` (the text [`CgroupHierarchy::path_of`] gave),
+    /// read from this hierarchy.
+    pub fn binding_limit(&self, path: &str) -> Option<BindingLimit> {
+        binding_limit(path, |cgroup| self.pids(cgroup))
+    }
+
+    /// Forks refused that the kernel counts in this cgroup's own, local count: summed over a
+    /// subtree, each refusal counts once, whatever the kernel. Where it differs:
+    /// - v1, and v2 before 6.14: `pids.events`, forks refused to this cgroup's processes,
+    ///   whichever limit (its own or an ancestor's) refused them;
+    /// - v2 from 6.14: `pids.events` counts at the limiting cgroup and every ancestor; the
+    ///   local count is `pids.events.local`, forks refused by this cgroup's own limit (with
+    ///   the `pids_localevents` mount option, forks refused inside it, as v1).
+    ///
+    /// None where neither file is there.
     pub fn fork_failures(&self, path: impl AsRef<[u8]>) -> Option<u64> {
-        let events = fs::read(self.dir(path.as_ref()).join("pids.events")).ok()?;
+        let dir = self.dir(path.as_ref());
+        let events = fs::read(dir.join("pids.events.local"))
+            .or_else(|_| fs::read(dir.join("pids.events")))
+            .ok()?;
         parse_pids_events_max(&events)
     }
 
@@ -297,6 +313,49 @@ impl CgroupHierarchy {
             );
         }
         found
+    }
+}
+
+/// The limit that stops the forks of the cgroup at `path` first: among its own `pids.max` and
+/// its ancestors' (a pod's `podPidsLimit`, `kubepods`' reserve, a slice's `TasksMax`), the
+/// one with the least headroom, `pids.max - pids.current` of the cgroup that sets it.
+/// `usage` gives a cgroup's `pids.current` and `pids.max` (None for `max`). None where no
+/// cgroup on the way sets one, or where the cgroup itself is gone (its ancestors' limits
+/// bind nothing of it).
+pub fn binding_limit(
+    path: &str,
+    usage: impl Fn(&str) -> Option<(u64, Option<u64>)>,
+) -> Option<BindingLimit> {
+    let path = path.trim_end_matches('/');
+    usage(path)?;
+    let lineage = std::iter::successors(Some(path), |p| p.rsplit_once('/').map(|(up, _)| up));
+    lineage
+        .filter(|cgroup| !cgroup.is_empty())
+        .filter_map(|cgroup| {
+            let (current, max) = usage(cgroup)?;
+            Some(BindingLimit {
+                cgroup: cgroup.to_owned(),
+                current,
+                max: max?,
+            })
+        })
+        .min_by_key(BindingLimit::headroom)
+}
+
+/// A `pids.max` that can stop a cgroup's forks, and the cgroup that sets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingLimit {
+    /// Path of the cgroup whose `pids.max` it is (lossy text).
+    pub cgroup: String,
+    /// `pids.current` of that cgroup: its whole subtree's tasks, zombies included.
+    pub current: u64,
+    pub max: u64,
+}
+
+impl BindingLimit {
+    /// Tasks that cgroup may still gain.
+    pub fn headroom(&self) -> u64 {
+        self.max.saturating_sub(self.current)
     }
 }
 
@@ -388,6 +447,65 @@ mod tests {
         assert_eq!(text.as_deref(), Some("/pods/bad\u{fffd}name"));
         assert_eq!(raw_id, Some(id));
         assert_eq!(pids, Some((3, None)));
+    }
+
+    #[test]
+    fn the_binding_limit_has_the_least_headroom_on_the_way_up() {
+        let root = std::env::temp_dir().join(format!("reapwatch-bind-{}", std::process::id()));
+        let write = |dir: &str, current: u64, max: &str| {
+            let dir = root.join(dir);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("pids.current"), format!("{current}\n")).unwrap();
+            fs::write(dir.join("pids.max"), format!("{max}\n")).unwrap();
+        };
+        // kubepods reserves 1000 of which 990 used; the pod allows 50 and has 30; its
+        // container sets nothing; another container sets 40 and uses 5.
+        write("kubepods", 990, "1000");
+        write("kubepods/pod", 30, "50");
+        write("kubepods/pod/ctr", 12, "max");
+        write("kubepods/pod/own", 5, "40");
+        write("free", 3, "max");
+        let hierarchy = CgroupHierarchy::at(&root, HierarchyKind::V1Pids);
+        let kubepods = hierarchy.binding_limit("/kubepods/pod/ctr");
+        fs::write(root.join("kubepods/pids.max"), "max\n").unwrap();
+        let pod = hierarchy.binding_limit("/kubepods/pod/ctr");
+        let pod_over_own = hierarchy.binding_limit("/kubepods/pod/own");
+        let none = hierarchy.binding_limit("/free");
+        let gone = hierarchy.binding_limit("/kubepods/pod/removed");
+        fs::remove_dir_all(&root).unwrap();
+        let limit = |cgroup: &str, current, max| BindingLimit {
+            cgroup: cgroup.to_owned(),
+            current,
+            max,
+        };
+        assert_eq!(kubepods, Some(limit("/kubepods", 990, 1000)));
+        assert_eq!(pod, Some(limit("/kubepods/pod", 30, 50)));
+        assert_eq!(pod_over_own, Some(limit("/kubepods/pod", 30, 50)));
+        assert_eq!(none, None);
+        assert_eq!(gone, None);
+    }
+
+    #[test]
+    fn refusals_are_read_from_the_local_count() {
+        let root = std::env::temp_dir().join(format!("reapwatch-events-{}", std::process::id()));
+        for (dir, events, local) in [
+            ("v1", "max 3\n", None),
+            ("v2-hierarchical", "max 9\n", Some("max 4\n")),
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+            fs::write(root.join(dir).join("pids.events"), events).unwrap();
+            if let Some(local) = local {
+                fs::write(root.join(dir).join("pids.events.local"), local).unwrap();
+            }
+        }
+        let hierarchy = CgroupHierarchy::at(&root, HierarchyKind::Unified);
+        let found = [
+            hierarchy.fork_failures("/v1"),
+            hierarchy.fork_failures("/v2-hierarchical"),
+            hierarchy.fork_failures("/none"),
+        ];
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(found, [Some(3), Some(4), None]);
     }
 
     #[test]

@@ -217,6 +217,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     pub reconcile_interval: Option<String>,
 
+    /// /healthz fails once the sampler has finished no sample for this long (or its thread
+    /// ended); longer than three sample intervals, and far longer than a full /proc scan
+    ///
+    /// [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub liveness_timeout: Option<String>,
+
     /// Log level: error, warn, info or debug
     ///
     /// [default: info]

@@ -85,13 +85,14 @@ pub fn parse_stat(text: &[u8]) -> Result<ProcStat> {
 
 /// Reads and parses `/proc/<pid>/stat`; `Ok(None)` when the process is gone.
 pub fn read_stat(proc_root: &Path, pid: u32) -> Result<Option<ProcStat>> {
-    let path = proc_root.join(pid.to_string()).join("stat");
+    let dir = proc_root.join(pid.to_string());
+    let path = dir.join("stat");
     match fs::read(&path) {
         Ok(text) => {
             let mut stat =
                 parse_stat(&text).with_context(|| format!("cannot parse {}", path.display()))?;
-            if !may_read_exit_code(&path) {
-                // The kernel prints 0 where the reader lacks ptrace access: unknown, not 0.
+            if stat.is_exited() && !may_read_exit_code(&dir) {
+                // The kernel prints 0 where the reader may not ptrace: unknown, not success.
                 stat.exit_status = None;
             }
             Ok(Some(stat))
@@ -101,11 +102,23 @@ pub fn read_stat(proc_root: &Path, pid: u32) -> Result<Option<ProcStat>> {
     }
 }
 
-/// Field 52 is only filled in for readers with ptrace access: root, or the process's owner.
-fn may_read_exit_code(stat_path: &Path) -> bool {
-    let euid = unsafe { libc::geteuid() };
-    euid == 0
-        || fs::metadata(stat_path).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == euid)
+/// Whether the kernel showed this reader the exit code in `stat` (field 52): it does when
+/// `ptrace_may_access(PTRACE_MODE_READ_FSCREDS)` allows, which is not "euid 0": root whose
+/// capabilities are cut (the DaemonSet's) may not read a zombie whose permitted capabilities
+/// exceed its own effective ones, nor another user's without CAP_SYS_PTRACE; LSMs may refuse
+/// too. Rather than copy that logic, ask the kernel: reading the link of a namespace of the
+/// process makes the same check (EACCES when refused) and works on zombies (`ns/user` and
+/// `ns/pid` come from the credentials and the pid, which a zombie keeps). A kernel without
+/// either link (no namespaces configured) cannot say: unknown.
+fn may_read_exit_code(pid_dir: &Path) -> bool {
+    for link in ["ns/user", "ns/pid"] {
+        match fs::read_link(pid_dir.join(link)) {
+            Ok(_) => return true,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// A process that vanished between listing and reading (ENOENT), or was being torn down

@@ -26,7 +26,8 @@ use std::{
 use anyhow::Result;
 use serde::Serialize;
 use tracer_common::{
-    CgroupCounters, Loss, ProcessKey, Zombie, ZOMBIE_EXIT_FROM_SCHEDULER, ZOMBIE_SEEN_LATE,
+    CgroupCounters, Loss, ProcessKey, Zombie, ZOMBIE_EXIT_FROM_SCHEDULER,
+    ZOMBIE_EXIT_STATUS_UNKNOWN, ZOMBIE_SEEN_LATE,
 };
 
 use crate::{
@@ -110,14 +111,19 @@ impl ChildState {
         }
     }
 
-    /// `exit(code)` status, or None if a signal killed it.
-    pub fn exit_code(&self) -> Option<i32> {
-        Ending::from_wait_status(self.zombie.exit_status).exit_code()
+    /// How it ended; None where the kernel did not show us.
+    pub fn ending(&self) -> Option<Ending> {
+        self.zombie.wait_status().map(Ending::from_wait_status)
     }
 
-    /// Signal that killed it, if one did.
+    /// `exit(code)` status, or None if a signal killed it or it is unknown.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.ending().and_then(Ending::exit_code)
+    }
+
+    /// Signal that killed it, if one did (None too where unknown).
     pub fn killed_by(&self) -> Option<i32> {
-        Ending::from_wait_status(self.zombie.exit_status).signal()
+        self.ending().and_then(Ending::signal)
     }
 }
 
@@ -560,10 +566,13 @@ pub fn found_in_proc(stat: &ProcStat, parent: ProcessKey, now: u64, exited: Opti
     let mut comm = [0u8; 16];
     let len = stat.comm.len().min(15);
     comm[..len].copy_from_slice(&stat.comm[..len]);
-    let (exit_ns, flags) = match exited {
+    let (exit_ns, mut flags) = match exited {
         Some(at) => (at.min(now), ZOMBIE_SEEN_LATE | ZOMBIE_EXIT_FROM_SCHEDULER),
         None => (now, ZOMBIE_SEEN_LATE),
     };
+    if stat.exit_status.is_none() {
+        flags |= ZOMBIE_EXIT_STATUS_UNKNOWN;
+    }
     Zombie {
         parent,
         exit_ns,

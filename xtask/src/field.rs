@@ -173,7 +173,7 @@ impl Drop for Crowd {
 }
 
 /// A running `reapwatch serve` on a free loopback port; stopped when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
     url: String,
     /// `reapwatch-bench`, which probes it.
@@ -181,7 +181,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(release: &Path, extra: &[&str]) -> Result<Self> {
+    pub(crate) fn start(release: &Path, extra: &[&str]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -205,6 +205,14 @@ impl Serve {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(serve)
+    }
+
+    /// One scrape of `/metrics`.
+    pub(crate) fn scrape(&self) -> Result<String> {
+        match get(&format!("{}/metrics", self.url)) {
+            Some((200, text)) => Ok(text),
+            other => bail!("scrape of {} failed: {other:?}", self.url),
+        }
     }
 
     /// Waits until `/metrics` counts `zombies` for the parent `pid`; returns that scrape.

@@ -7,6 +7,7 @@ mod deploy;
 mod field;
 mod image;
 mod process;
+mod record;
 mod setup;
 mod vm;
 
@@ -93,6 +94,13 @@ enum Task {
         #[arg(long, default_value_t = 100_000)]
         overflow_zombies: usize,
     },
+    /// Record, from a live `reapwatch serve`, the pods' pids series the alert tests replay
+    /// (tests/deploy/alerts.test.yaml): a leak under a pod's limit, one scrape a second.
+    RecordAlertSeries {
+        /// Scrapes, one a second.
+        #[arg(long, default_value_t = 75)]
+        samples: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -145,6 +153,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             setup::all()?;
             field::run(sleepers, zombies, overflow_zombies)
+        }
+        Task::RecordAlertSeries { samples } => {
+            setup::all()?;
+            record::run(samples)
         }
         Task::DeployCheck => {
             setup::all()?;

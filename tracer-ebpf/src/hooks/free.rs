@@ -8,7 +8,7 @@
 //! deletes the record counts the reap, so each is counted once.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{EventKind, ProcessKey, ZOMBIE_SEEN_LATE};
+use tracer_common::{EventKind, ProcessKey, ZOMBIE_EXIT_STATUS_UNKNOWN, ZOMBIE_SEEN_LATE};
 
 use crate::{
     clock::tick_ns,
@@ -61,7 +61,14 @@ fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
             }
             record_lifetime(lifetime);
         }
-        report(EventKind::Reap, task, zombie.exit_status, lifetime, || {
+        // Userspace could not read the status of a zombie it found (the kernel hides it from
+        // readers that may not ptrace); here the task is at hand.
+        let status = if zombie.flags & ZOMBIE_EXIT_STATUS_UNKNOWN == 0 {
+            zombie.exit_status
+        } else {
+            task.exit_code().unwrap_or(zombie.exit_status)
+        };
+        report(EventKind::Reap, task, status, lifetime, || {
             Some(zombie.cgroup_id)
         });
     }

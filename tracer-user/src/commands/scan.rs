@@ -15,7 +15,7 @@ use tracer_common::{ProcessKey, ZOMBIE_EXIT_FROM_SCHEDULER};
 
 use super::snapshot::{parents_table, ParentReport};
 use crate::{
-    cgroup::{self, CgroupHierarchy},
+    cgroup::{self, binding_limit, CgroupHierarchy},
     cli::ScanArgs,
     escape,
     forecast::GrowthTracker,
@@ -80,6 +80,22 @@ pub struct CgroupHeadroomReport {
     pub pids_full: bool,
     /// Forks refused at the limit so far (`pids.events`), where it has a `pids.max`.
     pub pids_fork_failures: Option<u64>,
+    /// The limit that stops its forks first, its own or an ancestor's (its pod's); null
+    /// where none is set on the way up.
+    pub pids_limit: Option<PidsLimitReport>,
+}
+
+/// A cgroup's binding `pids.max` (see `cgroup::binding_limit`).
+#[derive(Serialize)]
+pub struct PidsLimitReport {
+    /// The cgroup that sets it.
+    pub cgroup: String,
+    /// That cgroup's `pids.current` and `pids.max`.
+    pub current: u64,
+    pub max: u64,
+    /// When that cgroup's `pids.current` reaches it, at its growth over the watch.
+    pub eta_seconds: Option<f64>,
+    pub full: bool,
 }
 
 /// One look at `/proc` and at the cgroups' pids controllers.
@@ -174,7 +190,12 @@ pub fn run(args: &ScanArgs) -> Result<()> {
                     continue;
                 };
                 let text = escape::lossy(&path);
-                if let (Some(_), Some(failures)) = (usage.1, h.fork_failures(&path)) {
+                // Where the kernel counts them: a limit's own cgroup, or (v1, before 6.14)
+                // the cgroup that forked.
+                if let Some(failures) = h
+                    .fork_failures(&path)
+                    .filter(|&n| usage.1.is_some() || n > 0)
+                {
                     refused.insert(text.clone(), failures);
                 }
                 pids.insert(text, usage);
@@ -282,14 +303,6 @@ fn build(
             .children
             .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
         let mut report = ParentReport::from_state(&state);
-        for child in &mut report.children {
-            if children
-                .iter()
-                .any(|c| c.pid == child.pid && c.exit_status.is_none())
-            {
-                (child.exit_code, child.signal) = (None, None);
-            }
-        }
         if watched {
             let before = watch.initial.get(&ppid).copied().unwrap_or(0) as f64;
             report.growth_per_minute = Some((children.len() as f64 - before) / minutes);
@@ -346,6 +359,18 @@ fn build(
                     .zip(max)
                     .is_some_and(|(current, max)| current >= max),
                 pids_fork_failures: last.refused.get(path).copied(),
+                pids_limit: binding_limit(path, |p| last.pids.get(p).copied()).map(|limit| {
+                    PidsLimitReport {
+                        eta_seconds: watch
+                            .pids_growth
+                            .get(&limit.cgroup)
+                            .and_then(|growth| growth.eta_seconds(limit.max as f64)),
+                        full: limit.headroom() == 0,
+                        cgroup: limit.cgroup,
+                        current: limit.current,
+                        max: limit.max,
+                    }
+                }),
             }
         })
         .collect();
@@ -415,8 +440,8 @@ fn table(report: &ScanReport) -> String {
         let watched = node.tasks_growth_per_minute.is_some();
         let _ = writeln!(
             out,
-            "\n{:>8}  {:>12}  {:>12}  {:>8}  CGROUP",
-            "ZOMBIES", "PIDS", "PIDS ETA", "REFUSED"
+            "\n{:>8}  {:>12}  {:>12}  {:>8}  {:>12}  {:>12}  CGROUP (LIMITED BY)",
+            "ZOMBIES", "PIDS", "PIDS ETA", "REFUSED", "LIMIT", "LIMIT ETA"
         );
         for c in rows {
             let pids = match (c.pids_current, c.pids_max) {
@@ -440,15 +465,31 @@ fn table(report: &ScanReport) -> String {
             } else {
                 "-".to_owned()
             };
+            let (limit, limit_eta) = match &c.pids_limit {
+                Some(l) if l.full => (format!("{}/{}", l.current, l.max), "FULL".to_owned()),
+                Some(l) => (
+                    format!("{}/{}", l.current, l.max),
+                    eta_text(l.eta_seconds, watched),
+                ),
+                None => ("none".to_owned(), "-".to_owned()),
+            };
+            // The cgroup that sets the binding limit, where it is not this one.
+            let by = match &c.pids_limit {
+                Some(l) if l.cgroup != c.cgroup => format!(" (limited by {})", l.cgroup),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "{:>8}  {:>12}  {:>12}  {:>8}  {}",
+                "{:>8}  {:>12}  {:>12}  {:>8}  {:>12}  {:>12}  {}{}",
                 c.zombies,
                 pids,
                 eta,
                 c.pids_fork_failures
                     .map_or("-".to_owned(), |n| n.to_string()),
-                escape::for_terminal(place.as_bytes())
+                limit,
+                limit_eta,
+                escape::for_terminal(place.as_bytes()),
+                escape::for_terminal(by.as_bytes())
             );
         }
     }

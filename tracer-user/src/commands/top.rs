@@ -27,7 +27,7 @@ use ratatui::{
     Terminal,
 };
 
-use self::view::{Display, Eta, FullCgroup, ParentRow, TopSample};
+use self::view::{Display, Eta, FullCgroup, LimitRow, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
@@ -221,6 +221,7 @@ impl Collector {
         }
         let kubelet = self.kubelet_lines(&tick.node, &tick.parents);
         let mut parents = Vec::new();
+        let limits = self.binding_limits(tick.parents.iter().filter_map(|p| p.cgroup.as_deref()));
         for parent in tick.parents {
             let oldest = parent.oldest();
             parents.push(ParentRow {
@@ -257,7 +258,30 @@ impl Collector {
             parents,
             full: self.full_cgroups(),
             kubelet,
+            limits,
         })
+    }
+
+    /// The binding pids limits of `cgroups`, each once, least headroom first.
+    fn binding_limits<'a>(&self, cgroups: impl Iterator<Item = &'a str>) -> Vec<LimitRow> {
+        let Some(hierarchy) = self.watch.engine().hierarchy() else {
+            return Vec::new();
+        };
+        let mut limits: Vec<_> = cgroups.filter_map(|c| hierarchy.binding_limit(c)).collect();
+        limits.sort_by(|a, b| {
+            a.headroom()
+                .cmp(&b.headroom())
+                .then(a.cgroup.cmp(&b.cgroup))
+        });
+        limits.dedup_by(|a, b| a.cgroup == b.cgroup);
+        limits
+            .into_iter()
+            .map(|l| LimitRow {
+                cgroup: escape::for_terminal(l.cgroup.as_bytes()),
+                current: l.current,
+                max: l.max,
+            })
+            .collect()
     }
 
     /// `namespace/pod/container` when kubelet's logs name it, else the cgroup path; escaped.

@@ -454,7 +454,7 @@ impl<W: Write> Trace<'_, W> {
             ppid: zombie.parent.tgid,
             comm: &zombie.comm,
             cgroup_id: zombie.cgroup_id,
-            status: Some(zombie.exit_status),
+            status: zombie.wait_status(),
             age_ns: reaped.then(|| now.saturating_sub(zombie.exit_ns)),
             from_ppid: from,
         };
@@ -589,6 +589,9 @@ fn human(line: &Line, comm: &[u8]) -> String {
     let mut detail = Vec::new();
     if let Some(code) = line.exit_code {
         detail.push(format!("exit={code}"));
+    } else if line.signal.is_none() && line.event.is_about_zombies() {
+        // Found in /proc by a reader the kernel does not show the status to.
+        detail.push("exit=unknown".to_owned());
     }
     if let Some(signal) = line.signal {
         detail.push(format!("signal={signal}"));

@@ -77,11 +77,41 @@ struct Watched {
     reaps: u64,
 }
 
+/// `exit 7`, `killed by signal 9`, or, where the kernel hides the status from this reader
+/// (see `procfs::read_stat`), that it is unknown.
 fn how_it_ended(status: Option<i32>) -> String {
     status.map_or_else(
-        || "exited".to_owned(),
+        || "exit code unknown".to_owned(),
         |s| Ending::from_wait_status(s).to_string(),
     )
+}
+
+/// The binding pids limit of a process's cgroup in the hierarchy with the pids controller.
+fn pids_limit(
+    hierarchy: Option<&mut cgroup::CgroupHierarchy>,
+    cgroups: &[procfs::CgroupLine],
+) -> Option<cgroup::BindingLimit> {
+    let hierarchy = hierarchy?;
+    let line = hierarchy.line(cgroups)?;
+    let path = escape::lossy(&hierarchy.host_path(&line.path));
+    hierarchy.binding_limit(&path)
+}
+
+/// `7/10 tasks (pids.max of /kubepods/pod1), 3 left`, or `none`.
+fn limit_text(limit: Option<&cgroup::BindingLimit>) -> String {
+    match limit {
+        Some(l) => format!(
+            "{}/{} tasks (pids.max of {}), {}",
+            l.current,
+            l.max,
+            escape::for_terminal(l.cgroup.as_bytes()),
+            match l.headroom() {
+                0 => "FULL: fork() fails".to_owned(),
+                left => format!("{left} left"),
+            }
+        ),
+        None => "none (no pids.max on its cgroup or above)".to_owned(),
+    }
 }
 
 pub fn run(args: &WhyArgs) -> Result<()> {
@@ -115,6 +145,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     let path = cgroup::select_host_path(hierarchy.as_mut(), &cgroups).unwrap_or_default();
+    let limit = pids_limit(hierarchy.as_mut(), &cgroups);
     let labels = PodDirectory::new(&args.pods.pod_logs_dir).labels(&kubernetes::parse_path(&path));
 
     let processes = procfs::scan(proc_root)?.processes;
@@ -150,6 +181,7 @@ pub fn run(args: &WhyArgs) -> Result<()> {
         );
     }
     let _ = writeln!(out, "  cgroup {}", escape::for_terminal(path.as_bytes()));
+    let _ = writeln!(out, "  pids limit: {}", limit_text(limit.as_ref()));
     let _ = writeln!(
         out,
         "  children: {} unreaped, {live_children} running",

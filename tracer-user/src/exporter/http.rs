@@ -4,7 +4,10 @@ use std::{
     collections::{HashMap, VecDeque},
     convert::Infallible,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicI32, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -46,6 +49,14 @@ pub struct Published {
     scrapes: ScrapeLog,
     /// Not ready once the last good sample is older than this.
     stale_after: Duration,
+    /// When the sampler thread last finished a turn (a sample, good or failed, or the load).
+    last_progress: Mutex<Instant>,
+    /// The sampler thread's id (0 until it starts), to ask the kernel whether it still runs:
+    /// a thread that panics or is made to exit leaves no other trace.
+    sampler_thread: AtomicI32,
+    /// Not alive once the sampler has made no progress for this long: far beyond the
+    /// slowest full reconcile, which a first sample always is.
+    stuck_after: Duration,
 }
 
 struct Exposition {
@@ -56,12 +67,54 @@ struct Exposition {
 }
 
 impl Published {
-    pub fn new(sample_interval: Duration) -> Self {
+    pub fn new(sample_interval: Duration, liveness_timeout: Duration) -> Self {
         Self {
             latest: Mutex::new(None),
             scrapes: ScrapeLog::default(),
-            stale_after: sample_interval * 3,
+            stale_after: sample_interval.saturating_mul(3),
+            last_progress: Mutex::new(Instant::now()),
+            sampler_thread: AtomicI32::new(0),
+            stuck_after: liveness_timeout,
         }
+    }
+
+    /// The sampler thread finished a turn.
+    pub fn progressed(&self) {
+        *self.last_progress.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Called by the sampler thread as it starts.
+    pub fn sampler_started(&self) {
+        self.sampler_thread
+            .store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    }
+
+    /// Whether the sampler thread still runs: signal 0 to it checks without sending. No task
+    /// is made after start-up, so its id cannot come back in this process.
+    fn sampler_runs(&self) -> bool {
+        match self.sampler_thread.load(Ordering::Relaxed) {
+            0 => true,
+            tid => {
+                let pid = std::process::id() as libc::c_long;
+                let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::c_long, 0) };
+                sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+            }
+        }
+    }
+
+    /// Why it is not alive, if it is not: the sampler thread is gone, or stuck.
+    fn unhealthy(&self, now: Instant) -> Option<String> {
+        if !self.sampler_runs() {
+            return Some("the sampler thread ended".to_owned());
+        }
+        let last = *self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = now.saturating_duration_since(last);
+        (idle > self.stuck_after).then(|| {
+            format!(
+                "no progress: the sampler has not finished a sample for {:.1}s",
+                idle.as_secs_f64()
+            )
+        })
     }
 
     /// Encodes `model`, the sample taken at `sampled_at`, for every scrape until the next.
@@ -350,7 +403,10 @@ async fn respond(
             }
             None => plain(StatusCode::SERVICE_UNAVAILABLE, "no sample yet\n"),
         },
-        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/healthz" => match published.unhealthy(Instant::now()) {
+            None => plain(StatusCode::OK, "ok\n"),
+            Some(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
+        },
         "/readyz" => match published.unready(Instant::now()) {
             None => plain(StatusCode::OK, "ready\n"),
             Some(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),

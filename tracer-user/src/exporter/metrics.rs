@@ -103,22 +103,28 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
     );
     let mut pids_current = Family::new(
         "reapwatch_cgroup_pids_current",
-        "pids.current of this cgroup.",
+        "pids.current of limit_cgroup, the cgroup whose pids.max binds this one (see \
+         reapwatch_cgroup_pids_max).",
         GAUGE,
     );
     let mut pids_max = Family::new(
         "reapwatch_cgroup_pids_max",
-        "pids.max of this cgroup.",
+        "The pids.max that stops this cgroup's forks first: of this cgroup or an ancestor \
+         (its pod, kubepods, a slice), the one with the least headroom; limit_cgroup names \
+         the cgroup that sets it.",
         GAUGE,
     );
     let mut pids_eta = Family::new(
         "reapwatch_cgroup_pids_exhaustion_eta_seconds",
-        "Seconds until pids.current reaches pids.max at the growth of the forecast window.",
+        "Seconds until limit_cgroup's pids.current reaches its pids.max, at its growth over \
+         the forecast window (see reapwatch_cgroup_pids_max).",
         GAUGE,
     );
     let mut pids_refused = Family::new(
         "reapwatch_cgroup_pids_fork_failures_total",
-        "Forks refused because this cgroup (or an ancestor) was at its pids.max (pids.events).",
+        "Forks refused at a pids.max, counted where the kernel counts them (pids.events.local, \
+         else pids.events): on v1 and v2 before 6.14 in the cgroup that forked, on v2 from 6.14 \
+         in the cgroup whose limit refused (a pod's cgroup has a series of its own for this).",
         COUNTER,
     );
     for series in &model.cgroups {
@@ -136,11 +142,13 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
         if let Some(age) = series.oldest_seconds {
             oldest.push(labels.clone(), age);
         }
-        if let Some(pids) = series.pids {
+        if let Some(pids) = &series.pids {
+            let mut labels = labels.clone();
+            labels.push(("limit_cgroup", pids.cgroup.clone()));
             pids_current.push(labels.clone(), pids.current as f64);
             pids_max.push(labels.clone(), pids.max as f64);
             if let Some(eta) = pids.eta_seconds {
-                pids_eta.push(labels.clone(), eta);
+                pids_eta.push(labels, eta);
             }
         }
     }

@@ -80,7 +80,10 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let published = Arc::new(Published::new(settings.sample_interval));
+    let published = Arc::new(Published::new(
+        settings.sample_interval,
+        settings.liveness_timeout,
+    ));
     let web = match web {
         Some(web) => Some((web, Arc::new(Authenticator::start()?))),
         None => None,
@@ -170,6 +173,8 @@ fn sample_until_stopped(
     stop: &Stop,
     loaded: oneshot::Sender<Result<()>>,
 ) {
+    // However this thread ends (a panic included), /healthz says so from then on.
+    published.sampler_started();
     let interval = settings.sample_interval;
     let engine = StateEngine::load(
         settings.map_sizes,
@@ -187,6 +192,7 @@ fn sample_until_stopped(
     if loaded.send(Ok(())).is_err() {
         return;
     }
+    published.progressed();
     let mut health = Health::default();
     let mut last_good = None;
     loop {
@@ -216,6 +222,7 @@ fn sample_until_stopped(
         if let Err(err) = published_now {
             log::warn!("cannot encode the sample: {err:#}");
         }
+        published.progressed();
         if stop.wait(interval.saturating_sub(began.elapsed())) {
             return;
         }

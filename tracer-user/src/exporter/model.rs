@@ -39,11 +39,23 @@ impl SeriesCounters {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// The binding pids limit of a series (see `CgroupHierarchy::binding_limit`): the `pids.max`
+/// of the series' cgroup or of an ancestor, whichever has the least headroom.
+#[derive(Clone, Debug, Default)]
 pub struct PidsSeries {
+    /// The cgroup that sets it.
+    pub cgroup: String,
+    /// That cgroup's `pids.current`.
     pub current: u64,
     pub max: u64,
+    /// From that cgroup's own `pids.current` trend.
     pub eta_seconds: Option<f64>,
+}
+
+impl PidsSeries {
+    pub fn headroom(&self) -> u64 {
+        self.max.saturating_sub(self.current)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -20,6 +20,7 @@ use super::{
     settings::{CgroupSeriesChoice, Settings},
 };
 use crate::{
+    cgroup::BindingLimit,
     escape,
     forecast::GrowthTracker,
     kernel::preflight,
@@ -38,7 +39,8 @@ pub struct Sampler {
     counters: CounterLedger,
     /// When each cgroup last had something to say (`--cgroup-series active`).
     last_said: HashMap<u64, Instant>,
-    cgroup_growth: HashMap<u64, GrowthTracker>,
+    /// The `pids.current` trend of each cgroup that sets a binding limit, by its path.
+    limit_growth: HashMap<String, GrowthTracker>,
     wait_entries: u64,
     kernel: String,
     kubelet: KubeletWatch,
@@ -49,6 +51,9 @@ pub struct Sampler {
 /// counters wait for both this long, so that its first counts are not left behind under
 /// labels it is about to lose; its gauges are exported at once.
 const ATTRIBUTION_SETTLES: Duration = Duration::from_secs(12);
+
+/// A full `/proc` scan this long is logged at info level.
+const SLOW_RECONCILE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct KnownCgroup {
@@ -77,7 +82,7 @@ impl Sampler {
             last_said: HashMap::new(),
             settings,
             known: HashMap::new(),
-            cgroup_growth: HashMap::new(),
+            limit_growth: HashMap::new(),
             wait_entries: 0,
             kernel: preflight::kernel_release()?,
             kubelet: KubeletWatch::default(),
@@ -91,6 +96,15 @@ impl Sampler {
         let now = Instant::now();
         let tick = self.watch.tick()?;
         if tick.reconciled {
+            // How long a full scan takes bounds --liveness-timeout from below: said at info
+            // level once it takes long enough to matter.
+            let took = now.elapsed();
+            let level = if took >= SLOW_RECONCILE {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            };
+            log::log!(level, "reconciled with /proc in {:.3}s", took.as_secs_f64());
             self.wait_entries = self.watch.engine().probes().wait_entries()? as u64;
             // Its files are mounted at their host paths.
             self.kubelet.refresh(Path::new("/proc"), Path::new("/"));
@@ -115,10 +129,20 @@ impl Sampler {
         for cgroup in self.watch.engine_mut().cgroups()? {
             by_id.entry(cgroup.id).or_default().raw = cgroup.counters;
         }
+        // The cgroups whose pids.max binds these get series of their own, even without a
+        // process (a pod's): the kernel may count the forks their limit refuses there.
+        let limits = self.binding_limits(by_id.keys().copied().collect());
+        let hierarchy = self.watch.engine().hierarchy();
+        for limit in limits.values() {
+            if let Some(id) = hierarchy.and_then(|h| h.id_of(limit.cgroup.as_bytes())) {
+                by_id.entry(id).or_default();
+            }
+        }
 
         let sequence = self.counters.begin();
         let mut merged: BTreeMap<CgroupLabels, CgroupSeries> = BTreeMap::new();
         let mut seen = HashSet::new();
+        let mut limit_cgroups = HashSet::new();
         for (id, sample) in by_id {
             let pinned = sample.series.zombies + sample.created_alive;
             let (known, collected) = self.attribution(id, pinned, now)?;
@@ -140,7 +164,19 @@ impl Sampler {
             }
             seen.insert(id);
             let mut series = sample.series;
-            series.pids = self.pids(id, &known.path, elapsed);
+            let limit = match limits.get(&id) {
+                Some(limit) => Some(limit.clone()),
+                // A limiting cgroup added above, or one found since.
+                None => self
+                    .watch
+                    .engine()
+                    .hierarchy()
+                    .and_then(|h| h.binding_limit(&known.path)),
+            };
+            series.pids = limit.map(|limit| self.pids(limit, elapsed));
+            if let Some(pids) = &series.pids {
+                limit_cgroups.insert(pids.cgroup.clone());
+            }
             series.labels = labels;
             // Counts fed under labels about to be completed would stay behind with them.
             let settled = known.resolved && complete
@@ -172,7 +208,8 @@ impl Sampler {
         self.counters.end();
         // Ids that left the sample without being collected leave nothing behind either.
         self.known.retain(|id, _| seen.contains(id));
-        self.cgroup_growth.retain(|id, _| seen.contains(id));
+        self.limit_growth
+            .retain(|cgroup, _| limit_cgroups.contains(cgroup));
         self.last_said.retain(|id, _| seen.contains(id));
 
         let node = NodeSeries {
@@ -262,6 +299,7 @@ impl Sampler {
         }
         let pids_pressing = series
             .pids
+            .as_ref()
             .is_some_and(|p| p.eta_seconds.is_some() || p.current >= p.max);
         if series.zombies > 0 || news.pids_fork_failures > 0 || pids_pressing {
             self.last_said.insert(id, now);
@@ -297,7 +335,6 @@ impl Sampler {
                     known.resolved || now.duration_since(known.first_seen) >= ATTRIBUTION_SETTLES;
                 if gone && pinned == 0 && now.duration_since(gone_since) >= self.settings.gc_grace {
                     let known = self.known.remove(&id).expect("entered above");
-                    self.cgroup_growth.remove(&id);
                     self.watch.engine_mut().forget_cgroup(id)?;
                     return Ok((known, true));
                 }
@@ -316,20 +353,38 @@ impl Sampler {
                 .is_some_and(|&at| now.duration_since(at) <= self.settings.eta_window)
     }
 
-    fn pids(&mut self, id: u64, path: &str, elapsed: f64) -> Option<PidsSeries> {
-        let (current, max) = self.watch.engine().hierarchy()?.pids(path)?;
-        let max = max?;
+    /// The binding limit of each of `ids` that is a cgroup now.
+    fn binding_limits(&mut self, ids: Vec<u64>) -> HashMap<u64, BindingLimit> {
+        let mut limits = HashMap::new();
+        for id in ids {
+            let Some(path) = self.watch.engine_mut().cgroup_path(id) else {
+                continue;
+            };
+            let Some(hierarchy) = self.watch.engine().hierarchy() else {
+                break;
+            };
+            if let Some(limit) = hierarchy.binding_limit(&path) {
+                limits.insert(id, limit);
+            }
+        }
+        limits
+    }
+
+    /// A binding limit, with its ETA from the trend of the cgroup that sets it (fed once a
+    /// sample however many cgroups it binds: a repeated time replaces).
+    fn pids(&mut self, limit: BindingLimit, elapsed: f64) -> PidsSeries {
         let window = self.settings.eta_window.as_secs_f64();
         let growth = self
-            .cgroup_growth
-            .entry(id)
+            .limit_growth
+            .entry(limit.cgroup.clone())
             .or_insert_with(|| GrowthTracker::new(window));
-        growth.push(elapsed, current as f64);
-        Some(PidsSeries {
-            current,
-            max,
-            eta_seconds: growth.eta_seconds(max as f64),
-        })
+        growth.push(elapsed, limit.current as f64);
+        PidsSeries {
+            eta_seconds: growth.eta_seconds(limit.max as f64),
+            cgroup: limit.cgroup,
+            current: limit.current,
+            max: limit.max,
+        }
     }
 
     /// The kept labels of a cgroup path, and whether every pod name it calls for was found.
@@ -356,6 +411,7 @@ fn keep_most_pressed(cgroups: &mut Vec<CgroupSeries>, limit: usize) {
     }
     let fill = |s: &CgroupSeries| {
         s.pids
+            .as_ref()
             .map_or(0.0, |p| p.current as f64 / p.max.max(1) as f64)
     };
     cgroups.sort_by(|a, b| {
@@ -372,8 +428,6 @@ fn keep_most_pressed(cgroups: &mut Vec<CgroupSeries>, limit: usize) {
     cgroups.sort_by(|a, b| a.labels.cmp(&b.labels));
 }
 
-/// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
-/// of all); their counters come from the ledger.
 impl Sampler {
     /// The kubelet's thresholds on a node of `capacity` PIDs, and when `pid.available` (the
     /// capacity less every task) reaches the first of them.
@@ -392,6 +446,10 @@ impl Sampler {
     }
 }
 
+/// Gauges of series whose kept labels coincide are summed (their oldest zombie is the oldest
+/// of all); their counters come from the ledger. Limits are not summed: the merged series
+/// carries the binding one of its members, the least headroom (the same pod's limit bound by
+/// each of its containers is one limit, not one per container).
 fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
     into.labels = series.labels;
     // Every id of a series shares its ledger totals: the last one fed has them all.
@@ -403,15 +461,8 @@ fn merge(into: &mut CgroupSeries, series: CgroupSeries) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    into.pids = match (into.pids, series.pids) {
-        (Some(a), Some(b)) => Some(PidsSeries {
-            current: a.current + b.current,
-            max: a.max + b.max,
-            eta_seconds: match (a.eta_seconds, b.eta_seconds) {
-                (Some(x), Some(y)) => Some(x.min(y)),
-                (x, y) => x.or(y),
-            },
-        }),
+    into.pids = match (into.pids.take(), series.pids) {
+        (Some(a), Some(b)) => Some(if b.headroom() < a.headroom() { b } else { a }),
         (a, b) => a.or(b),
     };
 }
@@ -425,6 +476,7 @@ mod tests {
             labels: [path.to_owned(), String::new(), String::new(), String::new()],
             zombies,
             pids: pids.map(|(current, max)| PidsSeries {
+                cgroup: path.to_owned(),
                 current,
                 max,
                 eta_seconds: None,

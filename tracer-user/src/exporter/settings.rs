@@ -12,6 +12,11 @@ use crate::{
     kernel::MapSizes,
 };
 
+/// Default of `--liveness-timeout`: the slowest full `/proc` scan measured with 100 000
+/// zombies (README, "Liveness") many times over, so a crowded node is never mistaken for a
+/// stuck sampler, and short enough that a dead one is restarted within minutes.
+const LIVENESS_TIMEOUT: &str = "5m";
+
 /// The labels of per-cgroup series, in exposition order.
 pub const CGROUP_LABELS: [&str; 4] = ["cgroup", "namespace", "pod", "container"];
 
@@ -29,6 +34,7 @@ pub struct Settings {
     pub eta_window: Duration,
     pub sample_interval: Duration,
     pub reconcile_interval: Duration,
+    pub liveness_timeout: Duration,
     pub pod_logs_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub map_sizes: MapSizes,
@@ -62,6 +68,7 @@ struct FileSettings {
     eta_window: Option<String>,
     sample_interval: Option<String>,
     reconcile_interval: Option<String>,
+    liveness_timeout: Option<String>,
     pod_logs_dir: Option<PathBuf>,
     log_level: Option<String>,
     cgroup_hierarchy: Option<HierarchyChoice>,
@@ -109,6 +116,26 @@ impl Settings {
             .clone()
             .or(file.label_allow_list)
             .unwrap_or_else(|| CGROUP_LABELS.map(str::to_owned).to_vec());
+        let sample_interval = duration(
+            &args.sample_interval,
+            &file.sample_interval,
+            "sample-interval",
+            "5s",
+        )?;
+        let liveness_timeout = duration(
+            &args.liveness_timeout,
+            &file.liveness_timeout,
+            "liveness-timeout",
+            LIVENESS_TIMEOUT,
+        )?;
+        // Shorter, a sampler that is only late (not ready) would be restarted.
+        if liveness_timeout <= sample_interval.saturating_mul(3) {
+            bail!(
+                "--liveness-timeout ({}) must be longer than three --sample-interval ({})",
+                humantime::format_duration(liveness_timeout),
+                humantime::format_duration(sample_interval)
+            );
+        }
         Ok(Self {
             listen: address(args.listen, file.listen.as_deref(), "listen")?
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9750))),
@@ -126,12 +153,8 @@ impl Settings {
             keep_labels: keep_labels(&labels)?,
             gc_grace: duration(&args.gc_grace, &file.gc_grace, "gc-grace", "10m")?,
             eta_window: duration(&args.eta_window, &file.eta_window, "eta-window", "15m")?,
-            sample_interval: duration(
-                &args.sample_interval,
-                &file.sample_interval,
-                "sample-interval",
-                "5s",
-            )?,
+            sample_interval,
+            liveness_timeout,
             reconcile_interval: duration(
                 &args.reconcile_interval,
                 &file.reconcile_interval,
@@ -364,11 +387,28 @@ mod tests {
     }
 
     #[test]
+    fn liveness_timeout_outlasts_the_stale_window() {
+        let s = Settings::resolve(&serve_args(&[])).unwrap();
+        assert_eq!(s.liveness_timeout, Duration::from_secs(300));
+        let s = Settings::resolve(&serve_args(&["--liveness-timeout", "16s"])).unwrap();
+        assert_eq!(s.liveness_timeout, Duration::from_secs(16));
+        let err = Settings::resolve(&serve_args(&["--liveness-timeout", "15s"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--liveness-timeout (15s) must be longer than three --sample-interval (5s)"
+        );
+    }
+
+    #[test]
     fn bad_settings_are_one_line_errors() {
         for argv in [
             vec!["--label-allow-list", "pid"],
             vec!["--eta-window", "soon"],
             vec!["--sample-interval", "0s"],
+            vec!["--liveness-timeout", "0s"],
+            vec!["--liveness-timeout", "10s", "--sample-interval", "5s"],
+            // Three of these overflow a Duration: saturated, not a panic.
+            vec!["--sample-interval", "6148914691236517206s"],
             vec!["--log-level", "loud"],
             vec!["--config", "/nonexistent/reapwatch.toml"],
         ] {

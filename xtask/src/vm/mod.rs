@@ -162,6 +162,26 @@ const MACHINES: &[Machine] = &[
         possible_cpus: 2,
         only_tests: None,
     },
+    Machine {
+        smoke_in_test: None,
+        arch: Arch::Amd64,
+        kernel: Kernel {
+            package: "linux-image-6.18.15+deb13-cloud-amd64",
+            version: "6.18.15-1~bpo13+1",
+            source: Source::Archive {
+                url: "http://deb.debian.org/debian/pool/main/l/linux-signed-amd64/linux-image-6.18.15+deb13-cloud-amd64_6.18.15-1~bpo13+1_amd64.deb",
+                sha256: "5a507681ea8c978d02265a7fec2f02c9588fb48b54b7f71edc1059e86007f3ec",
+            },
+        },
+        cgroups: Cgroups::V2,
+        why: "Debian 13 backports, nodes on cgroup v2 with a kernel of 6.14 or later: \
+              pids.events counts refused forks hierarchically, at the limiting cgroup and \
+              its ancestors, with pids.events.local beside it. (6.16.12 oopsed twice under \
+              TCG on an int3 in a tracepoint call site being patched: do_exit, \
+              delayed_put_task_struct)",
+        possible_cpus: 2,
+        only_tests: None,
+    },
     // Under emulation of another architecture the timing-heavy tests (serve with 500 zombies
     // beside others, ages within tenths of a second) flaked in 2 of 3 fresh-clone runs: CI
     // loads the programs and runs a leak and a storm there; vm-test runs everything.

@@ -100,6 +100,17 @@ pub struct TopSample {
     pub full: Vec<FullCgroup>,
     /// The kubelet's PID eviction, and what it makes of the pod with most zombies; escaped.
     pub kubelet: Vec<String>,
+    /// The pids limits that bind the shown parents' cgroups, least headroom first.
+    pub limits: Vec<LimitRow>,
+}
+
+/// A `pids.max` that binds cgroups with unreaped zombies (its own, or an ancestor's: a pod's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitRow {
+    /// The cgroup that sets it; escaped.
+    pub cgroup: String,
+    pub current: u64,
+    pub max: u64,
 }
 
 /// A cgroup at its `pids.max` (or that refused forks while watched): fork() fails in it.
@@ -245,8 +256,28 @@ pub fn summary(sample: &TopSample, display: &Display, interval: Duration) -> Vec
         lines.push(format!("FULL (pids.max): {}", full.join("; ")));
     }
     lines.extend(sample.kubelet.iter().cloned());
+    if !sample.limits.is_empty() {
+        let limits: Vec<String> = sample
+            .limits
+            .iter()
+            .take(SUMMARY_LIMITS)
+            .map(|l| {
+                format!(
+                    "{}/{} of {} ({} left)",
+                    l.current,
+                    l.max,
+                    l.cgroup,
+                    l.max.saturating_sub(l.current)
+                )
+            })
+            .collect();
+        lines.push(format!("LIMITED BY (pids.max): {}", limits.join("; ")));
+    }
     lines
 }
+
+/// Binding limits named in the summary: the tightest few.
+const SUMMARY_LIMITS: usize = 3;
 
 /// The keys, for the last line of the full screen.
 pub fn keys(display: &Display) -> String {
@@ -460,6 +491,7 @@ mod tests {
             parents,
             full: Vec::new(),
             kubelet: Vec::new(),
+            limits: Vec::new(),
         }
     }
 
@@ -606,6 +638,28 @@ mod tests {
         assert_eq!(
             lines[3],
             "FULL (pids.max): shop/web-1/app 3000/3000, 73 forks refused"
+        );
+    }
+
+    #[test]
+    fn summary_names_the_tightest_binding_limits() {
+        let mut s = sample(Vec::new());
+        let limit = |cgroup: &str, current, max| LimitRow {
+            cgroup: cgroup.to_owned(),
+            current,
+            max,
+        };
+        s.limits = vec![
+            limit("/kubepods/pod-a", 44, 50),
+            limit("/kubepods/pod-b", 10, 100),
+            limit("/kubepods", 900, 1000),
+            limit("/system.slice/x.service", 1, 4096),
+        ];
+        let lines = summary(&s, &Display::default(), Duration::from_secs(1));
+        assert_eq!(
+            lines[3],
+            "LIMITED BY (pids.max): 44/50 of /kubepods/pod-a (6 left); 10/100 of \
+             /kubepods/pod-b (90 left); 900/1000 of /kubepods (100 left)"
         );
     }
 
