@@ -221,25 +221,16 @@ impl CgroupHierarchy {
     /// Processes (not threads, never zombies) in the cgroup and every cgroup below it: what
     /// `cgroup.procs` lists, as the kubelet counts a pod's processes.
     pub fn processes_below(&self, path: impl AsRef<[u8]>) -> u64 {
-        let mut count = 0;
-        let mut stack = vec![self.dir(path.as_ref())];
-        while let Some(dir) = stack.pop() {
-            if let Ok(procs) = fs::read(dir.join("cgroup.procs")) {
-                count += procs
+        subtree(self.dir(path.as_ref()))
+            .iter()
+            .filter_map(|dir| fs::read(dir.join("cgroup.procs")).ok())
+            .map(|procs| {
+                procs
                     .split(|&b| b == b'\n')
                     .filter(|l| !l.is_empty())
-                    .count() as u64;
-            }
-            if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-            }
-        }
-        count
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// [`binding_limit`] of the cgroup at `path` (the text [`CgroupHierarchy::path_of`] gave),
@@ -294,17 +285,24 @@ impl CgroupHierarchy {
 
     /// Every cgroup of the hierarchy: `(id, raw path)`.
     pub fn walk(&self) -> Vec<(u64, Vec<u8>)> {
-        let mut found = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
-            let relative = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
-            found.push((meta.ino(), [b"/", relative.as_os_str().as_bytes()].concat()));
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
+        subtree(self.root.clone())
+            .into_iter()
+            .filter_map(|dir| {
+                let meta = fs::metadata(&dir).ok()?;
+                let relative = dir.strip_prefix(&self.root).unwrap_or(Path::new(""));
+                Some((meta.ino(), [b"/", relative.as_os_str().as_bytes()].concat()))
+            })
+            .collect()
+    }
+}
+
+/// `top` and every directory below it, depth first (a directory that cannot be listed is
+/// there, without what is below it).
+fn subtree(top: PathBuf) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![top];
+    while let Some(dir) = stack.pop() {
+        if let Ok(entries) = fs::read_dir(&dir) {
             stack.extend(
                 entries
                     .flatten()
@@ -312,8 +310,9 @@ impl CgroupHierarchy {
                     .map(|e| e.path()),
             );
         }
-        found
+        found.push(dir);
     }
+    found
 }
 
 /// The limit that stops the forks of the cgroup at `path` first: among its own `pids.max` and

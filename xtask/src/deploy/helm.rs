@@ -24,6 +24,20 @@ pub(super) struct Resource {
 pub(super) const RELEASE: &str = "reapwatch";
 pub(super) const NAMESPACE: &str = "reapwatch";
 
+/// The engine's `verb` on `chart` for `release`, with `values` written to `file`.
+fn release_command(
+    verb: &str,
+    chart: &Path,
+    values: &Value,
+    release: &str,
+    file: PathBuf,
+) -> Result<Command> {
+    let file = write_json(file, values)?;
+    let mut cmd = engine(verb, chart);
+    cmd.arg(file).args([release, NAMESPACE]);
+    Ok(cmd)
+}
+
 fn engine(verb: &str, chart: &Path) -> Command {
     let mut cmd = Command::new(venv::program("python"));
     cmd.arg(workspace_root().join("tests/deploy/helm_engine.py"))
@@ -40,20 +54,15 @@ pub(super) fn render_chart(
     release: &str,
     out: &Path,
 ) -> Result<Vec<Resource>> {
-    let file = write_json(out.join("values.json"), values)?;
-    let stdout = process::output(engine("render", chart).arg(file).args([release, NAMESPACE]))?;
-    serde_json::from_str(&stdout).context("the Helm engine's render")
+    let mut cmd = release_command("render", chart, values, release, out.join("values.json"))?;
+    serde_json::from_str(&process::output(&mut cmd)?).context("the Helm engine's render")
 }
 
 /// `helm template`'s text of the chart with `values`.
 pub(super) fn template(values: &Value, out: &Path) -> Result<String> {
-    let file = write_json(out.join("template-values.json"), values)?;
-    let stdout = process::output(
-        engine("template", &chart_dir())
-            .arg(file)
-            .args([RELEASE, NAMESPACE]),
-    )?;
-    serde_json::from_str(&stdout).context("the Helm engine's template")
+    let file = out.join("template-values.json");
+    let mut cmd = release_command("template", &chart_dir(), values, RELEASE, file)?;
+    serde_json::from_str(&process::output(&mut cmd)?).context("the Helm engine's template")
 }
 
 pub(super) fn render(values: &Value, out: &Path) -> Result<Vec<Resource>> {
@@ -62,12 +71,14 @@ pub(super) fn render(values: &Value, out: &Path) -> Result<Vec<Resource>> {
 
 /// Helm's message when it refuses `values`; an error if it renders them.
 pub(super) fn refusal(values: &Value, out: &Path) -> Result<String> {
-    let file = write_json(out.join("refused-values.json"), values)?;
-    let output = process::capture(
-        engine("render", &chart_dir())
-            .arg(file)
-            .args([RELEASE, NAMESPACE]),
-    )?;
+    let file = out.join("refused-values.json");
+    let output = process::capture(&mut release_command(
+        "render",
+        &chart_dir(),
+        values,
+        RELEASE,
+        file,
+    )?)?;
     ensure!(
         !output.status.success(),
         "the chart renders values it must refuse: {values}"
