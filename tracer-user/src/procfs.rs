@@ -106,11 +106,15 @@ pub fn read_stat(proc_root: &Path, pid: u32) -> Result<Option<ProcStat>> {
 /// `ptrace_may_access(PTRACE_MODE_READ_FSCREDS)` allows, which is not "euid 0": root whose
 /// capabilities are cut (the DaemonSet's) may not read a zombie whose permitted capabilities
 /// exceed its own effective ones, nor another user's without CAP_SYS_PTRACE; LSMs may refuse
-/// too. Rather than copy that logic, ask the kernel: reading the link of a namespace of the
-/// process makes the same check (EACCES when refused) and works on zombies (`ns/user` and
-/// `ns/pid` come from the credentials and the pid, which a zombie keeps). A kernel without
-/// either link (no namespaces configured) cannot say: unknown.
+/// too. Two views, both required: the commoncap rule read from both sides' `status` (which
+/// a zombie keeps), and the kernel's own answer for a namespace link, which makes the same
+/// check on 6.x (EACCES when refused) but let readers through on 5.10 where `stat` did not.
+/// Unknown whenever either cannot say yes.
 fn may_read_exit_code(pid_dir: &Path) -> bool {
+    capabilities_allow(pid_dir) && namespace_link_allows(pid_dir)
+}
+
+fn namespace_link_allows(pid_dir: &Path) -> bool {
     for link in ["ns/user", "ns/pid"] {
         match fs::read_link(pid_dir.join(link)) {
             Ok(_) => return true,
@@ -119,6 +123,42 @@ fn may_read_exit_code(pid_dir: &Path) -> bool {
         }
     }
     false
+}
+
+/// The commoncap side of `ptrace_may_access`: the same fsuid as the target's uids and its
+/// permitted capabilities within this reader's effective ones, or CAP_SYS_PTRACE.
+fn capabilities_allow(pid_dir: &Path) -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    let (Ok(own), Ok(target)) = (
+        fs::read_to_string("/proc/self/status"),
+        fs::read_to_string(pid_dir.join("status")),
+    ) else {
+        return false;
+    };
+    let field = |status: &str, name: &str| -> Option<Vec<u64>> {
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        line.split_whitespace()
+            .map(|w| u64::from_str_radix(w, if name.starts_with("Cap") { 16 } else { 10 }).ok())
+            .collect()
+    };
+    let (Some(own_uids), Some(own_caps), Some(target_uids), Some(target_caps)) = (
+        field(&own, "Uid:"),
+        field(&own, "CapEff:"),
+        field(&target, "Uid:"),
+        field(&target, "CapPrm:"),
+    ) else {
+        return false;
+    };
+    let (Some(&own_caps), Some(&target_caps)) = (own_caps.first(), target_caps.first()) else {
+        return false;
+    };
+    if own_caps & (1 << CAP_SYS_PTRACE) != 0 {
+        return true;
+    }
+    // Uid: real, effective, saved, filesystem; the reader's fsuid against all the target's.
+    let fsuid = own_uids.get(3).copied();
+    let same_user = target_uids.len() >= 3 && target_uids[..3].iter().all(|&u| Some(u) == fsuid);
+    same_user && target_caps & !own_caps == 0
 }
 
 /// A process that vanished between listing and reading (ENOENT), or was being torn down
