@@ -228,6 +228,12 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
          run the same on the host",
     ),
     (
+        "liveness",
+        "waits for serve to be ready beside 8000 zombies, whose first reconcile under software \
+         emulation outlasts the wait (5.10 guest: never ready); the sampler's liveness is the \
+         endpoint's, which no kernel changes",
+    ),
+    (
         "datadog",
         "runs the Datadog Agent's Python check and Helm's engine from the venvs under target/ \
          (Python and a 75 MB Helm wheel); it tests the chart and the exposition, which no \
