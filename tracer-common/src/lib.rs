@@ -76,7 +76,7 @@ pub struct ProgramSettings {
     /// [`CGROUP_UNIFIED`], [`CGROUP_V1_PIDS`].
     pub cgroup_hierarchy: u32,
     /// Nanoseconds per `USER_HZ` tick, to express start times the way `/proc/<pid>/stat` does.
-    pub nsec_per_tick: u32,
+    pub ns_per_user_hz_tick: u32,
     /// Entries of the `ZOMBIE_SLOTS` table (a power of two), or 0 where the kernel has no
     /// BPF compare-and-swap (before 5.12): every zombie then goes to the hash map.
     pub zombie_slots: u32,

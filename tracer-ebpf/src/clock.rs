@@ -28,7 +28,7 @@ pub fn now_ns() -> u64 {
 }
 
 /// `CLOCK_MONOTONIC` at most one tick ago, read once a tick per CPU.
-pub fn tick_ns() -> u64 {
+pub fn coarse_now_ns() -> u64 {
     let jiffies = unsafe { bpf_jiffies64() };
     let Some(cached) = TICK_TIME.get_ptr_mut(0) else {
         return now_ns();

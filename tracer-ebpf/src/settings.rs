@@ -8,7 +8,7 @@ use tracer_common::{ProgramSettings, CGROUP_V1_PIDS};
 static SETTINGS: ProgramSettings = ProgramSettings {
     ready: 0,
     cgroup_hierarchy: 0,
-    nsec_per_tick: 0,
+    ns_per_user_hz_tick: 0,
     zombie_slots: 0,
     helpers: 0,
     trace_events: 0,
@@ -45,8 +45,8 @@ pub fn has_helper(bit: u32) -> bool {
     setting!(helpers) & bit != 0
 }
 
-pub fn nsec_per_tick() -> u64 {
-    setting!(nsec_per_tick) as u64
+pub fn ns_per_user_hz_tick() -> u64 {
+    setting!(ns_per_user_hz_tick) as u64
 }
 
 /// Whether cgroup ids are taken in the v1 `pids` hierarchy rather than the unified one.

@@ -19,7 +19,7 @@ use crate::{
     diagnostics,
     losses::count_loss,
     offsets::offset,
-    settings::{cgroups_from_v1_pids, has_helper, nsec_per_tick},
+    settings::{cgroups_from_v1_pids, has_helper, ns_per_user_hz_tick},
 };
 
 /// How a `T` is read at a kernel address.
@@ -168,7 +168,7 @@ impl<A: Access> Task<A> {
     /// Start time in `USER_HZ` ticks since boot, as `/proc/<pid>/stat` field 22 shows it.
     pub fn start_ticks(self) -> Option<u64> {
         let boottime_ns: u64 = self.read(offset!(task_start_boottime))?;
-        let per_tick = nsec_per_tick();
+        let per_tick = ns_per_user_hz_tick();
         if per_tick == 0 {
             return None;
         }

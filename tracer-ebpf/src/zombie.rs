@@ -19,7 +19,7 @@
 use tracer_common::{EventKind, ProcessKey, Zombie, SIGCHLD};
 
 use crate::{
-    clock::tick_ns,
+    clock::coarse_now_ns,
     events::report,
     maps::insert_zombie,
     task::{Cgroup, Task},
@@ -63,7 +63,7 @@ fn record<const SLOTS: bool>(
     let parent_key = parent.process_key()?;
     let zombie = Zombie {
         parent: parent_key,
-        exit_ns: tick_ns(),
+        exit_ns: coarse_now_ns(),
         cgroup_id,
         parent_cgroup_id,
         exit_status: leader.exit_code().unwrap_or(0),

@@ -158,14 +158,14 @@ pub struct ServeArgs {
     /// Address to serve on: IP:PORT, HOST:PORT or :PORT
     ///
     /// [default: 0.0.0.0:9750]
-    #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
 
     /// A second address that serves only /healthz and /readyz, over plain HTTP without
     /// authentication, for the kubelet's probes
     ///
     /// [default: none]
-    #[arg(long, value_name = "ADDR", value_parser = crate::exporter::settings::parse_listen)]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub health_listen: Option<SocketAddr>,
 
     /// TLS and basic auth, in the web config format of the Prometheus exporter-toolkit
@@ -247,7 +247,7 @@ pub struct ServeArgs {
     ///
     /// [default: all]
     #[arg(long, value_name = "SERIES", value_enum)]
-    pub cgroup_series: Option<crate::exporter::settings::CgroupSeriesChoice>,
+    pub cgroup_series: Option<CgroupSeriesChoice>,
 
     /// Unreaped zombies tracked at once, node-wide
     ///
@@ -319,6 +319,45 @@ impl MapArgs {
             ..MapSizes::default()
         }
     }
+}
+
+/// Which cgroups get per-cgroup series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupSeriesChoice {
+    /// Every cgroup the programs counted.
+    #[default]
+    All,
+    /// Only cgroups with something to say: unreaped zombies, or a pids.max filling up or
+    /// refusing forks, now or within --eta-window.
+    Active,
+}
+
+/// `--listen`: `IP:PORT`, `[IPv6]:PORT`, `HOST:PORT` (resolved once, at start-up; the first
+/// address wins), or `:PORT` for every IPv4 address, as node_exporter takes it.
+pub fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{text:?}: the port after ':' must be 0 to 65535"))?;
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    // A host name with a port; a bare host or port is not an address to listen on.
+    if text
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err(format!(
+            "{text:?} is not an address: expected IP:PORT, HOST:PORT or :PORT"
+        ));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|err| format!("cannot resolve {text:?}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
 /// A duration flag or key, as humantime reads it (`500ms`, `30s`, `5m`, `1h`).
@@ -416,6 +455,26 @@ mod tests {
         let line = usage_error(&["snapshot", "--cgroup-hierarchy", "\x1b[2Jx"]);
         assert!(!line.contains('\x1b'), "{line}");
         assert!(line.contains("\\x1b[2Jx"), "{line}");
+    }
+
+    #[test]
+    fn listen_addresses_as_operators_type_them() {
+        let v4 = |a: [u8; 4], port| SocketAddr::from((a, port));
+        assert_eq!(parse_listen(":9755"), Ok(v4([0, 0, 0, 0], 9755)));
+        assert_eq!(parse_listen("127.0.0.1:9755"), Ok(v4([127, 0, 0, 1], 9755)));
+        assert_eq!(
+            parse_listen("[::1]:9755"),
+            Ok("[::1]:9755".parse().unwrap())
+        );
+        // A host name needs a resolver (a test VM's initramfs has none).
+        if std::net::ToSocketAddrs::to_socket_addrs("localhost:1").is_ok() {
+            assert!(parse_listen("localhost:9755")
+                .is_ok_and(|a| a.ip().is_loopback() && a.port() == 9755));
+        }
+        for bad in [":", ":http", ":70000", "localhost", "9755", "", "a b:1"] {
+            let err = parse_listen(bad).unwrap_err();
+            assert_eq!(err.lines().count(), 1, "{bad:?}: {err}");
+        }
     }
 
     #[test]

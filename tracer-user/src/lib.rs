@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod escape;
 pub mod exporter;

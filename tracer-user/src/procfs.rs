@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{escape, kernel::clock::monotonic_ns};
+use crate::{clock::monotonic_ns, escape};
 
 /// The fields of `/proc/<pid>/stat` reapwatch uses.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,9 +32,9 @@ use tracer_common::{
 
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
-    kernel::{clock::monotonic_ns, Added, Losses, MapSizes, Probes},
+    clock::monotonic_ns,
+    kernel::{Added, Losses, MapSizes, Probes},
     procfs::{self, CgroupLine, ProcStat},
-    text::Ending,
 };
 
 /// How long a zombie record may precede its `Z` in /proc (it is made as the process starts
@@ -594,4 +594,50 @@ pub fn exit_times<'a>(
         .filter_map(|z| Some((z.pid, z.processor?)))
         .collect();
     procfs::last_ran(proc_root, &on_cpus)
+}
+/// How a process ended, from its wait status (the kernel's `exit_code`, `/proc`'s field 52).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Killed(i32),
+}
+
+impl Ending {
+    pub fn from_wait_status(status: i32) -> Self {
+        match status & 0x7f {
+            0 => Self::Exited((status >> 8) & 0xff),
+            signal => Self::Killed(signal),
+        }
+    }
+
+    /// `exit(code)`'s code, or None if a signal killed it.
+    pub fn exit_code(self) -> Option<i32> {
+        match self {
+            Self::Exited(code) => Some(code),
+            Self::Killed(_) => None,
+        }
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Self::Exited(_) => None,
+            Self::Killed(signal) => Some(signal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ending;
+
+    #[test]
+    fn wait_statuses() {
+        assert_eq!(Ending::from_wait_status(7 << 8), Ending::Exited(7));
+        assert_eq!(Ending::from_wait_status(9), Ending::Killed(9));
+        // A core dump's flag is not part of the signal.
+        assert_eq!(Ending::from_wait_status(0x80 | 11), Ending::Killed(11));
+        assert_eq!(Ending::Killed(9).exit_code(), None);
+        assert_eq!(Ending::Exited(0).signal(), None);
+    }
 }

@@ -5,7 +5,10 @@ use std::fmt::{self, Write as _};
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-use crate::kubelet::{KubeletReport, KubeletView, PodRanking};
+use crate::{
+    kubelet::{KubeletReport, KubeletView, PodRanking},
+    state::Ending,
+};
 
 /// `3d4h`, `2h5m`, `4m10s`, `12.3s`: the two largest units.
 pub fn human_duration(seconds: f64) -> String {
@@ -88,38 +91,6 @@ pub fn pad_end(text: &str, width: usize) -> String {
 /// `text` after spaces up to `width` display columns.
 pub fn pad_start(text: &str, width: usize) -> String {
     format!("{}{text}", " ".repeat(width.saturating_sub(text.width())))
-}
-
-/// How a process ended, from its wait status (the kernel's `exit_code`, `/proc`'s field 52).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    Exited(i32),
-    Killed(i32),
-}
-
-impl Ending {
-    pub fn from_wait_status(status: i32) -> Self {
-        match status & 0x7f {
-            0 => Self::Exited((status >> 8) & 0xff),
-            signal => Self::Killed(signal),
-        }
-    }
-
-    /// `exit(code)`'s code, or None if a signal killed it.
-    pub fn exit_code(self) -> Option<i32> {
-        match self {
-            Self::Exited(code) => Some(code),
-            Self::Killed(_) => None,
-        }
-    }
-
-    /// The signal that killed it, if one did.
-    pub fn signal(self) -> Option<i32> {
-        match self {
-            Self::Exited(_) => None,
-            Self::Killed(signal) => Some(signal),
-        }
-    }
 }
 
 impl fmt::Display for Ending {
@@ -257,15 +228,9 @@ mod tests {
     }
 
     #[test]
-    fn wait_statuses() {
-        assert_eq!(Ending::from_wait_status(7 << 8), Ending::Exited(7));
-        assert_eq!(Ending::from_wait_status(9), Ending::Killed(9));
-        // A core dump's flag is not part of the signal.
-        assert_eq!(Ending::from_wait_status(0x80 | 11), Ending::Killed(11));
+    fn endings_in_words() {
         assert_eq!(Ending::Exited(7).to_string(), "exit 7");
         assert_eq!(Ending::Killed(9).to_string(), "killed by signal 9");
-        assert_eq!(Ending::Killed(9).exit_code(), None);
-        assert_eq!(Ending::Exited(0).signal(), None);
     }
 
     fn ranking(live: u64, held: Option<u64>, zombies: u64, limit: Option<u64>) -> PodRanking {

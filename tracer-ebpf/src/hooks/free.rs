@@ -11,11 +11,11 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{EventKind, ProcessKey, ZOMBIE_EXIT_STATUS_UNKNOWN, ZOMBIE_SEEN_LATE};
 
 use crate::{
-    clock::tick_ns,
+    clock::coarse_now_ns,
     diagnostics,
     events::report,
     maps::{record_lifetime, take_zombie, update_cgroup},
-    settings::{configured, nsec_per_tick},
+    settings::{configured, ns_per_user_hz_tick},
     task::Task,
 };
 
@@ -48,7 +48,7 @@ fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if let Some(zombie) = take_zombie::<SLOTS>(&ProcessKey::new(tgid, start_ticks)) {
-        let now = tick_ns();
+        let now = coarse_now_ns();
         let lifetime = now.saturating_sub(zombie.exit_ns);
         // Charged where it was created, even if it was reparented since; a zombie found in
         // /proc was counted created by userspace when found. Only a seen exit has a lifetime.
@@ -56,7 +56,7 @@ fn on_free<const SLOTS: bool>(ctx: BtfTracePointContext) -> i32 {
         if zombie.flags & ZOMBIE_SEEN_LATE == 0 {
             // Both times lag by at most a kernel tick, which is shorter than a USER_HZ one:
             // an exit later than that is a record the programs cannot explain.
-            if zombie.exit_ns > now + nsec_per_tick() {
+            if zombie.exit_ns > now + ns_per_user_hz_tick() {
                 diagnostics::freed_before_exit(tgid, zombie.exit_ns - now);
             }
             record_lifetime(lifetime);

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::EventKind;
 
 use crate::{
-    clock::tick_ns,
+    clock::coarse_now_ns,
     events::report,
     maps::record_wait,
     settings::configured,
@@ -30,6 +30,6 @@ pub fn sched_process_wait(_ctx: BtfTracePointContext) -> i32 {
 fn remember<A: Access>(waiter: Task<A>) {
     report(EventKind::Wait, waiter, 0, 0, || waiter.cgroup_id());
     if let Some(process) = waiter.process_key() {
-        record_wait(&process, tick_ns());
+        record_wait(&process, coarse_now_ns());
     }
 }

@@ -17,9 +17,9 @@ use super::snapshot::{parents_table, ParentReport};
 use crate::{
     cgroup::{self, binding_limit, CgroupHierarchy},
     cli::ScanArgs,
+    clock::monotonic_ns,
     escape,
     forecast::GrowthTracker,
-    kernel::clock::monotonic_ns,
     kubelet::{self, KubeletReport, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},

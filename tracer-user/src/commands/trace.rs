@@ -20,11 +20,12 @@ use tracer_common::{Event, EventKind, Loss};
 use crate::{
     cgroup::CgroupHierarchy,
     cli::TraceArgs,
+    clock::monotonic_ns,
     escape,
-    kernel::{clock::monotonic_ns, MapSizes},
+    kernel::MapSizes,
     kubernetes::{self, PodDirectory},
-    state::{Change, StateEngine},
-    text::{human_duration, known, pod_place, Ending},
+    state::{Change, Ending, StateEngine},
+    text::{human_duration, known, pod_place},
 };
 
 /// How often zombies are checked against /proc for reparenting and missed reaps.

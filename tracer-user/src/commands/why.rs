@@ -14,13 +14,14 @@ use tracer_common::{Event, EventKind, SIGCHLD};
 use crate::{
     cgroup::{self, CgroupHierarchy},
     cli::{TracerArgs, WhyArgs},
+    clock::monotonic_ns,
     escape,
-    kernel::{clock::monotonic_ns, MapSizes},
+    kernel::MapSizes,
     kubelet::{self, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
-    state::{self, Change, StateEngine},
-    text::{self, human_duration, Ending},
+    state::{self, Change, Ending, StateEngine},
+    text::{self, human_duration},
 };
 
 /// The facts `/proc/<pid>/status` gives about reaping.

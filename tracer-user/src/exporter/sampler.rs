@@ -17,10 +17,11 @@ use super::{
         ParentSeries, PidsSeries, SeriesCounters,
     },
     scrapes::ScrapeLog,
-    settings::{CgroupSeriesChoice, Settings},
+    settings::Settings,
 };
 use crate::{
     cgroup::BindingLimit,
+    cli::CgroupSeriesChoice,
     escape,
     forecast::GrowthTracker,
     kernel::preflight,

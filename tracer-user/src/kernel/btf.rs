@@ -183,7 +183,7 @@ impl KernelBtf {
     /// The zombie slots and events stay off: the loader sets them, knowing the map sizes.
     pub fn program_settings(
         &self,
-        nsec_per_tick: u32,
+        ns_per_user_hz_tick: u32,
         hierarchy: HierarchyKind,
     ) -> ProgramSettings {
         ProgramSettings {
@@ -192,7 +192,7 @@ impl KernelBtf {
                 HierarchyKind::Unified => CGROUP_UNIFIED,
                 HierarchyKind::V1Pids => CGROUP_V1_PIDS,
             },
-            nsec_per_tick,
+            ns_per_user_hz_tick,
             zombie_slots: 0,
             helpers: if self
                 .enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")

@@ -7,8 +7,9 @@ use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use tracer_common::{names, KernelOffsets, ProgramSettings};
 
-use super::{btf::KernelBtf, clock::nsec_per_tick, preflight, slots, Hook, KernelPaths, Probes};
+use super::{btf::KernelBtf, preflight, slots, Hook, KernelPaths, Probes};
 use crate::cgroup::HierarchyKind;
+use crate::clock::ns_per_user_hz_tick;
 
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reapwatch-ebpf"));
@@ -72,7 +73,7 @@ impl Probes {
         let btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
         let offsets = btf.kernel_offsets(hierarchy)?;
         let release = preflight::kernel_release()?;
-        let detected = btf.program_settings(nsec_per_tick()?, hierarchy);
+        let detected = btf.program_settings(ns_per_user_hz_tick()?, hierarchy);
         let zombie_slots = slots::slots_for(
             sizes.zombies,
             preflight::parse_release(&release).unwrap_or_default(),

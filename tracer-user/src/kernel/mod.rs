@@ -3,7 +3,6 @@
 
 mod batch;
 pub mod btf;
-pub mod clock;
 mod loader;
 mod maps;
 pub mod preflight;

@@ -1,9 +1,9 @@
-//! The clocks the programs' records use, read the same way in userspace.
+//! The clocks the kernel programs' records use, read the same way in userspace.
 
 use anyhow::{anyhow, Result};
 
 /// `/proc` states start times in `USER_HZ` ticks.
-pub fn nsec_per_tick() -> Result<u32> {
+pub fn ns_per_user_hz_tick() -> Result<u32> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 {
         return Err(anyhow!("sysconf(_SC_CLK_TCK) failed"));
