@@ -20,7 +20,7 @@ pub use pki::Pki;
 
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
-    kernel::MapSizes,
+    kernel::{preflight, MapSizes},
     procfs,
     state::StateEngine,
 };
@@ -34,6 +34,7 @@ pub const KERNEL_TICK_SECONDS: f64 = 0.01;
 /// everything it reports, its programs saw.
 pub fn load_engine(sizes: MapSizes) -> StateEngine {
     StateEngine::load(
+        &preflight::check_all().expect("preflight (run as root)"),
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),

@@ -238,6 +238,21 @@ impl Default for LifetimeHistogram {
     }
 }
 
+#[cfg(feature = "user")]
+impl LifetimeHistogram {
+    /// The finite buckets as a Prometheus histogram has them: upper bound in seconds and the
+    /// count of lifetimes at most that long. The last bucket has no bound: it is the count.
+    pub fn cumulative_buckets(&self) -> impl Iterator<Item = (f64, u64)> + '_ {
+        self.buckets[..LIFETIME_BUCKETS - 1]
+            .iter()
+            .enumerate()
+            .scan(0, |cumulative, (i, count)| {
+                *cumulative += count;
+                Some(((1u64 << i) as f64 / 1e6, *cumulative))
+            })
+    }
+}
+
 /// Bucket index of a lifetime, see [`LIFETIME_BUCKETS`]. Branchy on purpose: the eBPF target
 /// has no count-leading-zeros instruction.
 #[inline(always)]
@@ -401,6 +416,24 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "user")]
+    #[test]
+    fn cumulative_buckets_leave_the_overflow_to_the_count() {
+        let mut histogram = LifetimeHistogram::default();
+        histogram.buckets[0] = 1;
+        histogram.buckets[3] = 2;
+        histogram.buckets[LIFETIME_BUCKETS - 1] = 5;
+        assert_eq!(histogram.cumulative_buckets().count(), LIFETIME_BUCKETS - 1);
+        let mut buckets = [(0.0, 0); LIFETIME_BUCKETS - 1];
+        for (slot, bucket) in buckets.iter_mut().zip(histogram.cumulative_buckets()) {
+            *slot = bucket;
+        }
+        assert_eq!(buckets[0], (1e-6, 1));
+        assert_eq!(buckets[2], (4e-6, 1));
+        assert_eq!(buckets[3], (8e-6, 3));
+        assert_eq!(buckets[LIFETIME_BUCKETS - 2].1, 3);
+    }
 
     #[test]
     fn lifetime_buckets_are_log2_microseconds() {

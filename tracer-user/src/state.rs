@@ -33,7 +33,7 @@ use tracer_common::{
 use crate::{
     cgroup::{self, CgroupHierarchy, HierarchyChoice, HierarchyKind},
     clock::monotonic_ns,
-    kernel::{Added, Losses, MapSizes, Probes},
+    kernel::{preflight::Cleared, Added, Losses, MapSizes, Probes},
     procfs::{self, CgroupLine, ProcStat},
 };
 
@@ -150,6 +150,28 @@ impl ParentState {
     pub fn oldest(&self) -> Option<&ChildState> {
         self.children.first()
     }
+
+    /// Puts the children in the order [`Self::children`] promises: oldest first.
+    pub fn order_children(&mut self) {
+        self.children
+            .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
+    }
+}
+
+/// The order every view ranks parents in: most unreaped children first, then the oldest
+/// zombie, then the pid.
+pub fn rank_parents(parents: &mut [ParentState]) {
+    parents.sort_by(|a, b| {
+        b.children
+            .len()
+            .cmp(&a.children.len())
+            .then_with(|| {
+                b.oldest()
+                    .map(|c| c.age_ns)
+                    .cmp(&a.oldest().map(|c| c.age_ns))
+            })
+            .then(a.key.cmp(&b.key))
+    });
 }
 
 /// Counters of one cgroup.
@@ -202,6 +224,7 @@ enum Proc {
 impl StateEngine {
     /// Picks the cgroup hierarchy to count by, then loads and attaches the programs.
     pub fn load(
+        cleared: &Cleared,
         sizes: MapSizes,
         proc_root: &Path,
         sys_fs_cgroup: &Path,
@@ -212,7 +235,7 @@ impl StateEngine {
             .as_ref()
             .map_or(HierarchyKind::Unified, CgroupHierarchy::kind);
         Ok(Self {
-            probes: Probes::load(sizes, kind)?,
+            probes: Probes::load(cleared, sizes, kind)?,
             proc_root: proc_root.to_path_buf(),
             cgroups,
             counted_here: HashMap::new(),
@@ -492,8 +515,7 @@ impl StateEngine {
             });
         }
         let mut parents = Vec::with_capacity(groups.len());
-        for (key, mut children) in groups {
-            children.sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
+        for (key, children) in groups {
             let comm = match self.read_stat(key.tgid) {
                 Proc::Stat(s) if s.start_ticks == key.start_ticks => s.comm,
                 _ => Vec::new(),
@@ -505,26 +527,18 @@ impl StateEngine {
                 .probes
                 .last_wait(&key)?
                 .map(|at| now.saturating_sub(at));
-            parents.push(ParentState {
+            let mut parent = ParentState {
                 key,
                 comm,
                 cgroup,
                 last_wait_age_ns,
                 waits_watched_ns: Some(now.saturating_sub(self.loaded_at_ns)),
                 children,
-            });
+            };
+            parent.order_children();
+            parents.push(parent);
         }
-        parents.sort_by(|a, b| {
-            b.children
-                .len()
-                .cmp(&a.children.len())
-                .then_with(|| {
-                    b.oldest()
-                        .map(|c| c.age_ns)
-                        .cmp(&a.oldest().map(|c| c.age_ns))
-                })
-                .then(a.key.cmp(&b.key))
-        });
+        rank_parents(&mut parents);
         Ok(parents)
     }
 

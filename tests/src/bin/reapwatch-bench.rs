@@ -46,7 +46,7 @@ use std::{
 
 use reapwatch::{
     cgroup::{CgroupHierarchy, HierarchyChoice},
-    kernel::{MapSizes, Probes},
+    kernel::{preflight, MapSizes, Probes},
     state::StateEngine,
 };
 
@@ -294,13 +294,15 @@ fn hold(stats: bool, idle: bool, kernel_log: bool) {
         log::set_logger(&KERNEL_LOG).unwrap_or_else(|e| fail(&e.to_string()));
         log::set_max_level(log::LevelFilter::Debug);
     }
+    let cleared = preflight::check_all().unwrap_or_else(|e| fail(&format!("{e:#}")));
     let (mut engine, _idle_programs) = if idle {
         (
             None,
-            Some(Probes::load_unconfigured().unwrap_or_else(|e| fail(&format!("{e:#}")))),
+            Some(Probes::load_unconfigured(&cleared).unwrap_or_else(|e| fail(&format!("{e:#}")))),
         )
     } else {
         let mut engine = StateEngine::load(
+            &cleared,
             MapSizes::default(),
             Path::new("/proc"),
             Path::new("/sys/fs/cgroup"),

@@ -23,7 +23,7 @@ use crate::{
     kubelet::{self, KubeletReport, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, NodeLimits, ProcStat},
-    state::{exit_times, found_in_proc, ChildState, ParentState},
+    state::{self, exit_times, found_in_proc, ChildState, ParentState},
     text::{self, human_duration, known, pod_place},
 };
 
@@ -108,9 +108,9 @@ struct ScanSample {
     refused: BTreeMap<String, u64>,
 }
 
-/// What a watch keeps: the first sample's few numbers, the latest sample, and running
+/// What a scan keeps over its `--watch`: the first sample's few numbers, the latest sample, and running
 /// statistics. Never the samples in between: a long watch must not grow with its length.
-struct Watch {
+struct ScanHistory {
     first_at: Instant,
     first_tasks: u64,
     /// Unreaped children per parent in the first sample.
@@ -124,9 +124,9 @@ struct Watch {
     window_seconds: f64,
 }
 
-impl Watch {
+impl ScanHistory {
     fn new(first: ScanSample, window_seconds: f64) -> Self {
-        let mut watch = Self {
+        let mut history = Self {
             first_at: first.at,
             first_tasks: first.limits.tasks,
             initial: zombies_by_parent(&first)
@@ -139,8 +139,8 @@ impl Watch {
             pids_growth: BTreeMap::new(),
             window_seconds,
         };
-        watch.account();
-        watch
+        history.account();
+        history
     }
 
     fn observe(&mut self, sample: ScanSample) {
@@ -223,15 +223,15 @@ pub fn run(args: &ScanArgs) -> Result<()> {
             human_duration(duration.as_secs_f64())
         );
     }
-    let mut watch = Watch::new(take()?, window);
+    let mut history = ScanHistory::new(take()?, window);
     if let Some(duration) = args.watch {
-        let start = watch.first_at;
+        let start = history.first_at;
         while start.elapsed() < duration {
             std::thread::sleep(args.interval.min(duration.saturating_sub(start.elapsed())));
-            watch.observe(take()?);
+            history.observe(take()?);
         }
     }
-    let report = build(&watch, args, hierarchy.as_mut(), proc_root)?;
+    let report = build(&history, args, hierarchy.as_mut(), proc_root)?;
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -241,13 +241,13 @@ pub fn run(args: &ScanArgs) -> Result<()> {
 }
 
 fn build(
-    watch: &Watch,
+    history: &ScanHistory,
     args: &ScanArgs,
     mut hierarchy: Option<&mut CgroupHierarchy>,
     proc_root: &Path,
 ) -> Result<ScanReport> {
-    let last = &watch.last;
-    let minutes = last.at.duration_since(watch.first_at).as_secs_f64() / 60.0;
+    let last = &history.last;
+    let minutes = last.at.duration_since(history.first_at).as_secs_f64() / 60.0;
     let watched = minutes > 0.0 && args.watch.is_some();
 
     let now = zombies_by_parent(last);
@@ -282,7 +282,7 @@ fn build(
                 .iter()
                 .map(|c| {
                     let key = ProcessKey::new(c.pid, c.start_ticks);
-                    let seen = watch.first_seen.get(&key).copied().unwrap_or(last.at);
+                    let seen = history.first_seen.get(&key).copied().unwrap_or(last.at);
                     let parent = ProcessKey::new(ppid, 0);
                     let zombie = found_in_proc(c, parent, now_ns, exited.get(&c.pid).copied());
                     let age_ns = if zombie.flags & ZOMBIE_EXIT_FROM_SCHEDULER != 0 {
@@ -299,26 +299,31 @@ fn build(
                 })
                 .collect(),
         };
-        state
-            .children
-            .sort_by(|a, b| b.age_ns.cmp(&a.age_ns).then(a.key.cmp(&b.key)));
-        let mut report = ParentReport::from_state(&state);
-        if watched {
-            let before = watch.initial.get(&ppid).copied().unwrap_or(0) as f64;
-            report.growth_per_minute = Some((children.len() as f64 - before) / minutes);
-        }
-        parents.push(report);
+        state.order_children();
+        parents.push(state);
     }
-    parents.sort_by(|a, b| b.unreaped.cmp(&a.unreaped).then(a.pid.cmp(&b.pid)));
+    state::rank_parents(&mut parents);
+    let mut parents: Vec<ParentReport> = parents
+        .iter()
+        .map(|state| {
+            let mut report = ParentReport::from_state(state);
+            if watched {
+                let before = history.initial.get(&state.pid()).copied().unwrap_or(0) as f64;
+                let unreaped = state.children.len() as f64;
+                report.growth_per_minute = Some((unreaped - before) / minutes);
+            }
+            report
+        })
+        .collect();
 
     let node = NodeReport {
         tasks: last.limits.tasks,
         pid_max: last.limits.pid_max,
         threads_max: last.limits.threads_max,
         zombies: now.values().map(|c| c.len() as u64).sum(),
-        eta_seconds: watch.node_growth.eta_seconds(last.limits.limit() as f64),
+        eta_seconds: history.node_growth.eta_seconds(last.limits.limit() as f64),
         tasks_growth_per_minute: watched
-            .then(|| (last.limits.tasks as f64 - watch.first_tasks as f64) / minutes),
+            .then(|| (last.limits.tasks as f64 - history.first_tasks as f64) / minutes),
     };
 
     // Cgroups with zombies or with a pids.max: the ones with something to say.
@@ -350,7 +355,7 @@ fn build(
                 pids_current: current,
                 pids_max: max,
                 pids_eta_seconds: max.and_then(|max| {
-                    watch
+                    history
                         .pids_growth
                         .get(path)
                         .and_then(|growth| growth.eta_seconds(max as f64))
@@ -361,7 +366,7 @@ fn build(
                 pids_fork_failures: last.refused.get(path).copied(),
                 pids_limit: binding_limit(path, |p| last.pids.get(p).copied()).map(|limit| {
                     PidsLimitReport {
-                        eta_seconds: watch
+                        eta_seconds: history
                             .pids_growth
                             .get(&limit.cgroup)
                             .and_then(|growth| growth.eta_seconds(limit.max as f64)),
@@ -557,17 +562,17 @@ mod tests {
     #[test]
     fn a_long_watch_keeps_only_what_the_latest_sample_has() {
         let start = Instant::now();
-        let mut watch = Watch::new(churning(start, 0), 3600.0);
+        let mut history = ScanHistory::new(churning(start, 0), 3600.0);
         for i in 1..10_000 {
-            watch.observe(churning(start, i));
+            history.observe(churning(start, i));
         }
         let latest = ProcessKey::new(1000 + 9999, 9999);
-        assert_eq!(watch.first_seen.keys().collect::<Vec<_>>(), [&latest]);
+        assert_eq!(history.first_seen.keys().collect::<Vec<_>>(), [&latest]);
         assert_eq!(
-            watch.pids_growth.keys().collect::<Vec<_>>(),
+            history.pids_growth.keys().collect::<Vec<_>>(),
             ["/c9999"],
             "trends of removed cgroups kept"
         );
-        assert_eq!(watch.initial, BTreeMap::from([(1, 1)]));
+        assert_eq!(history.initial, BTreeMap::from([(1, 1)]));
     }
 }

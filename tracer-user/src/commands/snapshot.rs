@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::Result;
 use serde::Serialize;
-use tracer_common::{Loss, LIFETIME_BUCKETS};
+use tracer_common::Loss;
 
 use crate::{
     cli::SnapshotArgs,
@@ -17,6 +17,7 @@ use crate::{
 
 pub fn run(args: &SnapshotArgs) -> Result<()> {
     let mut engine = StateEngine::load(
+        &preflight::check_all()?,
         args.tracer.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
@@ -213,21 +214,9 @@ impl Report {
         let cgroups = engine.cgroups()?;
         let probes = engine.probes();
         let histogram = probes.lifetimes()?;
-        let mut cumulative = 0;
-        let buckets = (0..LIFETIME_BUCKETS)
-            .map(|i| {
-                cumulative += histogram.buckets[i];
-                let le_seconds = if i + 1 == LIFETIME_BUCKETS {
-                    f64::INFINITY
-                } else {
-                    (1u64 << i) as f64 / 1e6
-                };
-                BucketReport {
-                    le_seconds,
-                    count: cumulative,
-                }
-            })
-            .filter(|b| b.le_seconds.is_finite())
+        let buckets = histogram
+            .cumulative_buckets()
+            .map(|(le_seconds, count)| BucketReport { le_seconds, count })
             .collect();
         let losses = engine.losses()?;
         Ok(Self {

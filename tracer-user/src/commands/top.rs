@@ -31,6 +31,7 @@ use self::view::{Display, Eta, FullCgroup, LimitRow, ParentRow, TopSample};
 use crate::{
     cli::TopArgs,
     escape,
+    kernel::preflight,
     kubelet::{self, KubeletView, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::NodeLimits,
@@ -52,6 +53,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: &TopArgs) -> Result<()> {
     let engine = StateEngine::load(
+        &preflight::check_all()?,
         args.tracer.maps.sizes(),
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),

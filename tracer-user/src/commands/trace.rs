@@ -22,7 +22,7 @@ use crate::{
     cli::TraceArgs,
     clock::monotonic_ns,
     escape,
-    kernel::MapSizes,
+    kernel::{preflight, MapSizes},
     kubernetes::{self, PodDirectory},
     state::{Change, Ending, StateEngine},
     text::{human_duration, known, pod_place},
@@ -40,6 +40,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         ..args.tracer.maps.sizes()
     };
     let mut engine = StateEngine::load(
+        &preflight::check_all()?,
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),
@@ -61,7 +62,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         wall_offset_ns: wall_clock_ns().saturating_sub(monotonic_ns()),
         out: BufWriter::new(io::stdout().lock()),
         shown: 0,
-        held: args.min_age.map(Held::new),
+        min_age: args.min_age.map(MinAgeFilter::new),
     };
     let lost_before = lost(&engine)?;
     match args.duration {
@@ -77,7 +78,7 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     runtime.block_on(tracer.follow(&mut engine, ring))?;
     let lost = lost(&engine)? - lost_before;
     tracer.finish()?;
-    let unfollowed = tracer.held.as_ref().map_or(0, |h| h.dropped);
+    let unfollowed = tracer.min_age.as_ref().map_or(0, |h| h.dropped);
     if unfollowed > 0 {
         eprintln!(
             "reapwatch: {} events shown, {lost} lost, {unfollowed} zombies not followed \
@@ -248,12 +249,12 @@ struct Trace<'a, W: Write> {
     wall_offset_ns: u64,
     out: W,
     shown: u64,
-    held: Option<Held>,
+    min_age: Option<MinAgeFilter>,
 }
 
 /// `--min-age`: zombies are held back until they have stayed unreaped that long (checked
 /// every second); those reaped sooner are never shown, nor are their reaps.
-struct Held {
+struct MinAgeFilter {
     min_age_ns: u64,
     /// Zombies not old enough yet, by pid.
     waiting: HashMap<u32, Event>,
@@ -266,7 +267,7 @@ struct Held {
 /// A storm of short-lived zombies must not grow the held set without bound.
 const HELD_AT_MOST: usize = 65536;
 
-impl Held {
+impl MinAgeFilter {
     fn new(min_age: Duration) -> Self {
         Self {
             min_age_ns: min_age.as_nanos() as u64,
@@ -374,7 +375,11 @@ impl<W: Write> Trace<'_, W> {
     /// Shows the held zombies that are old enough now, with their age.
     fn show_ripe(&mut self, engine: &mut StateEngine) -> Result<()> {
         let now = monotonic_ns();
-        let ripe = self.held.as_mut().map(|h| h.ripe(now)).unwrap_or_default();
+        let ripe = self
+            .min_age
+            .as_mut()
+            .map(|h| h.ripe(now))
+            .unwrap_or_default();
         for event in ripe {
             let record = Record {
                 time_ns: event.time_ns,
@@ -396,7 +401,7 @@ impl<W: Write> Trace<'_, W> {
         let Some(kind) = EventKind::from_u32(event.kind) else {
             return Ok(());
         };
-        if let Some(held) = &mut self.held {
+        if let Some(held) = &mut self.min_age {
             match kind {
                 EventKind::Zombie if held.waiting.len() >= HELD_AT_MOST => {
                     held.dropped += 1;
@@ -438,7 +443,7 @@ impl<W: Write> Trace<'_, W> {
             Change::ReapedLate { child, zombie } => (TraceEvent::Reap, child, zombie, None),
         };
         let reaped = event == TraceEvent::Reap;
-        if let Some(held) = &mut self.held {
+        if let Some(held) = &mut self.min_age {
             let hidden = if reaped {
                 !held.shows_reap(child.tgid, now.saturating_sub(zombie.exit_ns))
             } else {

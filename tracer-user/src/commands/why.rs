@@ -16,7 +16,7 @@ use crate::{
     cli::{TracerArgs, WhyArgs},
     clock::monotonic_ns,
     escape,
-    kernel::MapSizes,
+    kernel::{preflight, MapSizes},
     kubelet::{self, PodRanking},
     kubernetes::{self, PodDirectory},
     procfs::{self, ProcStat},
@@ -293,6 +293,7 @@ fn watch(pid: u32, duration: Duration, tracer: &TracerArgs) -> Result<Watched> {
         ..tracer.maps.sizes()
     };
     let mut engine = StateEngine::load(
+        &preflight::check_all()?,
         sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),

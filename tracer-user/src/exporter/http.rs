@@ -192,7 +192,7 @@ fn source_of(peer: IpAddr) -> IpAddr {
 
 pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
     let slots = Arc::new(Mutex::new(Slots::default()));
-    let plain = Arc::new(WebConfig::open());
+    let plain = Arc::new(WebConfig::plain_http());
     let mut admission = Admission::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -214,7 +214,7 @@ pub async fn serve(listener: TcpListener, mut endpoint: Endpoint) {
             continue;
         }
         let (evict, evicted) = oneshot::channel::<()>();
-        let held = Held {
+        let held = ConnectionSlot {
             id: lock(&slots).admit(source, evict),
             peer: source,
             slots: slots.clone(),
@@ -325,13 +325,13 @@ impl Slots {
 }
 
 /// A connection's slot, freed when the connection ends, whichever way.
-struct Held {
+struct ConnectionSlot {
     id: u64,
     peer: IpAddr,
     slots: Arc<Mutex<Slots>>,
 }
 
-impl Drop for Held {
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         lock(&self.slots).release(self.peer, self.id);
     }

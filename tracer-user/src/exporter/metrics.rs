@@ -5,7 +5,6 @@ use prometheus::{
     proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType},
     Encoder, TextEncoder,
 };
-use tracer_common::LIFETIME_BUCKETS;
 
 use super::{
     model::{CgroupLabels, Model},
@@ -326,12 +325,11 @@ pub fn families(model: &Model) -> Vec<MetricFamily> {
 
 fn lifetime_histogram(model: &Model) -> MetricFamily {
     let histogram = &model.lifetimes;
-    let mut cumulative = 0;
-    let buckets = (0..LIFETIME_BUCKETS - 1)
-        .map(|i| {
-            cumulative += histogram.buckets[i];
+    let buckets = histogram
+        .cumulative_buckets()
+        .map(|(upper_bound, cumulative)| {
             let mut bucket = Bucket::default();
-            bucket.set_upper_bound((1u64 << i) as f64 / 1e6);
+            bucket.set_upper_bound(upper_bound);
             bucket.set_cumulative_count(cumulative);
             bucket
         })

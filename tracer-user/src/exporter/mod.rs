@@ -43,7 +43,11 @@ use self::{
     settings::Settings,
     webconfig::{Authenticator, WebConfigFile},
 };
-use crate::{cli::ServeArgs, kernel::preflight, state::StateEngine};
+use crate::{
+    cli::ServeArgs,
+    kernel::preflight::{self, Cleared},
+    state::StateEngine,
+};
 
 pub fn run(args: &ServeArgs) -> Result<()> {
     let settings = Settings::resolve(args)?;
@@ -64,7 +68,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
 async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
     // What would stop the programs loading is said before anything is served.
-    preflight::check_all()?;
+    let cleared = preflight::check_all()?;
     // Bind before loading, so a taken port fails fast and touches nothing in the kernel.
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -107,7 +111,7 @@ async fn serve(settings: Settings, web: Option<WebConfigFile>) -> Result<()> {
         let (published, stop) = (published.clone(), stop.clone());
         thread::Builder::new()
             .name("sampler".to_owned())
-            .spawn(move || sample_until_stopped(settings, &published, &stop, loaded_tx))
+            .spawn(move || sample_until_stopped(&cleared, settings, &published, &stop, loaded_tx))
             .context("cannot start the sampler thread")?
     };
 
@@ -168,6 +172,7 @@ fn serve_probes(listener: std::net::TcpListener, published: Arc<Published>) -> R
 /// The sampler thread: loads the programs, says how that went, then samples every interval
 /// until stopped. A failed sample keeps the last good one served, with the failure counted.
 fn sample_until_stopped(
+    cleared: &Cleared,
     settings: Settings,
     published: &Published,
     stop: &Stop,
@@ -177,6 +182,7 @@ fn sample_until_stopped(
     published.sampler_started();
     let interval = settings.sample_interval;
     let engine = StateEngine::load(
+        cleared,
         settings.map_sizes,
         Path::new("/proc"),
         Path::new("/sys/fs/cgroup"),

@@ -46,7 +46,7 @@ pub struct WebConfig {
 
 impl WebConfig {
     /// Plain HTTP, no authentication: no `--web-config-file`.
-    pub fn open() -> Self {
+    pub fn plain_http() -> Self {
         Self {
             tls: None,
             users: HashMap::new(),
@@ -70,7 +70,7 @@ impl WebConfig {
         shallow_and_without_aliases(text)?;
         let documents =
             YamlLoader::load_from_str(text).map_err(|err| anyhow!("not YAML: {err}"))?;
-        let mut config = Self::open();
+        let mut config = Self::plain_http();
         let top = match documents.as_slice() {
             [] | [Yaml::Null] => return Ok(config),
             [Yaml::Hash(top)] => top,
@@ -470,7 +470,7 @@ mod tests {
             Verdict::Denied
         );
         assert_eq!(
-            check(&WebConfig::open(), None),
+            check(&WebConfig::plain_http(), None),
             Verdict::Allowed,
             "no users: no authentication"
         );

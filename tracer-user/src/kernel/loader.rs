@@ -7,7 +7,11 @@ use aya::{programs::BtfTracePoint, Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use tracer_common::{names, KernelOffsets, ProgramSettings};
 
-use super::{btf::KernelBtf, preflight, slots, Hook, KernelPaths, Probes};
+use super::{
+    btf::KernelBtf,
+    preflight::{self, Cleared},
+    slots, Hook, KernelPaths, Probes,
+};
 use crate::cgroup::HierarchyKind;
 use crate::clock::ns_per_user_hz_tick;
 
@@ -66,8 +70,7 @@ impl Probes {
     /// Loads and attaches the programs; per-cgroup counters will be keyed by cgroup ids of
     /// `hierarchy`. If the process logs at debug level, the programs' rare-event records go
     /// to its log (see [`Probes::forward_kernel_log`]); otherwise they write none.
-    pub fn load(sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
-        preflight::check_all()?;
+    pub fn load(_: &Cleared, sizes: MapSizes, hierarchy: HierarchyKind) -> Result<Self> {
         // Offsets first, from types decoded on demand; aya then decodes all of the kernel's
         // BTF, twice (to load the object, and to find each tracepoint), one at a time.
         let btf = KernelBtf::from_file(Path::new(preflight::VMLINUX_BTF))?;
@@ -95,8 +98,7 @@ impl Probes {
 
     /// The same programs on the same tracepoints, left unconfigured: each returns at its
     /// first check. The benchmark's baseline for what measuring a program run costs.
-    pub fn load_unconfigured() -> Result<Self> {
-        preflight::check_all()?;
+    pub fn load_unconfigured(_: &Cleared) -> Result<Self> {
         Self::load_with(
             &KernelOffsets::default(),
             &ProgramSettings::default(),

@@ -1,5 +1,5 @@
-//! The kernel side: loading the programs ([`loader`]), reading and changing their maps
-//! ([`maps`]), and the clocks their records use ([`clock`]).
+//! The kernel side: loading the programs ([`loader`]) and reading and changing their maps
+//! ([`maps`]).
 
 mod batch;
 pub mod btf;

@@ -15,14 +15,19 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-pub fn check_all() -> Result<()> {
+/// Proof that [`check_all`] passed: loading the programs takes one, so the checks run once,
+/// and before anything reaches the kernel.
+#[derive(Debug)]
+pub struct Cleared(());
+
+pub fn check_all() -> Result<Cleared> {
     check_kernel_version(&kernel_release()?)?;
     check_privileges(
         &fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?,
     )?;
     check_btf(Path::new(VMLINUX_BTF))?;
     raise_memlock_limit();
-    Ok(())
+    Ok(Cleared(()))
 }
 
 pub fn kernel_release() -> Result<String> {
