@@ -8,9 +8,12 @@
 //!   do it first (it sometimes never fires); one whose parent changed was reparented (the
 //!   kernel moves zombies to a new reaper when a parent dies, and no tracepoint says so).
 //! - [`StateEngine::reconcile`] scans all of `/proc` for zombies the programs never saw (they
-//!   predate the programs, or a map was full) and adds them, with ages as lower bounds. Those
-//!   the kernel maps have no room for are kept here and followed the same way: a full map is
-//!   a counted loss, never a blind spot.
+//!   predate the programs, or a map was full) and adds them, dated by the scheduler where
+//!   the kernel tells when they last ran (see [`procfs::last_ran`]), else with their age a
+//!   lower bound from the moment they were found. Those the kernel maps have no room for are
+//!   kept here and followed the same way: a full map is a counted loss, never a blind spot
+//!   for what stays unreaped. A zombie made and reaped between two scans while the map is
+//!   full is in neither count: only the loss counter tells that some may have been.
 //!
 //! Per cgroup, a zombie counts as created when the kernel sees it exit or, if it did not,
 //! when it is first seen in `/proc`, and as reaped when its record is closed, whichever side
@@ -609,6 +612,7 @@ pub fn exit_times<'a>(
         .collect();
     procfs::last_ran(proc_root, &on_cpus)
 }
+
 /// How a process ended, from its wait status (the kernel's `exit_code`, `/proc`'s field 52).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
