@@ -36,8 +36,6 @@ pub fn load_engine(sizes: MapSizes) -> StateEngine {
     StateEngine::load(
         &preflight::check_all().expect("preflight (run as root)"),
         sizes,
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
         HierarchyChoice::Auto,
     )
     .expect("load the tracer (run as root)")

@@ -225,21 +225,16 @@ enum Proc {
 }
 
 impl StateEngine {
-    /// Picks the cgroup hierarchy to count by, then loads and attaches the programs.
-    pub fn load(
-        cleared: &Cleared,
-        sizes: MapSizes,
-        proc_root: &Path,
-        sys_fs_cgroup: &Path,
-        hierarchy: HierarchyChoice,
-    ) -> Result<Self> {
-        let cgroups = CgroupHierarchy::choose(sys_fs_cgroup, hierarchy)?;
+    /// Picks the cgroup hierarchy to count by, then loads and attaches the programs. The
+    /// programs see the whole node, so the engine reads the node's `/proc` and cgroupfs.
+    pub fn load(cleared: &Cleared, sizes: MapSizes, hierarchy: HierarchyChoice) -> Result<Self> {
+        let cgroups = CgroupHierarchy::choose(Path::new("/sys/fs/cgroup"), hierarchy)?;
         let kind = cgroups
             .as_ref()
             .map_or(HierarchyKind::Unified, CgroupHierarchy::kind);
         Ok(Self {
             probes: Probes::load(cleared, sizes, kind)?,
-            proc_root: proc_root.to_path_buf(),
+            proc_root: PathBuf::from("/proc"),
             cgroups,
             counted_here: HashMap::new(),
             overflow: HashMap::new(),

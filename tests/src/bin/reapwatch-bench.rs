@@ -301,14 +301,8 @@ fn hold(stats: bool, idle: bool, kernel_log: bool) {
             Some(Probes::load_unconfigured(&cleared).unwrap_or_else(|e| fail(&format!("{e:#}")))),
         )
     } else {
-        let mut engine = StateEngine::load(
-            &cleared,
-            MapSizes::default(),
-            Path::new("/proc"),
-            Path::new("/sys/fs/cgroup"),
-            HierarchyChoice::Auto,
-        )
-        .unwrap_or_else(|e| fail(&format!("{e:#}")));
+        let mut engine = StateEngine::load(&cleared, MapSizes::default(), HierarchyChoice::Auto)
+            .unwrap_or_else(|e| fail(&format!("{e:#}")));
         engine
             .reconcile()
             .unwrap_or_else(|e| fail(&format!("{e:#}")));

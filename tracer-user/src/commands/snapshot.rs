@@ -1,6 +1,6 @@
 //! `reapwatch snapshot`: one look at every parent with unreaped children.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -19,8 +19,6 @@ pub fn run(args: &SnapshotArgs) -> Result<()> {
     let mut engine = StateEngine::load(
         &preflight::check_all()?,
         args.tracer.maps.sizes(),
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
         args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.reconcile()?;

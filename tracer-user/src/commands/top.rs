@@ -55,8 +55,6 @@ pub fn run(args: &TopArgs) -> Result<()> {
     let engine = StateEngine::load(
         &preflight::check_all()?,
         args.tracer.maps.sizes(),
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
         args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     let mut collector = Collector::new(engine, &args.pods.pod_logs_dir)?;

@@ -42,8 +42,6 @@ pub fn run(args: &TraceArgs) -> Result<()> {
     let mut engine = StateEngine::load(
         &preflight::check_all()?,
         sizes,
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
         args.tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();
@@ -148,12 +146,7 @@ fn check_filters(
 /// Events the kernel could not deliver: a full ring buffer, or programs skipped.
 fn lost(engine: &StateEngine) -> Result<u64> {
     let probes = engine.probes();
-    let misses: u64 = probes
-        .hook_stats()?
-        .iter()
-        .map(|h| h.recursion_misses)
-        .sum();
-    Ok(probes.losses()?[Loss::EventsDropped as usize] + misses)
+    Ok(probes.losses()?[Loss::EventsDropped as usize] + probes.recursion_misses()?)
 }
 
 fn wall_clock_ns() -> u64 {

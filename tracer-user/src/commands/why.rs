@@ -295,8 +295,6 @@ fn watch(pid: u32, duration: Duration, tracer: &TracerArgs) -> Result<Watched> {
     let mut engine = StateEngine::load(
         &preflight::check_all()?,
         sizes,
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
         tracer.hierarchy.cgroup_hierarchy,
     )?;
     engine.record_changes();

@@ -23,7 +23,6 @@ pub mod settings;
 mod webconfig;
 
 use std::{
-    path::Path,
     sync::{Arc, Condvar, Mutex},
     thread,
     time::{Duration, Instant, SystemTime},
@@ -181,13 +180,7 @@ fn sample_until_stopped(
     // However this thread ends (a panic included), /healthz says so from then on.
     published.sampler_started();
     let interval = settings.sample_interval;
-    let engine = StateEngine::load(
-        cleared,
-        settings.map_sizes,
-        Path::new("/proc"),
-        Path::new("/sys/fs/cgroup"),
-        settings.cgroup_hierarchy,
-    );
+    let engine = StateEngine::load(cleared, settings.map_sizes, settings.cgroup_hierarchy);
     let mut sampler = match engine.and_then(|engine| Sampler::new(engine, settings)) {
         Ok(sampler) => sampler,
         Err(err) => {

@@ -242,11 +242,6 @@ impl Sampler {
         let engine = self.watch.engine();
         let losses = engine.losses()?;
         let probes = engine.probes();
-        let misses: u64 = probes
-            .hook_stats()?
-            .iter()
-            .map(|h| h.recursion_misses)
-            .sum();
         let counters = probes.cgroup_counters()?.len() as u64;
         let in_maps = node_zombies.saturating_sub(engine.overflowed_zombies() as u64);
         let mut cgroups: Vec<CgroupSeries> = merged.into_values().collect();
@@ -260,7 +255,7 @@ impl Sampler {
             lifetimes: probes.lifetimes()?,
             version: env!("CARGO_PKG_VERSION"),
             kernel: self.kernel.clone(),
-            events_lost: losses.iter().sum::<u64>() + misses,
+            events_lost: losses.iter().sum::<u64>() + probes.recursion_misses()?,
             maps: vec![
                 MapUsage {
                     map: "zombies",

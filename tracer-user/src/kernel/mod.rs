@@ -115,6 +115,11 @@ impl Probes {
             .collect()
     }
 
+    /// Runs of the programs the kernel skipped (one already running on the CPU), all hooks.
+    pub fn recursion_misses(&self) -> Result<u64> {
+        Ok(self.hook_stats()?.iter().map(|h| h.recursion_misses).sum())
+    }
+
     /// Writes the records the programs logged since the last call to the process's log, at
     /// debug level. Called from the thread that owns the programs: reading the log's ring
     /// buffer when it is empty costs two loads, and no task exists only for it.
