@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 const STORM_ROUND_TRIPS: u64 = 1000;
 const PINGPONG_ROUND_TRIPS: u64 = 10000;

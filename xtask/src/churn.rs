@@ -205,7 +205,7 @@ pub fn run(cgroups: u64) -> Result<()> {
     if cgroups < CHECKPOINT_EVERY {
         bail!("--churn must be at least {CHECKPOINT_EVERY}");
     }
-    let release = crate::release_binaries()?;
+    let release = process::release_binaries()?;
     let reapwatch = release.join("reapwatch");
     let (serve, port) = start_serve(&reapwatch)?;
     let top = start_top(&reapwatch)?;

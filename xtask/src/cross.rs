@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {

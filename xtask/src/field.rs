@@ -28,7 +28,7 @@ const PID_MAX: &str = "/proc/sys/kernel/pid_max";
 const PROBE_WINDOW: Duration = Duration::from_secs(20);
 
 pub fn run(sleepers: usize, zombies: usize, overflow_zombies: usize) -> Result<()> {
-    let release = crate::release_binaries()?;
+    let release = process::release_binaries()?;
     let _pid_max = PidMax::at_least(sleepers.max(overflow_zombies) + zombies + 65536)?;
     let mut report = probe_latency(&release, sleepers, zombies)?;
     if overflow_zombies > 0 {

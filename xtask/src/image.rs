@@ -17,7 +17,12 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{cargo, cross::Arch, deploy, process, setup, workspace_root};
+use crate::{
+    cross::Arch,
+    deploy,
+    process::{self, cargo, workspace_root},
+    setup,
+};
 
 /// The manifest list's reference: one name for every platform's image.
 pub fn image_ref() -> String {

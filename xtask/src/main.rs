@@ -13,14 +13,13 @@ mod vm;
 
 use std::{
     os::unix::process::CommandExt,
-    path::PathBuf,
     process::{Command, ExitCode},
 };
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use process::cargo;
+use process::{cargo, workspace_root};
 
 #[derive(Parser)]
 #[command(about = "reapwatch developer workflows")]
@@ -176,31 +175,6 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Builds `reapwatch` and the test binaries (`zombie-helper`, `reapwatch-bench`) optimised,
-/// for the benchmarks; returns their directory.
-pub fn release_binaries() -> Result<PathBuf> {
-    cargo(
-        None,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "reapwatch",
-            "--package",
-            "reapwatch-tests",
-            "--bins",
-        ],
-    )?;
-    Ok(workspace_root().join("target/release"))
 }
 
 fn build_release() -> Result<()> {

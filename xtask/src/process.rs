@@ -3,12 +3,11 @@
 
 use std::{
     io::{BufRead, BufReader},
+    path::PathBuf,
     process::{Command, Output, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
-
-use crate::workspace_root;
 
 /// The command as a shell would show it, for logs and errors.
 pub fn line(cmd: &Command) -> String {
@@ -104,6 +103,32 @@ fn plain_progress(line: &str) -> String {
         Some((_version, progress)) => format!("   ebpf: {}", progress.trim_start()),
         None => line.to_owned(),
     }
+}
+
+/// The workspace's root: xtask runs every command from there.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds `reapwatch` and the test binaries (`zombie-helper`, `reapwatch-bench`) optimised,
+/// for the benchmarks; returns their directory.
+pub fn release_binaries() -> Result<PathBuf> {
+    cargo(
+        None,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "reapwatch",
+            "--package",
+            "reapwatch-tests",
+            "--bins",
+        ],
+    )?;
+    Ok(workspace_root().join("target/release"))
 }
 
 #[cfg(test)]

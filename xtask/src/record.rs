@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::field::Serve;
+use crate::{field::Serve, process};
 
 const UID: &str = "4a1f2c9e-6b0d-4e2f-9a3c-5d7e8f901a2b";
 const CONTAINER_ID: &str = "0c3e5b7a9d1f2e4c6b8a0d2f4e6c8b0a1c3e5d7f9b2a4c6e8d0f1a3b5c7e9d2f";
@@ -31,7 +31,7 @@ const RECORDED: &[&str] = &[
 const TARGET_LABELS: &str = r#"job="reapwatch", instance="10.0.3.7:9750", node="node-a""#;
 
 pub fn run(samples: usize) -> Result<()> {
-    let release = crate::release_binaries()?;
+    let release = process::release_binaries()?;
     let tree = PodTree::create()?;
     let serve = Serve::start(
         &release,

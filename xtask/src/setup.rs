@@ -95,7 +95,7 @@ fn debian_packages() -> Result<()> {
 /// The eBPF crate's pinned nightly, from `tracer-ebpf/rust-toolchain.toml`: the build
 /// script, clippy and setup all use this one and never the moving `nightly`.
 pub fn ebpf_toolchain() -> Result<String> {
-    let file = crate::workspace_root().join("tracer-ebpf/rust-toolchain.toml");
+    let file = process::workspace_root().join("tracer-ebpf/rust-toolchain.toml");
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     channel_of(&text).with_context(|| format!("{} names no toolchain.channel", file.display()))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{chart_dir, venv, write_json};
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 /// A rendered manifest: the template it came from, as JSON.
 #[derive(Clone, Deserialize)]

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
-use crate::workspace_root;
+use crate::process::workspace_root;
 use contract::Contract;
 
 pub use venv::setup;

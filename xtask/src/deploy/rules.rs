@@ -11,7 +11,7 @@ use super::{
     promql::metric_names,
     read, write_json, yaml,
 };
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 const RUNBOOK_URL: &str = "https://github.com/reapwatch/reapwatch/blob/main/docs/runbook.md#";
 

@@ -9,7 +9,7 @@ use super::{
     helm::{find, Resource},
     read, venv, write_json,
 };
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 /// The oldest Kubernetes minor still in the clouds' extended support, and the newest that
 /// kubernetes-validate ships schemas for.

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::{helm, yaml};
-use crate::workspace_root;
+use crate::process::workspace_root;
 
 /// The stack's selectors for one kind: (objects, namespaces).
 struct Selectors {

@@ -7,7 +7,7 @@ use std::{fs, path::PathBuf, process::Command};
 use anyhow::{Context, Result};
 
 use super::read;
-use crate::{process, workspace_root};
+use crate::process::{self, workspace_root};
 
 /// A virtual environment under `target/` and the requirements file that pins it.
 struct Venv {

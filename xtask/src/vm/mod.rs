@@ -19,7 +19,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use self::{cpio::Cpio, debian::Apt, guest::GuestRun, root::GuestRoot};
-use crate::{cross::Arch, process, workspace_root};
+use crate::{
+    cross::Arch,
+    process::{self, workspace_root},
+};
 
 mod cpio;
 mod debian;
