@@ -2,42 +2,98 @@
 //! and waits nobody watched.
 
 use std::{
+    fs,
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use reapwatch_tests::{
-    found_age_source, parent_entry, proc_unreaped_children, reapwatch_json, workspace_binary,
-    Helper, TestCgroup,
+    parent_entry, proc_unreaped_children, reapwatch_json, workspace_binary, wrapped, Helper,
+    TestCgroup,
 };
 
+/// Ground truth: whether the kernel tells when `pid` last ran (for a zombie, when it exited):
+/// `se.exec_start` in `/proc/<pid>/sched`, on kernels with scheduler debug info (every kernel
+/// from 6.15 on).
+fn kernel_tells_last_run(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/sched")).is_ok_and(|s| s.contains("se.exec_start"))
+}
+
+/// The one zombie of a `leak 1` helper as `reapwatch COMMAND` run under `wrapper` reports it:
+/// its age and `age_source`, each checked against the parent's `oldest_*`.
+fn reported_age(wrapper: &[&str], command: &[&str], helper: &Helper) -> (f64, String) {
+    let output = wrapped(wrapper, &workspace_binary("reapwatch"))
+        .args(command)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{command:?}: {output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let parent = parent_entry(&report, helper.parent);
+    let child = &parent["children"][0];
+    let source = child["age_source"].as_str().unwrap().to_owned();
+    let age = child["age_seconds"].as_f64().unwrap();
+    assert_eq!(parent["oldest_age_source"], source.as_str(), "{parent}");
+    assert_eq!(parent["oldest_age_seconds"], age, "{parent}");
+    assert_eq!(
+        child["age_is_lower_bound"],
+        source == "first_seen",
+        "{command:?}: {child}"
+    );
+    (age, source)
+}
+
+const COMMANDS: [&[&str]; 2] = [&["snapshot", "--json"], &["scan", "--json"]];
+
 /// A zombie made before the command started has its real age, from the scheduler, in
-/// `snapshot` (eBPF) and `scan` (`/proc` alone) alike.
+/// `snapshot` (eBPF) and `scan` (`/proc` alone) alike; where the kernel does not tell, a lower
+/// bound that says so.
 #[test]
 fn zombies_older_than_the_command_have_their_real_age() {
     let cgroup = TestCgroup::new("old-zombie");
     let made = Instant::now();
     let helper = Helper::start("leak", 1, &cgroup);
+    let zombie = *proc_unreaped_children(helper.parent).keys().next().unwrap();
+    let from_scheduler = kernel_tells_last_run(zombie);
     std::thread::sleep(Duration::from_secs(3));
-    for command in [&["snapshot", "--json"][..], &["scan", "--json"]] {
-        let report = reapwatch_json(command);
+    for command in COMMANDS {
+        let (age, source) = reported_age(&[], command, &helper);
         let elapsed = made.elapsed().as_secs_f64();
-        let parent = parent_entry(&report, helper.parent);
-        let child = &parent["children"][0];
-        // Kernels without scheduler debug info cannot tell: nothing to check there.
-        if found_age_source() != "scheduler" {
-            return;
+        if from_scheduler {
+            assert_eq!(source, "scheduler", "{command:?}");
+            // Made within `elapsed`, at least 3 s before the command; the scheduler clock is
+            // per CPU, within a tick or two of another CPU's.
+            assert!(
+                (2.9..=elapsed + 0.1).contains(&age),
+                "{command:?}: age {age}, made {elapsed} s ago"
+            );
+        } else {
+            assert_eq!(source, "first_seen", "{command:?}");
+            assert!((0.0..=elapsed).contains(&age), "{command:?}: age {age}");
         }
-        assert_eq!(child["age_source"], "scheduler", "{command:?}: {child}");
-        assert_eq!(child["age_is_lower_bound"], false);
-        assert_eq!(parent["oldest_age_source"], "scheduler");
-        let age = child["age_seconds"].as_f64().unwrap();
-        // Made within `elapsed`, at least 3 s before the command; the scheduler clock is
-        // per CPU, within a tick or two of another CPU's.
+    }
+}
+
+/// Each CPU's scheduler clock is read on that CPU: a command kept off the CPU the zombie last
+/// ran on (a cpuset, `taskset`) cannot tell when it exited, and says its age is a lower bound.
+#[test]
+fn a_command_kept_off_the_zombies_cpu_gives_a_lower_bound() {
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let cpus: Vec<&str> = online.trim().split([',', '-']).collect();
+    let (first, last) = (cpus[0], cpus[cpus.len() - 1]);
+    assert_ne!(first, last, "needs two CPUs online");
+    let cgroup = TestCgroup::new("old-zombie-cpu");
+    let made = Instant::now();
+    let helper = Helper::start_wrapped(&["taskset", "--cpu-list", first], "leak", 1, &[], &cgroup);
+    std::thread::sleep(Duration::from_secs(1));
+    for command in COMMANDS {
+        let (age, source) = reported_age(&["taskset", "--cpu-list", last], command, &helper);
+        let elapsed = made.elapsed().as_secs_f64();
+        assert_eq!(source, "first_seen", "{command:?}");
+        // First seen by the command: younger than the zombie.
         assert!(
-            (2.9..=elapsed + 0.1).contains(&age),
-            "{command:?}: age {age}, made {elapsed} s ago"
+            (0.0..elapsed - 0.9).contains(&age),
+            "{command:?}: age {age}"
         );
     }
 }

@@ -11,7 +11,8 @@ use std::{
 
 use reapwatch_tests::{
     eventually, found_age_source, parent_entry, proc_unreaped_children, reapwatch_json,
-    sample_value, thread_named, workspace_binary, Daemon, Helper, StoppedThread, TestCgroup,
+    sample_value, thread_named, workspace_binary, Daemon, FakeKubelet, Helper, StoppedThread,
+    TestCgroup,
 };
 
 /// Every counter series seen so far, to catch one that falls between two scrapes.
@@ -127,26 +128,70 @@ fn counters_continue_when_a_cgroup_is_made_again_under_the_same_path() {
     assert_eq!(exits(&watch.scrape(&daemon)), Some(8.0));
 }
 
+/// A container restarted twice: three cgroups, one after the other, whose series merge when
+/// the allow-list drops the cgroup label. The two old ones are removed and collected while
+/// the third lives on; the merged series keeps what they counted.
 #[test]
 fn merged_series_never_fall_when_a_member_is_collected() {
+    const UID: &str = "5d0c6a7e-1f2b-4c3d-8e9f-a0b1c2d3e4f5";
+    let ids = ["a", "b", "c"].map(|hex| hex.repeat(64));
+    let kubelet = FakeKubelet::new("restarts", "web-0", UID, "app", &ids[0]);
+    for id in &ids[1..] {
+        fs::write(
+            kubelet
+                .root
+                .join(format!("containers/web-0_restarts_app-{id}.log")),
+            "",
+        )
+        .unwrap();
+    }
+    let base = TestCgroup::new("merged");
     let daemon = Daemon::start(&[
         "--gc-grace",
         "1s",
         "--label-allow-list",
         "namespace,pod,container",
+        "--pod-logs-dir",
+        &kubelet.pods_dir(),
     ]);
     let mut watch = CounterWatch::default();
-    // Everything outside Kubernetes sums into the series with empty labels.
-    let merged = |text: &str| sample_value(text, "reapwatch_process_exits_total", &[]);
-    for round in 0..3 {
-        let cgroup = TestCgroup::new(&format!("merged-{round}"));
-        drop(Helper::start("leak", 3, &cgroup));
-        assert!(removed(&cgroup));
+    let labels = [
+        ("namespace", "restarts"),
+        ("pod", "web-0"),
+        ("container", "app"),
+    ];
+    let value = |text: &str, name: &str| sample_value(text, name, &labels);
+    let mut text = String::new();
+    let mut containers = Vec::new();
+    for (round, id) in ids.iter().enumerate() {
+        let container = base.nested(&format!("kubepods/burstable/pod{UID}/{id}"));
+        // Three children and the helper itself exit in each.
+        drop(Helper::start("leak", 3, &container));
+        let exits = 4.0 * (round + 1) as f64;
+        let counted = eventually(Duration::from_secs(20), || {
+            text = watch.scrape(&daemon);
+            value(&text, "reapwatch_process_exits_total") == Some(exits)
+        });
+        assert!(counted, "round {round}: {text}");
+        containers.push(container);
     }
-    // Long enough for each removed cgroup to be collected.
+    let _running = containers.pop();
+    for old in &containers {
+        assert!(removed(old));
+    }
+    // The helpers' own zombies are their parent's, the test's, to count.
+    assert_eq!(
+        value(&text, "reapwatch_zombies_created_total"),
+        Some(9.0),
+        "{text}"
+    );
+    // Long enough for each removed cgroup to be collected: nothing falls (the watch checks
+    // every counter at every scrape), nothing is counted twice.
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
-        assert!(merged(&watch.scrape(&daemon)).is_some());
+        text = watch.scrape(&daemon);
+        assert_eq!(value(&text, "reapwatch_process_exits_total"), Some(12.0));
+        assert_eq!(value(&text, "reapwatch_zombies_created_total"), Some(9.0));
         std::thread::sleep(Duration::from_millis(50));
     }
 }

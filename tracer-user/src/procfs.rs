@@ -494,10 +494,24 @@ mod tests {
         assert_eq!(parse_exec_start_ms(b"\xff\xfe:"), None);
     }
 
+    /// The CPUs an affinity allows.
+    fn allowed(affinity: &Affinity) -> Vec<u32> {
+        (0..libc::CPU_SETSIZE as u32)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu as usize, &affinity.0) })
+            .collect()
+    }
+
+    /// CPUs' task clocks drift apart (here by a third of a second, stolen time): a last run
+    /// read against another CPU's clock is off by that. So the sleeper sleeps on one CPU and
+    /// `last_ran` is called from another (where there are two), free to move to the first.
     #[test]
     fn a_sleeping_thread_last_ran_when_it_went_to_sleep() {
+        let affinity = Affinity::current().unwrap();
+        let cpus = allowed(&affinity);
+        let (here, there) = (cpus[0], cpus[cpus.len() - 1]);
         let (sender, receiver) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
+            assert!(Affinity::current().unwrap().pin(there));
             let tid = unsafe { libc::gettid() } as u32;
             sender.send((tid, monotonic_ns())).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -506,8 +520,17 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         // A thread's own /proc/<tid> exists, unlisted.
         let stat = read_stat(Path::new("/proc"), tid).unwrap().unwrap();
-        let found = last_ran(Path::new("/proc"), &[(tid, stat.processor.unwrap())]);
+        assert_eq!(stat.processor, Some(there));
+        // On `here` now; allowed everywhere again, it stays there until something moves it.
+        assert!(affinity.pin(here));
+        affinity.restore();
+        let found = last_ran(Path::new("/proc"), &[(tid, there)]);
         sleeper.join().unwrap();
+        assert_eq!(
+            allowed(&Affinity::current().unwrap()),
+            cpus,
+            "affinity put back"
+        );
         if !Path::new("/proc/self/sched").exists() {
             assert!(found.is_empty());
             return;

@@ -43,6 +43,9 @@ const PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-system-arm",
+    // The BTF test checks the offsets reapwatch reads from the kernel's BTF against
+    // bpftool's (libbpf's) reading of it.
+    "bpftool",
     // vm-test finds the libraries a guest's programs need with readelf, for any architecture.
     "binutils",
     // libseccomp's scmp_sys_resolver: the seccomp profile's names on each architecture.

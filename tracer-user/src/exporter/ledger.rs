@@ -8,8 +8,10 @@
 //! since the last sample to the series it belongs to now, and a series that stops being
 //! exported keeps its totals (up to a bound) in case it comes back.
 //!
-//! Every id's last raw value is kept from the first sample that sees it, fed or not: what it
-//! counts while its labels settle waits in the id and goes, once, to the first series it feeds.
+//! Every id's last raw value is kept from the first sample that sees it, fed or not, until it
+//! is collected: what it counts while its labels settle waits in the id and goes, once, to the
+//! first series it feeds. An id missing from some samples (a pod's cgroup is sampled only
+//! while its limit binds a container) adds only what it counted since when it is back.
 //! An id collected before it ever fed a series gives its counts to its series on the way out,
 //! and that series is shown until they have been scraped.
 //!
@@ -17,7 +19,7 @@
 //! that appears (or comes back) shows the values it showed last, zero for a new one, until
 //! every scraper has fetched those (see `scrapes`); only then does it move.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
 
 use tracer_common::CgroupCounters;
 
@@ -26,7 +28,8 @@ use super::model::{CgroupLabels, SeriesCounters};
 pub struct CounterLedger {
     ids: HashMap<u64, IdCounts>,
     series: HashMap<CgroupLabels, Series>,
-    /// Series kept at most; beyond it, those retired longest ago are forgotten.
+    /// Series, and ids missing from the samples, kept at most; beyond it, those retired or
+    /// missing longest ago are forgotten.
     capacity: usize,
     /// Samples so far; the body of sample `n` is published as `n`.
     sample: u64,
@@ -171,26 +174,23 @@ impl CounterLedger {
             .collect()
     }
 
-    /// Ends a sample: ids not seen in it are gone (collected), and the oldest retired series
-    /// are forgotten when there are too many.
+    /// Cgroup `id` was collected: its kernel counters are dropped, so if it is ever seen
+    /// again, it counts from zero.
+    pub fn forget(&mut self, id: u64) {
+        self.ids.remove(&id);
+    }
+
+    /// Ends a sample: when there are too many, the ids missing from the samples longest and
+    /// the series retired longest ago are forgotten.
     pub fn end(&mut self) {
         let sample = self.sample;
-        self.ids.retain(|_, counts| counts.seen_in_sample == sample);
-        if self.series.len() <= self.capacity {
-            return;
-        }
-        let mut retired: Vec<(u64, CgroupLabels)> = self
-            .series
-            .iter()
-            .filter(|(_, s)| s.fed_in_sample < sample && s.shown_in_sample < sample && !s.farewell)
-            .map(|(labels, s)| (s.fed_in_sample.max(s.shown_in_sample), labels.clone()))
-            .collect();
-        retired.sort_unstable();
-        // Down to three quarters, so that the sort is not paid on every sample.
-        let excess = self.series.len() - self.capacity * 3 / 4;
-        for (_, labels) in retired.into_iter().take(excess) {
-            self.series.remove(&labels);
-        }
+        forget_oldest(&mut self.ids, self.capacity, |counts| {
+            (counts.seen_in_sample < sample).then_some(counts.seen_in_sample)
+        });
+        forget_oldest(&mut self.series, self.capacity, |s| {
+            let retired = s.fed_in_sample < sample && s.shown_in_sample < sample && !s.farewell;
+            retired.then_some(s.fed_in_sample.max(s.shown_in_sample))
+        });
     }
 
     fn series_mut(&mut self, labels: &CgroupLabels) -> &mut Series {
@@ -203,6 +203,32 @@ impl CounterLedger {
     #[cfg(test)]
     fn series_kept(&self) -> usize {
         self.series.len()
+    }
+
+    #[cfg(test)]
+    fn ids_kept(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Past `capacity` entries, removes those whose `last_used` sample is oldest (None: in use,
+/// kept), down to three quarters of it so that the sort is not paid on every sample.
+fn forget_oldest<K: Clone + Ord + Hash, V>(
+    map: &mut HashMap<K, V>,
+    capacity: usize,
+    last_used: impl Fn(&V) -> Option<u64>,
+) {
+    if map.len() <= capacity {
+        return;
+    }
+    let mut unused: Vec<(u64, K)> = map
+        .iter()
+        .filter_map(|(key, value)| Some((last_used(value)?, key.clone())))
+        .collect();
+    unused.sort_unstable();
+    let excess = map.len() - capacity * 3 / 4;
+    for (_, key) in unused.into_iter().take(excess) {
+        map.remove(&key);
     }
 }
 
@@ -416,6 +442,73 @@ mod tests {
             exits: n,
             ..Default::default()
         }
+    }
+
+    /// Observes `id` at `failures` refused forks in each sample where it is `Some`, skipping
+    /// the samples where it is `None` (as a pod's cgroup drops out of the samples while no
+    /// container is bound by its limit), feeding `labels`; what the series shows after each
+    /// sample that has it.
+    fn skipping(failures: &[Option<u64>], labels: &CgroupLabels) -> (CounterLedger, Vec<u64>) {
+        let mut ledger = CounterLedger::new(16);
+        let mut shown = Vec::new();
+        for &failures in failures {
+            ledger.begin();
+            if let Some(n) = failures {
+                ledger.observe(1, exits(0), Some(n));
+                ledger.feed(1, labels);
+                shown.push(ledger.show(labels, &SCRAPED).pids_fork_failures);
+            }
+            ledger.end();
+        }
+        (ledger, shown)
+    }
+
+    /// An id missing from a sample without being collected still has its raw counters when
+    /// it comes back: only what it counted since is new.
+    #[test]
+    fn an_id_missing_from_a_sample_counts_only_what_it_counted_since() {
+        let x = labels("/pod", "");
+        let (ledger, shown) = skipping(&[Some(5), None, Some(5), Some(6)], &x);
+        assert_eq!(ledger.totals(&x).pids_fork_failures, 6);
+        // New: zero first; back after an absence: the values it showed last (zero) first.
+        assert_eq!(shown, [0, 0, 6]);
+    }
+
+    #[test]
+    fn an_id_never_seen_in_consecutive_samples_counts_each_refusal_once() {
+        let x = labels("/pod", "");
+        let (ledger, shown) = skipping(&[Some(1), None, Some(2), None, Some(3), None], &x);
+        assert_eq!(ledger.totals(&x).pids_fork_failures, 3);
+        // Never shown two samples in a row: never moved past what Prometheus saw first.
+        assert_eq!(shown, [0, 0, 0]);
+    }
+
+    #[test]
+    fn a_collected_id_seen_again_counts_from_zero() {
+        let mut ledger = CounterLedger::new(16);
+        let x = labels("/x", "");
+        ledger.begin();
+        feed(&mut ledger, 1, 10, &x);
+        ledger.forget(1);
+        ledger.end();
+        // Its kernel entry made again by a late event, and past its old value by now.
+        ledger.begin();
+        assert_eq!(feed(&mut ledger, 1, 12, &x), 22);
+        ledger.end();
+    }
+
+    #[test]
+    fn ids_missing_from_the_samples_are_bounded() {
+        let mut ledger = CounterLedger::new(8);
+        for id in 0..100u64 {
+            ledger.begin();
+            feed(&mut ledger, id, 1, &labels("/c", ""));
+            ledger.end();
+            assert!(ledger.ids_kept() <= 8, "{}", ledger.ids_kept());
+        }
+        // The ones missing most recently are kept: back, they add nothing.
+        ledger.begin();
+        assert_eq!(feed(&mut ledger, 99, 1, &labels("/c", "")), 100);
     }
 
     #[test]

@@ -161,6 +161,7 @@ impl Sampler {
                 } else {
                     self.counters.feed(id, &labels);
                 }
+                self.counters.forget(id);
                 continue;
             }
             seen.insert(id);
