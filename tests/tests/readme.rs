@@ -5,13 +5,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
+    io::{BufRead, BufReader},
     path::Path,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use clap::{ArgAction, CommandFactory};
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 use reapwatch::cli::Cli;
-use reapwatch_tests::{reapwatch_json, FakeKubelet, Helper, TestCgroup};
+use reapwatch_tests::{reapwatch_json, workspace_binary, FakeKubelet, Helper, TestCgroup};
 use serde_json::Value;
 
 /// What the checks read of the README, in order, with code spans kept in backticks.
@@ -375,15 +378,9 @@ fn check_against(what: &str, contract: &Contract, printed: &Value) {
 const POD_UID: &str = "0d5c7e1a-6b2f-4c3d-9e8f-1a2b3c4d5e6f";
 const CONTAINER_ID: &str = "6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b";
 
-/// Zombies in a kubelet-shaped cgroup with a `pids.max`, named by kubelet's logs: so that
-/// every part of the documents has something to show (a pod, a limit, children).
-struct Leak {
-    kubelet: FakeKubelet,
-    _container: TestCgroup,
-    _helper: Helper,
-}
-
-fn leak_in_a_pod(name: &str) -> Leak {
+/// A kubelet-shaped container cgroup with a `pids.max`, named by kubelet's logs: so that
+/// every part of the documents has something to show (a pod, a limit, names).
+fn container_in_a_pod(name: &str) -> (FakeKubelet, TestCgroup) {
     let kubelet = FakeKubelet::new("payments", "api-7d9f", POD_UID, "server", CONTAINER_ID);
     let base = TestCgroup::new(name);
     let container = base.nested(&format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"));
@@ -393,6 +390,18 @@ fn leak_in_a_pod(name: &str) -> Leak {
         "the tests' hierarchy has no pids controller"
     );
     fs::write(&pids_max, "50").expect("set pids.max");
+    (kubelet, container)
+}
+
+/// Zombies (their parent's children) in [`container_in_a_pod`].
+struct Leak {
+    kubelet: FakeKubelet,
+    _container: TestCgroup,
+    _helper: Helper,
+}
+
+fn leak_in_a_pod(name: &str) -> Leak {
+    let (kubelet, container) = container_in_a_pod(name);
     let helper = Helper::start("leak", 3, &container);
     Leak {
         kubelet,
@@ -438,4 +447,52 @@ fn scan_json_is_its_contract() {
     expected.keys.extend(parents(&snapshot.keys));
     expected.nullable.extend(parents(&snapshot.nullable));
     check_against("scan --json --watch", &expected, &printed);
+}
+
+/// Every key a trace line may hold, across the events that hold each: forks, exits with a
+/// code, a kill, zombies, reparents (to a subreaper) and reaps, in a container kubelet names.
+#[test]
+fn trace_json_is_its_contract() {
+    let (kubelet, container) = container_in_a_pod("readme-trace");
+    let pods = kubelet.pods_dir();
+    let path = container.host_path();
+    let mut trace = Command::new(workspace_binary("reapwatch"))
+        .args(["trace", "--json", "--duration", "6s", "--cgroup", &path])
+        .args(["--pod-logs-dir", &pods])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reapwatch trace");
+    let mut stderr = BufReader::new(trace.stderr.take().expect("stderr"));
+    let mut started = String::new();
+    stderr.read_line(&mut started).expect("trace stderr");
+    assert!(
+        started.contains("tracing"),
+        "trace did not start: {started}"
+    );
+
+    // Children that exit with a code and are reparented to the helper, a subreaper.
+    let orphans = Helper::start("orphans", 2, &container);
+    // A child killed by a signal.
+    let mut killed = Helper::start("exec-thread", 1, &container);
+    killed.step();
+    // Time for the trace to notice the reparenting (it looks each second); then both
+    // helpers end and every zombie is reaped.
+    std::thread::sleep(Duration::from_secs(2));
+    drop((orphans, killed));
+
+    let output = trace.wait_with_output().expect("trace ends");
+    assert!(output.status.success(), "{started}");
+    let mut printed = Value::Array(Vec::new());
+    for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
+        let event = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        printed.as_array_mut().expect("an array").push(event);
+    }
+    // The lines as one array, so that their key paths are `[].key`.
+    let documented = contract("trace");
+    let expected = Contract {
+        keys: documented.keys.iter().map(|k| format!("[].{k}")).collect(),
+        nullable: documented.nullable,
+    };
+    check_against("trace --json", &expected, &printed);
 }
