@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead, BufReader},
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -30,15 +29,16 @@ enum Block {
     },
 }
 
+/// Built in, so that the test runs where the sources are not (vm-test's guests).
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+
 fn readme_blocks() -> Vec<Block> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let text = fs::read_to_string(&path).expect("read README.md");
     let mut blocks = Vec::new();
     // The text being gathered for the block (or table cell) open now.
     let mut open: Option<String> = None;
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut code_info = String::new();
-    for event in Parser::new_ext(&text, Options::ENABLE_TABLES) {
+    for event in Parser::new_ext(README, Options::ENABLE_TABLES) {
         match event {
             Event::Start(Tag::Heading { .. } | Tag::Paragraph | Tag::TableCell) => {
                 open = Some(String::new())
@@ -457,7 +457,7 @@ fn trace_json_is_its_contract() {
     let pods = kubelet.pods_dir();
     let path = container.host_path();
     let mut trace = Command::new(workspace_binary("reapwatch"))
-        .args(["trace", "--json", "--duration", "6s", "--cgroup", &path])
+        .args(["trace", "--json", "--cgroup", &path])
         .args(["--pod-logs-dir", &pods])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -477,9 +477,12 @@ fn trace_json_is_its_contract() {
     let mut killed = Helper::start("exec-thread", 1, &container);
     killed.step();
     // Time for the trace to notice the reparenting (it looks each second); then both
-    // helpers end and every zombie is reaped.
+    // helpers end and every zombie is reaped, and the trace is given time to show the reaps
+    // before it is stopped as at Ctrl-C (no --duration: a slow machine would cut it short).
     std::thread::sleep(Duration::from_secs(2));
     drop((orphans, killed));
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
 
     let output = trace.wait_with_output().expect("trace ends");
     assert!(output.status.success(), "{started}");
