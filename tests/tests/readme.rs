@@ -252,6 +252,42 @@ fn flag_tables_match_the_flags() {
     );
 }
 
+/// `serve`'s table says each flag is also a key of the `--config` file: the keys the file
+/// takes, as `serve` lists them when it meets an unknown one, are the table's flags without
+/// their dashes, `--config` itself excepted.
+#[test]
+fn serve_table_flags_are_the_config_file_keys() {
+    let sections = command_sections();
+    let rows = flag_rows(&sections["serve"].1).expect("serve has a flag table");
+    let documented: BTreeSet<String> = rows
+        .iter()
+        .map(|(first, _, _)| first.trim_start_matches('-').to_owned())
+        .filter(|key| key != "config")
+        .collect();
+
+    let file = std::env::temp_dir().join(format!("reapwatch-readme-{}.toml", std::process::id()));
+    fs::write(&file, "no-such-key = 1\n").expect("write the config file");
+    let output = Command::new(workspace_binary("reapwatch"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run reapwatch serve");
+    let _ = fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let (_, expected) = stderr
+        .split_once("expected one of ")
+        .unwrap_or_else(|| panic!("no list of keys in {stderr:?}"));
+    let keys: BTreeSet<String> = code_spans(expected)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        documented, keys,
+        "the serve table's flags against the config file's keys"
+    );
+}
+
 /// A documented JSON document: every key path (`parents[].children[].pid`) and those the
 /// README says may be `null`.
 #[derive(Default)]
