@@ -115,7 +115,8 @@ fn code_spans(text: &str) -> Vec<&str> {
 struct ClapArg {
     names: BTreeSet<String>,
     /// Declared by clap (`default_value`), else in the help's `[default: ...]` (`serve`'s
-    /// flags, whose defaults the config file may replace); `off` for a switch.
+    /// flags, whose defaults the config file may replace); `off` for a switch, `required`
+    /// for an argument that must be given.
     default: Option<String>,
 }
 
@@ -143,7 +144,9 @@ fn clap_args(command: &clap::Command) -> BTreeMap<String, ClapArg> {
             .or(arg.get_help())
             .map(ToString::to_string)
             .unwrap_or_default();
-        let default = if matches!(arg.get_action(), ArgAction::SetTrue) {
+        let default = if arg.is_required_set() {
+            Some("required".to_owned())
+        } else if matches!(arg.get_action(), ArgAction::SetTrue) {
             Some("off".to_owned())
         } else if !declared.is_empty() {
             Some(declared.join(","))
