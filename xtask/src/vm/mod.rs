@@ -246,7 +246,8 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
 
 /// Programs the tests run, each with the loader and libraries it names: util-linux's setpriv
 /// (busybox's lacks --reuid), bash and tmux to drive `top`, a real Prometheus and promtool,
-/// openssl and curl for the TLS tests. Guest paths, from the guest's root (see `root`).
+/// openssl and curl for the TLS tests, bpftool to read the kernel's BTF with a parser not ours.
+/// Guest paths, from the guest's root (see `root`).
 const GUEST_PROGRAMS: &[&str] = &[
     "usr/bin/setpriv",
     "bin/bash",
@@ -255,6 +256,7 @@ const GUEST_PROGRAMS: &[&str] = &[
     "usr/bin/tmux",
     "usr/bin/openssl",
     "usr/bin/curl",
+    "usr/sbin/bpftool",
 ];
 
 /// Terminal descriptions tmux and the `top` tests look up, and the UTF-8 locale tmux needs.
