@@ -290,6 +290,24 @@ pub fn wrapped(wrapper: &[&str], program: &Path) -> Command {
     }
 }
 
+/// Starts `reapwatch trace --json ARGS` under `wrapper` (empty: as is) and returns once the
+/// programs are attached: its first line on stderr says so.
+pub fn start_trace(wrapper: &[&str], args: &[&str]) -> Child {
+    let mut child = wrapped(wrapper, &workspace_binary("reapwatch"))
+        .args(["trace", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reapwatch trace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("trace stderr");
+    assert!(line.contains("tracing"), "trace did not start: {line}");
+    child.stderr = Some(stderr.into_inner());
+    child
+}
+
 /// A binary of the workspace (`reapwatch`, `zombie-helper`): cargo puts test executables in
 /// `target/<profile>/deps` and the workspace's binaries one level up.
 pub fn workspace_binary(name: &str) -> PathBuf {

@@ -5,15 +5,16 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use clap::{ArgAction, CommandFactory};
 use pulldown_cmark::{CodeBlockKind, Event, HeadingLevel, Options, Parser, Tag, TagEnd};
 use reapwatch::cli::Cli;
-use reapwatch_tests::{reapwatch_json, workspace_binary, FakeKubelet, Helper, TestCgroup};
+use reapwatch_tests::{
+    reapwatch_json, start_trace, workspace_binary, FakeKubelet, Helper, TestCgroup,
+};
 use serde_json::Value;
 
 /// What the checks read of the README, in order, with code spans kept in backticks.
@@ -495,20 +496,7 @@ fn trace_json_is_its_contract() {
     let (kubelet, container) = container_in_a_pod("readme-trace");
     let pods = kubelet.pods_dir();
     let path = container.host_path();
-    let mut trace = Command::new(workspace_binary("reapwatch"))
-        .args(["trace", "--json", "--cgroup", &path])
-        .args(["--pod-logs-dir", &pods])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn reapwatch trace");
-    let mut stderr = BufReader::new(trace.stderr.take().expect("stderr"));
-    let mut started = String::new();
-    stderr.read_line(&mut started).expect("trace stderr");
-    assert!(
-        started.contains("tracing"),
-        "trace did not start: {started}"
-    );
+    let trace = start_trace(&[], &["--cgroup", &path, "--pod-logs-dir", &pods]);
 
     // Children that exit with a code and are reparented to the helper, a subreaper.
     let orphans = Helper::start("orphans", 2, &container);
@@ -524,7 +512,7 @@ fn trace_json_is_its_contract() {
     unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
 
     let output = trace.wait_with_output().expect("trace ends");
-    assert!(output.status.success(), "{started}");
+    assert!(output.status.success(), "{output:?}");
     let mut printed = Value::Array(Vec::new());
     for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
         let event = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));

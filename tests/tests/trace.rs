@@ -2,38 +2,16 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read},
+    io::Read,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use reapwatch_tests::{
-    proc_unreaped_children, workspace_binary, wrapped, Helper, TestCgroup, DAEMONSET_CAPABILITIES,
-    KERNEL_TICK_SECONDS,
+    proc_unreaped_children, start_trace, workspace_binary, Helper, TestCgroup,
+    DAEMONSET_CAPABILITIES, KERNEL_TICK_SECONDS,
 };
 use serde_json::Value;
-
-/// Starts `reapwatch trace --json` and returns once the programs are attached.
-fn start_trace(args: &[&str]) -> Child {
-    start_trace_under(&[], args)
-}
-
-/// [`start_trace`] under `wrapper`.
-fn start_trace_under(wrapper: &[&str], args: &[&str]) -> Child {
-    let mut child = wrapped(wrapper, &workspace_binary("reapwatch"))
-        .args(["trace", "--json"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn reapwatch trace");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("trace stderr");
-    assert!(line.contains("tracing"), "trace did not start: {line}");
-    child.stderr = Some(stderr.into_inner());
-    child
-}
 
 /// Waits for the end of the trace: its JSON lines and its closing summary.
 fn finish(mut child: Child) -> (Vec<Value>, String) {
@@ -69,7 +47,7 @@ fn of<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
 #[test]
 fn every_lifecycle_event_of_a_leak() {
     let cgroup = TestCgroup::new("trace-leak");
-    let trace = start_trace(&["--duration", "6s", "--cgroup", &cgroup.host_path()]);
+    let trace = start_trace(&[], &["--duration", "6s", "--cgroup", &cgroup.host_path()]);
     let started = Instant::now();
     let helper = Helper::start("leak", 2, &cgroup);
     let children: Vec<u32> = proc_unreaped_children(helper.parent).into_keys().collect();
@@ -119,7 +97,7 @@ fn every_lifecycle_event_of_a_leak() {
 fn reaps_of_zombies_found_under_the_daemonsets_capabilities_carry_their_code() {
     let cgroup = TestCgroup::new("trace-caps");
     let mut helper = Helper::start("leak", 2, &cgroup);
-    let trace = start_trace_under(
+    let trace = start_trace(
         DAEMONSET_CAPABILITIES,
         &["--duration", "3s", "--pid", &helper.parent.to_string()],
     );
@@ -140,13 +118,16 @@ fn reaps_of_zombies_found_under_the_daemonsets_capabilities_carry_their_code() {
 fn keeps_up_with_a_fork_storm() {
     const ROUND_TRIPS: usize = 2000;
     let cgroup = TestCgroup::new("trace-storm");
-    let trace = start_trace(&[
-        "--duration",
-        "6s",
-        "--cgroup",
-        &cgroup.host_path(),
-        "--zombies-only",
-    ]);
+    let trace = start_trace(
+        &[],
+        &[
+            "--duration",
+            "6s",
+            "--cgroup",
+            &cgroup.host_path(),
+            "--zombies-only",
+        ],
+    );
     let helper = Helper::start("storm", ROUND_TRIPS as u32, &cgroup);
     let parent = helper.parent;
     let (events, summary) = finish(trace);
@@ -184,15 +165,18 @@ fn min_age_shows_only_lingering_zombies() {
     let cgroup = TestCgroup::new("trace-min-age");
     // Only this test's cgroup: other processes on the node may linger too.
     let path = cgroup.host_path();
-    let trace = start_trace(&[
-        "--zombies-only",
-        "--min-age",
-        "1s",
-        "--duration",
-        "4s",
-        "--cgroup",
-        &path,
-    ]);
+    let trace = start_trace(
+        &[],
+        &[
+            "--zombies-only",
+            "--min-age",
+            "1s",
+            "--duration",
+            "4s",
+            "--cgroup",
+            &path,
+        ],
+    );
     let storm = Helper::start("storm", 50, &cgroup);
     let mut leak = Helper::start("leak", 2, &cgroup);
     let lingering: BTreeSet<u32> = proc_unreaped_children(leak.parent).into_keys().collect();

@@ -242,6 +242,11 @@ const HOST_ONLY_TESTS: &[(&str, &str)] = &[
          (Python and a 75 MB Helm wheel); it tests the chart and the exposition, which no \
          kernel changes",
     ),
+    (
+        "layers",
+        "reads tracer-user's source, which a guest does not carry; the imports it checks are \
+         the same on every kernel",
+    ),
 ];
 
 /// Programs the tests run, each with the loader and libraries it names: util-linux's setpriv
