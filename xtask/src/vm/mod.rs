@@ -281,7 +281,7 @@ const INIT: &str = r#"#!/bin/busybox sh
 # PID 1 of the test VM: mount what reapwatch and the tests need, run them, power off.
 /bin/busybox --install -s /bin
 # Host tools in /usr/bin before busybox's applets of the same name.
-export PATH=/usr/bin:/bin HOME=/ TMPDIR=/tmp TERM=xterm-256color
+export PATH=/usr/bin:/usr/sbin:/bin HOME=/ TMPDIR=/tmp TERM=xterm-256color
 # tmux needs a UTF-8 locale.
 export LANG=C.UTF-8
 mount -t proc proc /proc
