@@ -84,10 +84,10 @@ fn a_command_kept_off_the_zombies_cpu_gives_a_lower_bound() {
     assert_ne!(first, last, "needs two CPUs online");
     let cgroup = TestCgroup::new("old-zombie-cpu");
     let made = Instant::now();
-    let helper = Helper::start_wrapped(&["taskset", "--cpu-list", first], "leak", 1, &[], &cgroup);
+    let helper = Helper::start_wrapped(&["taskset", "-c", first], "leak", 1, &[], &cgroup);
     std::thread::sleep(Duration::from_secs(1));
     for command in COMMANDS {
-        let (age, source) = reported_age(&["taskset", "--cpu-list", last], command, &helper);
+        let (age, source) = reported_age(&["taskset", "-c", last], command, &helper);
         let elapsed = made.elapsed().as_secs_f64();
         assert_eq!(source, "first_seen", "{command:?}");
         // First seen by the command: younger than the zombie.
