@@ -21,6 +21,8 @@ pub struct GuestRun {
     /// Per test executable: exit code (None: never ended), `test result:` line, tests.
     executables: BTreeMap<String, Executable>,
     finished: bool,
+    /// The kernel's first `Oops:` line, if it had one.
+    oops: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,9 @@ impl GuestRun {
             .map(|l| without_escapes(l.trim_end_matches('\r')))
         {
             let line = line.as_str();
+            if let Some(at) = line.find("Oops: ") {
+                run.oops.get_or_insert_with(|| line[at..].to_owned());
+            }
             if let Some(rest) = line.strip_prefix(MARK).map(str::trim) {
                 if let Some(kernel) = rest.strip_prefix("kernel ") {
                     run.kernel = Some(kernel.to_owned());
@@ -138,6 +143,17 @@ impl GuestRun {
             && self.executables.values().all(Self::executable_passed)
     }
 
+    /// The kernel stopped on a breakpoint it did not place: x86 patches a tracepoint's call
+    /// site (as programs attach and detach) through a temporary int3, and under software
+    /// emulation another vCPU can still run the int3 after the kernel has finished and no
+    /// longer claims it. An emulator's race, not the guest's: the one failure worth a
+    /// second boot.
+    pub fn hit_the_emulated_text_patching_race(&self) -> bool {
+        self.oops
+            .as_deref()
+            .is_some_and(|oops| oops.starts_with("Oops: int3"))
+    }
+
     pub fn summary(&self, machine: &str, why: &str, took: Duration, log: &Path) -> String {
         let mut out = format!(
             "\n== {machine}: {} in {:.0} s (kernel {}, serial log {})\n   {why}\n",
@@ -167,6 +183,9 @@ impl GuestRun {
             for (test, outcome) in &exe.tests {
                 out.push_str(&format!("      {outcome:<7} {test}\n"));
             }
+        }
+        if let Some(oops) = &self.oops {
+            out.push_str(&format!("   kernel {oops}\n"));
         }
         if !self.finished {
             out.push_str("   the guest never reached the end of /init (hang, oops or timeout)\n");
@@ -247,6 +266,21 @@ reapwatch-vm: all done\r
         assert!(!GuestRun::parse(&log).passed());
         // A non-zero exit alone fails too (e.g. a crash after the summary line).
         assert!(!GuestRun::parse(&LOG.replace("rc=0", "rc=139")).passed());
+    }
+
+    #[test]
+    fn an_int3_oops_is_the_emulators_race_and_no_other_is() {
+        let cut = &LOG[..LOG.find("reapwatch-vm: end").unwrap()];
+        let int3 = format!("{cut}[  237.274526] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\r\n");
+        let run = GuestRun::parse(&int3);
+        assert!(!run.passed());
+        assert!(run.hit_the_emulated_text_patching_race());
+        assert!(run
+            .summary("k", "why", Duration::ZERO, Path::new("l"))
+            .contains("kernel Oops: int3"));
+        let fault = int3.replace("Oops: int3", "Oops: general protection fault");
+        assert!(!GuestRun::parse(&fault).hit_the_emulated_text_patching_race());
+        assert!(!GuestRun::parse(LOG).hit_the_emulated_text_patching_race());
     }
 
     #[test]
