@@ -129,36 +129,56 @@ fn namespace_link_allows(pid_dir: &Path) -> bool {
 /// permitted capabilities within this reader's effective ones, or CAP_SYS_PTRACE.
 fn capabilities_allow(pid_dir: &Path) -> bool {
     const CAP_SYS_PTRACE: u32 = 19;
-    let (Ok(own), Ok(target)) = (
-        fs::read_to_string("/proc/self/status"),
-        fs::read_to_string(pid_dir.join("status")),
-    ) else {
+    let Some(reader) = *READER.get_or_init(Reader::of_this_process) else {
         return false;
     };
-    let field = |status: &str, name: &str| -> Option<Vec<u64>> {
-        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
-        line.split_whitespace()
-            .map(|w| u64::from_str_radix(w, if name.starts_with("Cap") { 16 } else { 10 }).ok())
-            .collect()
-    };
-    let (Some(own_uids), Some(own_caps), Some(target_uids), Some(target_caps)) = (
-        field(&own, "Uid:"),
-        field(&own, "CapEff:"),
-        field(&target, "Uid:"),
-        field(&target, "CapPrm:"),
-    ) else {
-        return false;
-    };
-    let (Some(&own_caps), Some(&target_caps)) = (own_caps.first(), target_caps.first()) else {
-        return false;
-    };
-    if own_caps & (1 << CAP_SYS_PTRACE) != 0 {
+    if reader.effective_caps & (1 << CAP_SYS_PTRACE) != 0 {
         return true;
     }
+    let Ok(target) = fs::read_to_string(pid_dir.join("status")) else {
+        return false;
+    };
+    let (Some(target_uids), Some(target_caps)) = (
+        status_field(&target, "Uid:"),
+        status_field(&target, "CapPrm:"),
+    ) else {
+        return false;
+    };
+    let Some(&target_caps) = target_caps.first() else {
+        return false;
+    };
     // Uid: real, effective, saved, filesystem; the reader's fsuid against all the target's.
-    let fsuid = own_uids.get(3).copied();
-    let same_user = target_uids.len() >= 3 && target_uids[..3].iter().all(|&u| Some(u) == fsuid);
-    same_user && target_caps & !own_caps == 0
+    let same_user = target_uids.len() >= 3 && target_uids[..3].iter().all(|&u| u == reader.fsuid);
+    same_user && target_caps & !reader.effective_caps == 0
+}
+
+/// This process's side of the check. Its credentials never change after start-up, so they
+/// are read once, not again for every zombie a scan finds.
+#[derive(Clone, Copy)]
+struct Reader {
+    fsuid: u64,
+    effective_caps: u64,
+}
+
+static READER: std::sync::OnceLock<Option<Reader>> = std::sync::OnceLock::new();
+
+impl Reader {
+    fn of_this_process() -> Option<Self> {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        Some(Self {
+            fsuid: *status_field(&status, "Uid:")?.get(3)?,
+            effective_caps: *status_field(&status, "CapEff:")?.first()?,
+        })
+    }
+}
+
+/// The numbers of a `/proc/<pid>/status` line (`Uid:` decimal, `Cap*:` hexadecimal).
+fn status_field(status: &str, name: &str) -> Option<Vec<u64>> {
+    let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+    let radix = if name.starts_with("Cap") { 16 } else { 10 };
+    line.split_whitespace()
+        .map(|w| u64::from_str_radix(w, radix).ok())
+        .collect()
 }
 
 /// A process that vanished between listing and reading (ENOENT), or was being torn down
